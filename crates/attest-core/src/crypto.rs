@@ -165,7 +165,7 @@ impl PublicKey {
     /// An RSA key from its big-endian modulus and public exponent (as a TPM carries it).
     pub fn rsa_components(modulus: &[u8], exponent: u32) -> Result<Self, SignatureError> {
         let n = strip_leading_zeros(modulus);
-        if n.is_empty() || exponent < 3 || exponent % 2 == 0 {
+        if n.is_empty() || exponent < 3 || exponent.is_multiple_of(2) {
             return Err(SignatureError::BadKey {
                 key: KeyType::Rsa(0),
             });
@@ -183,6 +183,21 @@ impl PublicKey {
     /// The encoded key bytes (SEC1 point or PKCS#1 DER).
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// The key as a DER SubjectPublicKeyInfo (the form certificates and PEM files carry).
+    pub fn spki_der(&self) -> Result<Vec<u8>, SignatureError> {
+        use aws_lc_rs::encoding::AsDer;
+        let scheme = match self.kind {
+            KeyType::EcP256 => Scheme::EcdsaSha256,
+            KeyType::EcP384 => Scheme::EcdsaSha384,
+            KeyType::Rsa(_) => Scheme::RsaPkcs1Sha256,
+        };
+        let bad = SignatureError::BadKey { key: self.kind };
+        let alg = algorithm(self.kind, scheme, EcdsaEncoding::Der).map_err(|_| bad.clone())?;
+        let parsed = ParsedPublicKey::new(alg, &self.bytes).map_err(|_| bad.clone())?;
+        let der = parsed.as_der().map_err(|_| bad)?;
+        Ok(der.as_ref().to_vec())
     }
 
     /// Verifies `signature` over `message`.
@@ -297,7 +312,7 @@ fn strip_leading_zeros(b: &[u8]) -> &[u8] {
 
 /// Converts a fixed `r || s` ECDSA signature to DER (None for an odd length).
 fn fixed_ecdsa_to_der(sig: &[u8]) -> Option<Vec<u8>> {
-    if sig.is_empty() || sig.len() % 2 != 0 {
+    if sig.is_empty() || !sig.len().is_multiple_of(2) {
         return None;
     }
     let (r, s) = sig.split_at(sig.len() / 2);
@@ -393,6 +408,16 @@ mod tests {
             e.to_string(),
             "ECDSA/SHA-256 signature does not verify under the ECDSA P-256 key"
         );
+    }
+
+    #[test]
+    fn spki_round_trips_through_x509_parser() {
+        let rng = SystemRandom::new();
+        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref()).unwrap();
+        let pk = PublicKey::ec(KeyType::EcP256, kp.public_key().as_ref()).unwrap();
+        let spki = pk.spki_der().unwrap();
+        assert_eq!(crate::x509::public_key_from_spki(&spki).unwrap(), pk);
     }
 
     #[test]

@@ -32,4 +32,4 @@ pub use policy::{MinTcb, SnpPolicy};
 pub use report::{AttestationReport, SigningKey};
 pub use roots::{AmdRoots, PINNED_ARK_SHA256, ProductRoots, is_pinned_ark};
 pub use tcb::{Product, TcbComponent, TcbVersion};
-pub use verify::{Signer, SnpClaims, check_report_data, verify};
+pub use verify::{Signer, SnpClaims, check_policy, check_report_data, verify};

@@ -217,6 +217,15 @@ impl Signer {
         policy: &SnpPolicy,
         now: UnixTime,
     ) -> Result<SnpClaims, SnpError> {
+        let claims = self.authenticate(report_bytes, now)?;
+        check_policy(&claims, policy)?;
+        Ok(claims)
+    }
+
+    /// Establishes that `report_bytes` is a genuine report from this signer, valid as of
+    /// `now`, with its TCB and chip bound to the certificate — without applying reference
+    /// values. Use [`check_policy`] on the result, or [`Signer::verify_report`] for both.
+    pub fn authenticate(&self, report_bytes: &[u8], now: UnixTime) -> Result<SnpClaims, SnpError> {
         let report = AttestationReport::parse(report_bytes)?;
         let role = role_of(self.kind);
         for v in &self.path {
@@ -278,7 +287,6 @@ impl Signer {
                 });
             }
         }
-        check_policy(&report, &reported, self, policy)?;
         Ok(SnpClaims {
             product: self.product,
             signer: self.kind,
@@ -294,12 +302,10 @@ impl Signer {
     }
 }
 
-fn check_policy(
-    report: &AttestationReport,
-    reported: &TcbVersion,
-    signer: &Signer,
-    policy: &SnpPolicy,
-) -> Result<(), PolicyViolation> {
+/// Applies reference values to authenticated claims.
+pub fn check_policy(claims: &SnpClaims, policy: &SnpPolicy) -> Result<(), PolicyViolation> {
+    let report = &claims.report;
+    let reported = &claims.reported_tcb;
     if report.policy.debug_allowed() && !policy.allow_debug {
         return Err(PolicyViolation::Debug {
             policy: report.policy.0,
@@ -313,12 +319,12 @@ fn check_policy(
             found: report.vmpl,
         });
     }
-    if signer.kind == SigningKey::Vlek && !policy.allow_vlek {
+    if claims.signer == SigningKey::Vlek && !policy.allow_vlek {
         return Err(PolicyViolation::Vlek);
     }
-    if !policy.products.is_empty() && !policy.products.contains(&signer.product) {
+    if !policy.products.is_empty() && !policy.products.contains(&claims.product) {
         return Err(PolicyViolation::Product {
-            found: signer.product,
+            found: claims.product,
         });
     }
     if let Some((component, minimum, found)) = policy.min_tcb.shortfall(reported) {
@@ -371,7 +377,9 @@ pub fn check_report_data(expected: &[u8], found: &Bytes<64>) -> Result<(), Polic
         });
     }
     let mut want = [0u8; 64];
-    want[..expected.len()].copy_from_slice(expected);
+    for (w, e) in want.iter_mut().zip(expected) {
+        *w = *e;
+    }
     if want != found.0 {
         return Err(PolicyViolation::ReportData {
             expected: hex::encode(want),

@@ -1,1 +1,47 @@
-fn main() {}
+//! `veil`: the owner's command-line tool.
+//!
+//! Argument parsing lives here; the work is done by the library crates. Exit status: 0 when
+//! evidence is verified, 1 when it is rejected (the reason on stderr), 2 when the input is
+//! unusable (unreadable files, unparsable formats, bad arguments).
+
+mod attest;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "veil",
+    version,
+    about = "Confidential, compliant Kubernetes: verify everything yourself"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Verify and inspect attestation evidence offline.
+    #[command(subcommand)]
+    Attest(attest::AttestCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(output::EXIT_UNUSABLE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Attest(cmd) => attest::run(cmd),
+    }
+}
