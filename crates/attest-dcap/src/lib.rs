@@ -27,4 +27,5 @@ pub use quote::{Body, Quote};
 pub use tcb::TcbStatus;
 pub use verify::{
     DcapClaims, INTEL_ROOT_SHA256, QuoteVerifier, TcbVerdict, check_policy, intel_root,
+    verify_signatures_only,
 };

@@ -134,37 +134,7 @@ impl QuoteVerifier {
         let pck = self.pck(&quote.pck_chain_pem, now)?;
         pck.windows.iter().try_for_each(|w| w.check(now))?;
 
-        pck.key
-            .verify(&quote.qe_report_raw, &quote.qe_report_signature)
-            .map_err(DcapError::QeReportSignature)?;
-        let mut expected = [0u8; 64];
-        let digest: [u8; 32] = Sha256::new()
-            .chain_update(quote.attestation_key.0)
-            .chain_update(&quote.qe_auth_data)
-            .finalize()
-            .into();
-        for (e, d) in expected.iter_mut().zip(digest) {
-            *e = d;
-        }
-        if quote.qe_report.report_data.0 != expected {
-            return Err(DcapError::QeBinding {
-                expected: hex::encode(expected),
-                found: quote.qe_report.report_data.to_string(),
-            });
-        }
-        let ak = PublicKey::ec_xy(
-            KeyType::EcP256,
-            quote.attestation_key.0.get(..32).unwrap_or_default(),
-            quote.attestation_key.0.get(32..).unwrap_or_default(),
-        )
-        .map_err(DcapError::QuoteSignature)?;
-        ak.verify(
-            Scheme::EcdsaSha256,
-            EcdsaEncoding::Fixed,
-            bytes.get(..quote.signed_len).unwrap_or_default(),
-            &quote.signature,
-        )
-        .map_err(DcapError::QuoteSignature)?;
+        check_signatures(&quote, bytes, &pck.key)?;
 
         // From here the quote is genuine: match it against the collateral.
         let tdx = quote.is_tdx();
@@ -248,6 +218,96 @@ impl QuoteVerifier {
         }
         Ok(v)
     }
+}
+
+/// The QE report signature (by the PCK key), the QE's binding of the attestation key, and
+/// the quote signature (by the attestation key).
+fn check_signatures(quote: &Quote, bytes: &[u8], pck_key: &PreparedKey) -> Result<(), DcapError> {
+    pck_key
+        .verify(&quote.qe_report_raw, &quote.qe_report_signature)
+        .map_err(DcapError::QeReportSignature)?;
+    let mut expected = [0u8; 64];
+    let digest: [u8; 32] = Sha256::new()
+        .chain_update(quote.attestation_key.0)
+        .chain_update(&quote.qe_auth_data)
+        .finalize()
+        .into();
+    for (e, d) in expected.iter_mut().zip(digest) {
+        *e = d;
+    }
+    if quote.qe_report.report_data.0 != expected {
+        return Err(DcapError::QeBinding {
+            expected: hex::encode(expected),
+            found: quote.qe_report.report_data.to_string(),
+        });
+    }
+    let ak = PublicKey::ec_xy(
+        KeyType::EcP256,
+        quote.attestation_key.0.get(..32).unwrap_or_default(),
+        quote.attestation_key.0.get(32..).unwrap_or_default(),
+    )
+    .map_err(DcapError::QuoteSignature)?;
+    ak.verify(
+        Scheme::EcdsaSha256,
+        EcdsaEncoding::Fixed,
+        bytes.get(..quote.signed_len).unwrap_or_default(),
+        &quote.signature,
+    )
+    .map_err(DcapError::QuoteSignature)?;
+
+    Ok(())
+}
+
+/// Checks a quote's signatures and its PCK chain up to `root` as of `now`, without
+/// collateral: no CRLs and no TCB status. For evidence whose collateral is unavailable; a
+/// full verification needs [`QuoteVerifier`].
+pub fn verify_signatures_only(
+    bytes: &[u8],
+    root: &Certificate,
+    now: UnixTime,
+) -> Result<(Quote, PckInfo), DcapError> {
+    let quote = Quote::parse(bytes)?;
+    if quote.header.qe_vendor_id.0 != INTEL_QE_VENDOR_ID {
+        return Err(DcapError::Mismatch {
+            field: "header.qe_vendor_id",
+            expected: hex::encode(INTEL_QE_VENDOR_ID),
+            found: quote.header.qe_vendor_id.to_string(),
+        });
+    }
+    let role = "PCK certificate chain";
+    let chain = Certificate::parse_many(&quote.pck_chain_pem, role)
+        .map_err(|source| DcapError::Certificate { role, source })?;
+    let path: Vec<&Certificate> = chain.iter().collect();
+    verify_chain(&path, std::slice::from_ref(root), now)
+        .map_err(|source| DcapError::Certificate { role, source })?;
+    let leaf = chain.first().ok_or(DcapError::Collateral {
+        what: "PCK certificate chain",
+        detail: "empty".into(),
+    })?;
+    let info = parse_pck(leaf).map_err(|detail| DcapError::Collateral {
+        what: "PCK certificate",
+        detail,
+    })?;
+    let key = pck_key(leaf)?;
+    check_signatures(&quote, bytes, &key)?;
+    Ok((quote, info))
+}
+
+fn pck_key(leaf: &Certificate) -> Result<PreparedKey, DcapError> {
+    leaf.public_key()
+        .and_then(|k| {
+            k.prepare(Scheme::EcdsaSha256, EcdsaEncoding::Fixed)
+                .map_err(
+                    |e| veil_attest_core::x509::CertError::UnsupportedAlgorithm {
+                        subject: leaf.subject().to_string(),
+                        detail: e.to_string(),
+                    },
+                )
+        })
+        .map_err(|source| DcapError::Certificate {
+            role: "PCK",
+            source,
+        })
 }
 
 fn expect_eq(field: &'static str, expected: &str, found: &str) -> Result<(), DcapError> {
