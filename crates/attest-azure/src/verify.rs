@@ -108,7 +108,7 @@ fn vtpm(
         attest: &q.message,
         signature: &sig,
         ak: &h.ak,
-        pcrs: &pcrs,
+        pcrs: Some(&pcrs),
         event_log: None,
     };
     Ok(authenticate(&ev, None, tpm_policy, now)?)

@@ -116,8 +116,9 @@ pub struct QuoteEvidence<'a> {
     pub signature: &'a QuoteSignature,
     /// The attestation key.
     pub ak: &'a PublicKey,
-    /// PCR values (at least every quoted PCR).
-    pub pcrs: &'a PcrValues,
+    /// PCR values (at least every quoted PCR). Without them the signed pcrDigest cannot be
+    /// opened: the claims then carry no PCR values.
+    pub pcrs: Option<&'a PcrValues>,
     /// The event log, if any.
     pub event_log: Option<&'a EventLog>,
 }
@@ -169,7 +170,9 @@ pub struct TpmClaims {
     pub ak_trust: AkTrust,
     /// Whether extraData was compared with an expected nonce.
     pub nonce_checked: bool,
-    /// Quoted PCR values: bank → index → hex.
+    /// Whether PCR values were supplied and opened the signed pcrDigest.
+    pub pcr_digest_checked: bool,
+    /// Quoted PCR values: bank → index → hex (empty when none were supplied).
     pub pcrs: BTreeMap<HashAlg, BTreeMap<u32, String>>,
     /// The replayed event log, when one was supplied.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -214,26 +217,28 @@ pub fn authenticate(
     // pcrDigest is computed with the signing scheme's hash over the selected values, bank by
     // bank in selection order, ascending index within a bank.
     let mut quoted: BTreeMap<HashAlg, BTreeMap<u32, String>> = BTreeMap::new();
-    let mut concat = Vec::new();
-    for sel in &quote.pcr_select {
-        for idx in sel.pcrs.iter().map(|i| u32::from(*i)) {
-            let v = ev.pcrs.get(&(sel.hash, idx)).ok_or(TpmError::MissingPcr {
-                bank: sel.hash,
-                index: idx,
-            })?;
-            concat.extend_from_slice(v);
-            quoted
-                .entry(sel.hash)
-                .or_default()
-                .insert(idx, hex::encode(v));
+    if let Some(pcrs) = ev.pcrs {
+        let mut concat = Vec::new();
+        for sel in &quote.pcr_select {
+            for idx in sel.pcrs.iter().map(|i| u32::from(*i)) {
+                let v = pcrs.get(&(sel.hash, idx)).ok_or(TpmError::MissingPcr {
+                    bank: sel.hash,
+                    index: idx,
+                })?;
+                concat.extend_from_slice(v);
+                quoted
+                    .entry(sel.hash)
+                    .or_default()
+                    .insert(idx, hex::encode(v));
+            }
         }
-    }
-    let computed = hash.hash(&[&concat]);
-    if computed != quote.pcr_digest {
-        return Err(TpmError::PcrDigest {
-            computed: hex::encode(computed),
-            quoted: hex::encode(&quote.pcr_digest),
-        });
+        let computed = hash.hash(&[&concat]);
+        if computed != quote.pcr_digest {
+            return Err(TpmError::PcrDigest {
+                computed: hex::encode(computed),
+                quoted: hex::encode(&quote.pcr_digest),
+            });
+        }
     }
 
     let events = match ev.event_log {
@@ -302,6 +307,7 @@ pub fn authenticate(
         ak_spki_sha256,
         ak_trust,
         nonce_checked,
+        pcr_digest_checked: ev.pcrs.is_some(),
         pcrs: quoted,
         events,
     })

@@ -57,7 +57,7 @@ fn run(a: &Azure, policy: &TpmPolicy) -> Result<TpmClaims, TpmError> {
         attest: &a.msg,
         signature: &sig,
         ak: &a.ak,
-        pcrs: &a.pcrs,
+        pcrs: Some(&a.pcrs),
         event_log: None,
     };
     verify_quote(&ev, None, policy, NOW)
@@ -220,7 +220,7 @@ fn trustee_software_tpm_evidence_is_valid() {
         attest: &msg,
         signature: &sig,
         ak: &ak,
-        pcrs: &pcrs,
+        pcrs: Some(&pcrs),
         event_log: None,
     };
     let c = verify_quote(&ev, None, &nonce(&quote.extra_data), NOW).unwrap();
