@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Prints the seed files of a fuzz target, taken from the real evidence in testvectors/.
 set -euo pipefail
-v="$(dirname "$0")/../testvectors"
+v="$(cd "$(dirname "$0")/../testvectors" && pwd)"
 case "$1" in
   snp_report) ls "$v"/snp/*/report*.bin "$v"/snp/azure-vtpm-genoa/snp-report.bin ;;
-  snp_cert_table) ;;
+  snp_cert_table) ls "$(dirname "$0")"/seeds/snp_cert_table/* ;;
   x509) ls "$v"/snp/*/*.der "$v"/snp/*/*.pem "$v"/roots/*/*.pem "$v"/tdx/gotdxguest-v4-spr-e4/*.der ;;
+  dcap_quote) ls "$v"/tdx/*/quote.bin "$v"/tdx/azure-tdx-vtpm/td-quote.bin "$v"/sgx/*/quote.bin ;;
+  dcap_collateral) ls "$v"/tdx/*/collateral.json "$v"/sgx/*/collateral.json "$v"/tdx/gotdxguest-v4-spr-e4/*.json ;;
+  tpm_structures) ls "$v"/tpm/azure-vtpm-quote/quote.msg "$v"/snp/azure-vtpm-milan/tpm-quote.msg ;;
+  tpm_eventlog) ls "$(dirname "$0")"/seeds/tpm_eventlog/* ;;
+  tpm_pcr_text) ls "$v"/tpm/azure-vtpm-quote/pcrs_sha256.txt ;;
+  azure_hcl) ls "$v"/snp/*/hcl-report.bin "$v"/tdx/azure-tdx-vtpm/hcl-report.bin ;;
+  azure_evidence) ls "$v"/snp/azure-vtpm-*/evidence*.json "$v"/tdx/azure-tdx-vtpm/evidence*.json ;;
   *) ;;
 esac
