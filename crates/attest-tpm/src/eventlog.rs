@@ -114,7 +114,28 @@ impl EventLog {
         pcrs
     }
 
+    /// The values the quoted PCRs must hold if this log is complete: the replayed value for
+    /// PCRs with events, the reset value for the others (zero; all ones for PCRs 17-22). If
+    /// the log is incomplete, the quote's pcrDigest will not match these values.
+    pub fn expected_pcrs(&self, selection: &[crate::structures::PcrSelection]) -> PcrMap {
+        let replayed = self.replay();
+        let mut out = PcrMap::new();
+        for sel in selection {
+            for pcr in sel.pcrs.iter().map(|p| u32::from(*p)) {
+                let v = replayed
+                    .get(&(sel.hash, pcr))
+                    .cloned()
+                    .unwrap_or_else(|| self.initial(sel.hash, pcr));
+                out.insert((sel.hash, pcr), v);
+            }
+        }
+        out
+    }
+
     fn initial(&self, bank: HashAlg, pcr: u32) -> Vec<u8> {
+        if (17..=22).contains(&pcr) {
+            return vec![0xff; bank.digest_len()];
+        }
         let mut v = vec![0u8; bank.digest_len()];
         if pcr == 0
             && let (Some(loc), Some(last)) = (self.startup_locality, v.last_mut())

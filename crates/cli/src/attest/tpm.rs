@@ -194,11 +194,13 @@ pub fn verify(a: &TpmArgs, policy: PolicyFile, now: UnixTime) -> Outcome {
         Some(p) => Some(unusable!(tpm::EventLog::parse(&unusable!(read(p))))),
         None => None,
     };
-    // Without explicit PCR values, the event log's replay supplies them.
+    let quote = unusable!(tpm::Quote::parse(&inp.attest));
+    // Without explicit PCR values, the event log supplies them (the pcrDigest then proves the
+    // log complete for the quoted PCRs).
     if inp.pcrs.is_none()
         && let Some(l) = &log
     {
-        inp.pcrs = Some(l.replay());
+        inp.pcrs = Some(l.expected_pcrs(&quote.pcr_select));
     }
     let endorsement = match (&a.ak_cert, &a.roots) {
         (Some(c), Some(r)) => {
@@ -212,7 +214,6 @@ pub fn verify(a: &TpmArgs, policy: PolicyFile, now: UnixTime) -> Outcome {
         }
         _ => None,
     };
-    unusable!(tpm::Quote::parse(&inp.attest));
     let sig = unusable!(tpm::QuoteSignature::from_bytes(&inp.signature, &inp.ak));
     let ev = tpm::QuoteEvidence {
         attest: &inp.attest,
