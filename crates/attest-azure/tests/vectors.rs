@@ -8,20 +8,12 @@
     clippy::indexing_slicing
 )]
 
-use std::path::PathBuf;
-
 use veil_attest_azure::*;
 use veil_attest_core::UnixTime;
 use veil_attest_core::x509::Certificate;
 use veil_attest_snp::{AmdRoots, Signer};
 use veil_attest_tpm::{HexValue, TpmError, TpmPolicy};
-
-fn read(rel: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testvectors")
-        .join(rel);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
+use veil_testvectors::read;
 
 const NOW: UnixTime = UnixTime(1_767_225_600); // 2026-01-01
 
@@ -285,4 +277,30 @@ fn malformed_evidence_names_the_field() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("tpm_quote.signature"), "{e}");
+}
+
+#[test]
+fn times_outside_the_vcek_validity_are_refused() {
+    let ev = AzureEvidence::from_json(&read("snp/azure-vtpm-milan/evidence-v1.json")).unwrap();
+    let vcek = Certificate::parse_many(ev.vcek.as_ref().unwrap(), "VCEK")
+        .unwrap()
+        .remove(0);
+    let signer = Signer::establish(&vcek, &[], AmdRoots::pinned().unwrap(), NOW).unwrap();
+    for when in [vcek.not_before().0 - 1, vcek.not_after().0 + 1] {
+        let e = authenticate_snp_vtpm(
+            &ev.hcl_report,
+            &ev.tpm_quote,
+            &signer,
+            &nonce(b"challenge"),
+            UnixTime(when),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AzureError::Snp(veil_attest_snp::SnpError::OutsideValidity { .. })
+            ),
+            "{e}"
+        );
+    }
 }

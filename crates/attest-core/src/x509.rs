@@ -349,21 +349,13 @@ impl Certificate {
 
     /// Checks this certificate's signature with `issuer`'s key (names only are not compared).
     pub fn verify_signed_by(&self, issuer: &Certificate) -> Result<(), CertError> {
-        let scheme = self
-            .scheme
-            .clone()
-            .map_err(|detail| CertError::UnsupportedAlgorithm {
-                subject: self.subject.clone(),
-                detail,
-            })?;
-        issuer
-            .public_key()?
-            .verify(scheme, EcdsaEncoding::Der, &self.tbs, &self.signature)
-            .map_err(|source| CertError::BadSignature {
-                subject: self.subject.clone(),
-                issuer: issuer.subject.clone(),
-                source,
-            })
+        check_signed(
+            &self.subject,
+            &self.tbs,
+            &self.scheme,
+            &self.signature,
+            issuer,
+        )
     }
 }
 
@@ -525,21 +517,8 @@ impl Crl {
                 found: self.issuer.clone(),
             });
         }
-        let scheme = self
-            .scheme
-            .clone()
-            .map_err(|detail| CertError::UnsupportedAlgorithm {
-                subject: format!("CRL of {}", self.issuer),
-                detail,
-            })?;
-        issuer
-            .public_key()?
-            .verify(scheme, EcdsaEncoding::Der, &self.tbs, &self.signature)
-            .map_err(|source| CertError::BadSignature {
-                subject: format!("CRL of {}", self.issuer),
-                issuer: issuer.subject.clone(),
-                source,
-            })
+        let label = format!("CRL of {}", self.issuer);
+        check_signed(&label, &self.tbs, &self.scheme, &self.signature, issuer)
     }
 
     /// Fails unless `now` lies in thisUpdate..=nextUpdate.
@@ -569,6 +548,30 @@ impl Crl {
         }
         Ok(())
     }
+}
+
+/// Verifies a signed structure (certificate or CRL) named `subject` with `issuer`'s key.
+fn check_signed(
+    subject: &str,
+    tbs: &[u8],
+    scheme: &Result<Scheme, String>,
+    signature: &[u8],
+    issuer: &Certificate,
+) -> Result<(), CertError> {
+    let scheme = scheme
+        .clone()
+        .map_err(|detail| CertError::UnsupportedAlgorithm {
+            subject: subject.to_string(),
+            detail,
+        })?;
+    issuer
+        .public_key()?
+        .verify(scheme, EcdsaEncoding::Der, tbs, signature)
+        .map_err(|source| CertError::BadSignature {
+            subject: subject.to_string(),
+            issuer: issuer.subject.clone(),
+            source,
+        })
 }
 
 fn normalize_serial(s: &[u8]) -> Vec<u8> {

@@ -140,19 +140,19 @@ pub struct TdxModule {
     pub attributes_mask: String,
 }
 
-/// A module TCB level (by ISVSVN).
+/// The SVN of an ISV-style TCB level (QE or TDX module).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModuleTcb {
-    /// Minimum module ISVSVN.
-    pub isvsvn: u8,
+pub struct IsvSvn {
+    /// Minimum ISVSVN.
+    pub isvsvn: u16,
 }
 
-/// A TDX module TCB level.
+/// A TCB level of the QE identity or of a TDX module identity, by ISVSVN.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ModuleTcbLevel {
+pub struct IsvTcbLevel {
     /// Minimum ISVSVN.
-    pub tcb: ModuleTcb,
+    pub tcb: IsvSvn,
     /// Date.
     pub tcb_date: String,
     /// Status.
@@ -175,7 +175,7 @@ pub struct TdxModuleIdentity {
     /// Mask.
     pub attributes_mask: String,
     /// Levels by module ISVSVN.
-    pub tcb_levels: Vec<ModuleTcbLevel>,
+    pub tcb_levels: Vec<IsvTcbLevel>,
 }
 
 /// Intel's TCB info (version 3), for one FMSPC.
@@ -208,28 +208,6 @@ pub struct TcbInfo {
     pub tcb_levels: Vec<TcbLevel>,
 }
 
-/// A QE TCB level.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct QeTcbLevel {
-    /// Minimum QE ISVSVN.
-    pub tcb: ModuleTcb16,
-    /// Date.
-    pub tcb_date: String,
-    /// Status.
-    pub tcb_status: TcbStatus,
-    /// Advisories.
-    #[serde(rename = "advisoryIDs", default)]
-    pub advisory_ids: Vec<String>,
-}
-
-/// A QE level's SVN.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModuleTcb16 {
-    /// Minimum ISVSVN.
-    pub isvsvn: u16,
-}
-
 /// Intel's QE identity (version 2).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -257,7 +235,7 @@ pub struct QeIdentity {
     /// Expected ISVPRODID.
     pub isvprodid: u16,
     /// Levels by ISVSVN.
-    pub tcb_levels: Vec<QeTcbLevel>,
+    pub tcb_levels: Vec<IsvTcbLevel>,
 }
 
 /// Decoded, checked binary fields of a QE identity.

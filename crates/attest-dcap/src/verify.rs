@@ -274,12 +274,25 @@ pub fn verify_signatures_only(
             found: quote.header.qe_vendor_id.to_string(),
         });
     }
+    let chain = pck_chain(&quote.pck_chain_pem, root, now)?;
+    let (info, key) = pck_identity(&chain)?;
+    check_signatures(&quote, bytes, &key)?;
+    Ok((quote, info))
+}
+
+/// Parses the PCK chain a quote carries and verifies it up to `root`.
+fn pck_chain(pem: &[u8], root: &Certificate, now: UnixTime) -> Result<Vec<Certificate>, DcapError> {
     let role = "PCK certificate chain";
-    let chain = Certificate::parse_many(&quote.pck_chain_pem, role)
+    let chain = Certificate::parse_many(pem, role)
         .map_err(|source| DcapError::Certificate { role, source })?;
     let path: Vec<&Certificate> = chain.iter().collect();
     verify_chain(&path, std::slice::from_ref(root), now)
         .map_err(|source| DcapError::Certificate { role, source })?;
+    Ok(chain)
+}
+
+/// The platform described by the PCK (leaf of `chain`) and its key, ready for QE reports.
+fn pck_identity(chain: &[Certificate]) -> Result<(PckInfo, PreparedKey), DcapError> {
     let leaf = chain.first().ok_or(DcapError::Collateral {
         what: "PCK certificate chain",
         detail: "empty".into(),
@@ -288,9 +301,7 @@ pub fn verify_signatures_only(
         what: "PCK certificate",
         detail,
     })?;
-    let key = pck_key(leaf)?;
-    check_signatures(&quote, bytes, &key)?;
-    Ok((quote, info))
+    Ok((info, pck_key(leaf)?))
 }
 
 fn pck_key(leaf: &Certificate) -> Result<PreparedKey, DcapError> {
@@ -327,12 +338,8 @@ fn verify_pck(
     col: &VerifiedCollateral,
     now: UnixTime,
 ) -> Result<VerifiedPck, DcapError> {
-    let role = "PCK certificate chain";
-    let chain = Certificate::parse_many(chain_pem, role)
-        .map_err(|source| DcapError::Certificate { role, source })?;
-    let path: Vec<&Certificate> = chain.iter().collect();
-    verify_chain(&path, std::slice::from_ref(&col.root), now)
-        .map_err(|source| DcapError::Certificate { role, source })?;
+    let chain = pck_chain(chain_pem, &col.root, now)?;
+    let (info, key) = pck_identity(&chain)?;
     let leaf = chain.first().ok_or(DcapError::Collateral {
         what: "PCK certificate chain",
         detail: "empty".into(),
@@ -359,25 +366,6 @@ fn verify_pck(
         .check_not_revoked(ca)
         .map_err(|source| DcapError::Certificate {
             role: "PCK CA",
-            source,
-        })?;
-    let info = parse_pck(leaf).map_err(|detail| DcapError::Collateral {
-        what: "PCK certificate",
-        detail,
-    })?;
-    let key = leaf
-        .public_key()
-        .and_then(|k| {
-            k.prepare(Scheme::EcdsaSha256, EcdsaEncoding::Fixed)
-                .map_err(
-                    |e| veil_attest_core::x509::CertError::UnsupportedAlgorithm {
-                        subject: leaf.subject().to_string(),
-                        detail: e.to_string(),
-                    },
-                )
-        })
-        .map_err(|source| DcapError::Certificate {
-            role: "PCK",
             source,
         })?;
     Ok(VerifiedPck {
@@ -511,7 +499,7 @@ fn tdx_level(
     let module = identity
         .tcb_levels
         .iter()
-        .find(|l| tee_tcb_svn[0] >= l.tcb.isvsvn)
+        .find(|l| u16::from(tee_tcb_svn[0]) >= l.tcb.isvsvn)
         .ok_or_else(|| DcapError::NoTcbLevel {
             what: "TDX module",
             detail: format!(

@@ -8,18 +8,10 @@
     clippy::indexing_slicing
 )]
 
-use std::path::PathBuf;
-
 use veil_attest_core::UnixTime;
 use veil_attest_core::x509::{CertError, Certificate};
 use veil_attest_snp::*;
-
-fn read(rel: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testvectors")
-        .join(rel);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
+use veil_testvectors::read;
 
 fn cert(rel: &str) -> Certificate {
     Certificate::parse_many(&read(rel), rel).unwrap().remove(0)

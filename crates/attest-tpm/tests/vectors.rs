@@ -8,20 +8,12 @@
     clippy::indexing_slicing
 )]
 
-use std::path::PathBuf;
-
 use base64::Engine;
 use veil_attest_core::UnixTime;
 use veil_attest_core::crypto::PublicKey;
 use veil_attest_core::x509::public_key_from_spki;
 use veil_attest_tpm::*;
-
-fn read(rel: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testvectors")
-        .join(rel);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
+use veil_testvectors::read;
 
 const NOW: UnixTime = UnixTime(1_767_225_600);
 

@@ -26,9 +26,9 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
-    /// The test vectors directory.
-    #[arg(long, default_value = "testvectors")]
-    vectors: PathBuf,
+    /// The test vectors directory (default: this repository's).
+    #[arg(long)]
+    vectors: Option<PathBuf>,
 }
 
 fn read(dir: &Path, rel: &str) -> Result<Vec<u8>> {
@@ -66,7 +66,7 @@ fn line(what: &str, ours: f64, base: Option<(&str, f64)>, goal: &str) {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let v = &a.vectors;
+    let v = &a.vectors.clone().unwrap_or_else(veil_testvectors::dir);
     if !v.join("INDEX.md").exists() {
         bail!(
             "{} is not the test vectors directory (use --vectors)",

@@ -8,15 +8,10 @@
     clippy::indexing_slicing
 )]
 
-use std::path::PathBuf;
 use std::process::Command;
 
 fn v(rel: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testvectors")
-        .join(rel)
-        .display()
-        .to_string()
+    veil_testvectors::path(rel).display().to_string()
 }
 
 struct Run {
