@@ -296,6 +296,33 @@ mod tests {
     }
 
     #[test]
+    fn version_5_carries_mitigation_vectors_and_cpuid() {
+        let mut b = vec![0u8; REPORT_LEN];
+        b[0] = 5;
+        b[0x188..0x18b].copy_from_slice(&[0x1a, 0x02, 0x01]);
+        b[0x1f8] = 0x11;
+        b[0x200] = 0x22;
+        b[0x48] = 1 << 2; // signing key: VLEK
+        let r = AttestationReport::parse(&b).unwrap();
+        assert_eq!(r.launch_mit_vector, Some(0x11));
+        assert_eq!(r.current_mit_vector, Some(0x22));
+        assert_eq!(r.product(), Some(Product::Turin));
+        assert_eq!(r.signing_key, SigningKey::Vlek);
+        // The same bytes as a v2 report: no CPUID, no mitigation vectors.
+        b[0] = 2;
+        let r = AttestationReport::parse(&b).unwrap();
+        assert_eq!((r.cpuid, r.launch_mit_vector), (None, None));
+        // KEY_INFO signing key values other than 0, 1 and 7 are malformed.
+        b[0x48] = 3 << 2;
+        assert!(
+            AttestationReport::parse(&b)
+                .unwrap_err()
+                .to_string()
+                .contains("signing_key")
+        );
+    }
+
+    #[test]
     fn rejects_oversized_signature_component() {
         let mut b = vec![0u8; REPORT_LEN];
         b[0] = 2;

@@ -589,3 +589,159 @@ fn bad_arguments_are_unusable_input() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("RFC 3339"), "{}", r.stderr);
 }
+
+#[test]
+fn readme_reference_values_parse_and_apply() {
+    // The example in README.md is a working reference-values file: its TPM section pins PCR 0
+    // of the Azure vTPM vector.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let start = readme.find("```yaml\n").unwrap() + 8;
+    let end = start + readme[start..].find("```").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("readme.yaml");
+    std::fs::write(&policy, &readme[start..end]).unwrap();
+    let p = policy.display().to_string();
+    let q = v("tpm/azure-vtpm-quote/quote.msg");
+    let s = v("tpm/azure-vtpm-quote/quote.sig");
+    let ak = v("tpm/azure-vtpm-quote/akpub.pem");
+    let pcrs = v("tpm/azure-vtpm-quote/pcrs_sha256.txt");
+    verified(&[
+        "attest",
+        "verify",
+        "tpm",
+        "--quote",
+        &q,
+        "--signature",
+        &s,
+        "--ak",
+        &ak,
+        "--pcrs",
+        &pcrs,
+        "--nonce",
+        CHALLENGE,
+        "--policy",
+        &p,
+    ]);
+    // Its TDX section pins an MRTD and RTMR 0 that the v4 vector has; its SGX section the MRSIGNER.
+    verified(&[
+        "attest",
+        "verify",
+        "tdx",
+        "--quote",
+        &v("tdx/dcapqvl-v4-uptodate/quote.bin"),
+        "--collateral",
+        &v("tdx/dcapqvl-v4-uptodate/collateral.json"),
+        "--as-of",
+        "2025-07-01T00:00:00Z",
+        "--policy",
+        &p,
+    ]);
+    verified(&[
+        "attest",
+        "verify",
+        "sgx",
+        "--quote",
+        &v("sgx/dcapqvl-v3/quote.bin"),
+        "--collateral",
+        &v("sgx/dcapqvl-v3/collateral.json"),
+        "--as-of",
+        "2025-07-01T00:00:00Z",
+        "--policy",
+        &p,
+    ]);
+    // Its SNP section wants the milan-virtee measurement and a TCB that report meets.
+    verified(&[
+        "attest",
+        "verify",
+        "snp",
+        "--report",
+        &v("snp/milan-virtee/report_milan.bin"),
+        "--cert",
+        &v("snp/milan-virtee/vcek_milan.der"),
+        "--as-of",
+        "2026-01-01T00:00:00Z",
+        "--policy",
+        &p,
+    ]);
+    // Another report is refused, on its TCB (checked before the measurement).
+    rejected(
+        &[
+            "attest",
+            "verify",
+            "snp",
+            "--report",
+            &v("snp/genoa-trustee-e2e/report.bin"),
+            "--cert",
+            &v("snp/genoa-trustee-e2e/vcek.der"),
+            "--as-of",
+            "2026-01-01T00:00:00Z",
+            "--policy",
+            &p,
+        ],
+        "reported_tcb.microcode: expected at least 115, found 25",
+    );
+}
+
+#[test]
+fn policy_sections_refuse_with_their_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.yaml");
+    std::fs::write(
+        &policy,
+        "tdx:\n  rtmr:\n    3: [\"11\"]\ntpm:\n  pcrs:\n    sha256:\n      7: [\"00\"]\n",
+    )
+    .unwrap();
+    let p = policy.display().to_string();
+    // A malformed value (1 byte for a 48-byte RTMR) is unusable input.
+    let r = veil(&[
+        "attest",
+        "verify",
+        "tdx",
+        "--quote",
+        &v("tdx/dcapqvl-v4-uptodate/quote.bin"),
+        "--collateral",
+        &v("tdx/dcapqvl-v4-uptodate/collateral.json"),
+        "--as-of",
+        "2025-07-01T00:00:00Z",
+        "--policy",
+        &p,
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let rtmr3 = "0".repeat(96);
+    std::fs::write(&policy, format!("tdx:\n  rtmr:\n    3: [\"{rtmr3}\"]\n    2: [\"{rtmr3}\"]\ntpm:\n  pcrs:\n    sha256:\n      7: \"{}\"\n", "00".repeat(32))).unwrap();
+    rejected(
+        &[
+            "attest",
+            "verify",
+            "tdx",
+            "--quote",
+            &v("tdx/dcapqvl-v4-uptodate/quote.bin"),
+            "--collateral",
+            &v("tdx/dcapqvl-v4-uptodate/collateral.json"),
+            "--as-of",
+            "2025-07-01T00:00:00Z",
+            "--policy",
+            &p,
+        ],
+        "policy: rtmr2: ",
+    );
+    rejected(
+        &[
+            "attest",
+            "verify",
+            "tpm",
+            "--quote",
+            &v("tpm/azure-vtpm-quote/quote.msg"),
+            "--signature",
+            &v("tpm/azure-vtpm-quote/quote.sig"),
+            "--ak",
+            &v("tpm/azure-vtpm-quote/akpub.pem"),
+            "--pcrs",
+            &v("tpm/azure-vtpm-quote/pcrs_sha256.txt"),
+            "--policy",
+            &p,
+        ],
+        "policy: PCR sha256:7: expected 0000",
+    );
+}
