@@ -177,9 +177,11 @@ impl SwTpm {
 
 impl Drop for SwTpm {
     fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.path("pid")) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
-        }
+        // Shut the TPM down through its control channel (swtpm-tools), so no process is left.
+        let ctrl = format!("{}.ctrl", self.path("tpm.sock").display());
+        let _ = Command::new("swtpm_ioctl")
+            .args(["--unix", &ctrl, "-s"])
+            .output();
     }
 }
 
