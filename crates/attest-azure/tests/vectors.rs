@@ -304,3 +304,85 @@ fn times_outside_the_vcek_validity_are_refused() {
         );
     }
 }
+
+#[test]
+fn every_snp_set_refuses_each_broken_link() {
+    for (rel, n) in [
+        (
+            "snp/azure-vtpm-genoa/evidence-genoa.json",
+            hex::decode(GENOA_NONCE).unwrap(),
+        ),
+        (
+            "snp/azure-vtpm-milan/evidence-v0.json",
+            b"challenge".to_vec(),
+        ),
+        (
+            "snp/azure-vtpm-milan/evidence-v1.json",
+            b"challenge".to_vec(),
+        ),
+        (
+            "snp/azure-vtpm-milan/evidence-v2.json",
+            hex::decode(MILAN_V2_NONCE).unwrap(),
+        ),
+    ] {
+        let ev = AzureEvidence::from_json(&read(rel)).unwrap();
+        let signer = signer_from(ev.vcek.as_ref().unwrap());
+        let run = |hcl: &[u8], q: &TpmQuoteParts, n: &[u8]| {
+            authenticate_snp_vtpm(hcl, q, &signer, &nonce(n), NOW)
+        };
+        run(&ev.hcl_report, &ev.tpm_quote, &n).unwrap();
+        // SNP report body and signature.
+        for off in [0x50, 0x90, 0x180, 0x2a0 + 10] {
+            let mut hcl = ev.hcl_report.clone();
+            hcl[32 + off] ^= 1;
+            assert!(
+                matches!(run(&hcl, &ev.tpm_quote, &n), Err(AzureError::Snp(_))),
+                "{rel}: {off:#x}"
+            );
+        }
+        // Variable data.
+        let mut hcl = ev.hcl_report.clone();
+        hcl[32 + 1184 + 20 + 2] ^= 0x20;
+        assert!(
+            run(&hcl, &ev.tpm_quote, &n).is_err(),
+            "{rel}: variable data"
+        );
+        // vTPM quote body and signature, and the nonce.
+        let mut q = ev.tpm_quote.clone();
+        q.message[40] ^= 1;
+        assert!(
+            matches!(run(&ev.hcl_report, &q, &n), Err(AzureError::Tpm(_))),
+            "{rel}"
+        );
+        let mut q = ev.tpm_quote.clone();
+        q.signature[100] ^= 1;
+        assert!(
+            matches!(
+                run(&ev.hcl_report, &q, &n),
+                Err(AzureError::Tpm(TpmError::Signature(_)))
+            ),
+            "{rel}"
+        );
+        assert!(
+            matches!(
+                run(&ev.hcl_report, &ev.tpm_quote, b"nonce"),
+                Err(AzureError::Tpm(TpmError::Nonce { .. }))
+            ),
+            "{rel}"
+        );
+        // A root of another generation for the VCEK.
+        let vcek = Certificate::parse_many(ev.vcek.as_ref().unwrap(), "VCEK")
+            .unwrap()
+            .remove(0);
+        let other = if rel.contains("genoa") {
+            "roots/amd/milan_ask_ark_asvk.pem"
+        } else {
+            "roots/amd/genoa_ask_ark_asvk.pem"
+        };
+        let chain = Certificate::parse_many(&read(other), "chain").unwrap();
+        assert!(
+            Signer::establish(&vcek, &chain, AmdRoots::pinned().unwrap(), NOW).is_err(),
+            "{rel}"
+        );
+    }
+}

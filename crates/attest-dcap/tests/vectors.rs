@@ -460,3 +460,75 @@ fn azure_td_quote_signatures_are_valid_without_collateral() {
     assert_eq!(q.header.version, 4);
     assert!(q.pck_chain_pem.starts_with(b"-----BEGIN CERTIFICATE-----"));
 }
+
+#[test]
+fn negative_sets_fail_on_signatures_first_when_tampered() {
+    // The two "no matching TCB level" sets are refused for their TCB; tampered, they must be
+    // refused earlier, for the signature, showing the TCB verdict stands on genuine evidence.
+    for (dir, collateral, when) in [
+        (TDX_V5, json_collateral(TDX_V5), "2026-03-01T00:00:00Z"),
+        (TDX_SPR, pcs_collateral(TDX_SPR), "2023-07-01T01:00:00Z"),
+    ] {
+        let now = at(when);
+        let v = verifier(&collateral, now).unwrap();
+        let quote = read(&format!("{dir}/quote.bin"));
+        let signed = Quote::parse(&quote).unwrap().signed_len;
+        for offset in (0..signed).step_by(13) {
+            let mut q = quote.clone();
+            q[offset] ^= 0x01;
+            match v.verify(&q, &DcapPolicy::default(), now) {
+                Err(DcapError::NoTcbLevel { .. }) | Ok(_) => {
+                    panic!("{dir}: flip at {offset} reached TCB evaluation")
+                }
+                Err(_) => {}
+            }
+        }
+        let mut q = quote.clone();
+        q[signed + 4 + 7] ^= 0x10;
+        assert!(
+            matches!(
+                v.verify(&q, &DcapPolicy::default(), now),
+                Err(DcapError::QuoteSignature(_))
+            ),
+            "{dir}"
+        );
+        // Outside the collateral's validity: refused before any quote is looked at.
+        assert!(
+            verifier(&collateral, UnixTime(now.0 + 90 * 86400)).is_err(),
+            "{dir}"
+        );
+        // Against another root.
+        let other =
+            veil_attest_core::x509::Certificate::parse_many(&collateral.tcb_info.issuer_chain, "x")
+                .unwrap()
+                .remove(0);
+        assert!(
+            VerifiedCollateral::verify(&collateral, &other, now).is_err(),
+            "{dir}"
+        );
+    }
+}
+
+#[test]
+fn tdx_report_data_is_checked() {
+    let now = at("2025-07-01T00:00:00Z");
+    let v = verifier(&json_collateral(TDX_V4), now).unwrap();
+    let q = read(&format!("{TDX_V4}/quote.bin"));
+    let rd = v
+        .authenticate(&q, now)
+        .unwrap()
+        .quote
+        .body
+        .report_data()
+        .0
+        .to_vec();
+    let mut p = DcapPolicy {
+        report_data: Some(HexBytes(rd.clone())),
+        ..DcapPolicy::default()
+    };
+    v.verify(&q, &p, now).unwrap();
+    let mut wrong = rd;
+    wrong[63] ^= 1;
+    p.report_data = Some(HexBytes(wrong));
+    assert!(matches!(v.verify(&q, &p, now), Err(DcapError::Policy(_))));
+}

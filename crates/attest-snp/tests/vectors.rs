@@ -557,3 +557,70 @@ fn cert_table_round_trip_from_vectors() {
     assert_eq!(entries[0].data, vcek);
     assert_eq!(entries[2].kind, cert_table::CertKind::Ark);
 }
+
+fn other_generation_chain(product: Product) -> &'static str {
+    match product {
+        Product::Milan => "roots/amd/genoa_ask_ark_asvk.pem",
+        _ => "roots/amd/milan_ask_ark_asvk.pem",
+    }
+}
+
+#[test]
+fn every_set_refuses_another_generations_root() {
+    for s in sets() {
+        let signer = cert(s.signer);
+        let product = run(&s, &read(s.report), &signer).unwrap().product;
+        let e = verify(
+            &read(s.report),
+            &signer,
+            &chain(other_generation_chain(product)),
+            roots(),
+            &s.policy,
+            at(s.when),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SnpError::Certificate {
+                    role: "ARK",
+                    source: CertError::UntrustedRoot { .. }
+                }
+            ),
+            "{}: {e}",
+            s.report
+        );
+    }
+}
+
+#[test]
+fn turin_chain_refuses_tampering_time_and_wrong_root() {
+    let vcek = cert("snp/turin-vcek-chain-virtee/vcek_turin.der");
+    let good = chain("snp/turin-vcek-chain-virtee/ask_ark_turin.pem");
+    let now = at("2026-01-01T00:00:00Z");
+    for when in [vcek.not_before().0 - 1, vcek.not_after().0 + 1] {
+        assert!(Signer::establish(&vcek, &good, roots(), UnixTime(when)).is_err());
+    }
+    let e = Signer::establish(
+        &vcek,
+        &chain("roots/amd/genoa_ask_ark_asvk.pem"),
+        roots(),
+        now,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, SnpError::Certificate { role: "ARK", .. }),
+        "{e}"
+    );
+    let der = vcek.der().to_vec();
+    for offset in (4..der.len()).step_by(17) {
+        let mut d = der.clone();
+        d[offset] ^= 0x04;
+        if let Ok(c) = Certificate::from_der(&d, "tampered VCEK") {
+            assert!(
+                Signer::establish(&c, &good, roots(), now).is_err(),
+                "Turin VCEK accepted with a bit flipped at {offset}"
+            );
+        }
+    }
+}

@@ -227,3 +227,55 @@ fn trustee_software_tpm_evidence_is_valid() {
     let e = verify_quote(&ev, None, &nonce(b"x"), NOW).unwrap_err();
     assert!(matches!(e, TpmError::Nonce { .. }));
 }
+
+#[test]
+fn trustee_evidence_refuses_tampering() {
+    let j: serde_json::Value =
+        serde_json::from_slice(&read("tpm/trustee-tpm-evidence/tpm_evidence.json")).unwrap();
+    let b64 = |s: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(s.as_str().unwrap())
+            .unwrap()
+    };
+    let ak = public_key_from_spki(&b64(&j["ak_public"])).unwrap();
+    let msg = b64(&j["tpm_quote"]["message"]);
+    let sig_bytes = b64(&j["tpm_quote"]["signature"]);
+    let pcrs: PcrValues = (0..24)
+        .map(|i| ((HashAlg::Sha256, i), vec![0u8; 32]))
+        .collect();
+    let nonce_of = Quote::parse(&msg).unwrap().extra_data;
+    let run = |msg: &[u8], sig: &[u8], pcrs: &PcrValues| {
+        let sig = QuoteSignature::from_bytes(sig, &ak)?;
+        let ev = QuoteEvidence {
+            attest: msg,
+            signature: &sig,
+            ak: &ak,
+            pcrs: Some(pcrs),
+            event_log: None,
+        };
+        verify_quote(&ev, None, &nonce(&nonce_of), NOW)
+    };
+    run(&msg, &sig_bytes, &pcrs).unwrap();
+    for i in (0..msg.len()).step_by(5) {
+        let mut m = msg.clone();
+        m[i] ^= 0x02;
+        assert!(
+            run(&m, &sig_bytes, &pcrs).is_err(),
+            "message flip at {i} accepted"
+        );
+    }
+    for i in (6..sig_bytes.len()).step_by(23) {
+        let mut s = sig_bytes.clone();
+        s[i] ^= 0x02;
+        assert!(
+            run(&msg, &s, &pcrs).is_err(),
+            "signature flip at {i} accepted"
+        );
+    }
+    let mut p = pcrs.clone();
+    p.insert((HashAlg::Sha256, 16), vec![1u8; 32]);
+    assert!(matches!(
+        run(&msg, &sig_bytes, &p),
+        Err(TpmError::PcrDigest { .. })
+    ));
+}
