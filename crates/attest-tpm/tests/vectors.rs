@@ -240,8 +240,17 @@ fn trustee_evidence_refuses_tampering() {
     let ak = public_key_from_spki(&b64(&j["ak_public"])).unwrap();
     let msg = b64(&j["tpm_quote"]["message"]);
     let sig_bytes = b64(&j["tpm_quote"]["signature"]);
-    let pcrs: PcrValues = (0..24)
-        .map(|i| ((HashAlg::Sha256, i), vec![0u8; 32]))
+    let pcrs: PcrValues = j["tpm_quote"]["pcrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            (
+                (HashAlg::Sha256, i as u32),
+                hex::decode(v.as_str().unwrap()).unwrap(),
+            )
+        })
         .collect();
     let nonce_of = Quote::parse(&msg).unwrap().extra_data;
     let run = |msg: &[u8], sig: &[u8], pcrs: &PcrValues| {
@@ -273,7 +282,7 @@ fn trustee_evidence_refuses_tampering() {
         );
     }
     let mut p = pcrs.clone();
-    p.insert((HashAlg::Sha256, 16), vec![1u8; 32]);
+    p.get_mut(&(HashAlg::Sha256, 16)).unwrap()[0] ^= 1;
     assert!(matches!(
         run(&msg, &sig_bytes, &p),
         Err(TpmError::PcrDigest { .. })
