@@ -13,5 +13,6 @@ case "$1" in
   tpm_pcr_text) ls "$v"/tpm/azure-vtpm-quote/pcrs_sha256.txt ;;
   azure_hcl) ls "$v"/snp/*/hcl-report.bin "$v"/tdx/azure-tdx-vtpm/hcl-report.bin ;;
   azure_evidence) ls "$v"/snp/azure-vtpm-*/evidence*.json "$v"/tdx/azure-tdx-vtpm/evidence*.json ;;
+  reference_values) ls "$(dirname "$0")"/seeds/reference_values/* ;;
   *) ;;
 esac

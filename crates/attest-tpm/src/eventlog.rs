@@ -188,6 +188,28 @@ impl EventLog {
         });
     }
 
+    /// Appends a measurement of `content` (hashed in every bank) into `pcr`, recording
+    /// `description` as the event data (as firmware does for images it loads).
+    pub fn measure_content(
+        &mut self,
+        pcr: u32,
+        event_type: u32,
+        content: &[u8],
+        description: &[u8],
+    ) {
+        let digests = self
+            .banks
+            .iter()
+            .map(|b| (*b, b.hash(&[content])))
+            .collect();
+        self.events.push(Event {
+            pcr,
+            event_type,
+            digests,
+            data: description.to_vec(),
+        });
+    }
+
     /// An empty crypto-agile log for the given banks.
     pub fn new(banks: Vec<HashAlg>) -> Self {
         Self {

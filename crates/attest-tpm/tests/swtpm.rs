@@ -18,35 +18,18 @@ use veil_attest_core::x509::{CertError, Certificate};
 use veil_attest_tpm::eventlog::EV_EVENT_TAG;
 use veil_attest_tpm::*;
 
-/// A running swtpm, killed on drop.
+/// A running swtpm (veil-swtpm) and a scratch directory for tpm2-tools files.
 struct SwTpm {
     dir: tempfile::TempDir,
+    tpm: veil_swtpm::SwTpm,
 }
 
 impl SwTpm {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("tpm.sock");
-        let status = Command::new("swtpm")
-            .args([
-                "socket",
-                "--tpm2",
-                "--daemon",
-                "--flags",
-                "not-need-init,startup-clear",
-            ])
-            .arg("--server")
-            .arg(format!("type=unixio,path={}", sock.display()))
-            .arg("--ctrl")
-            .arg(format!("type=unixio,path={}.ctrl", sock.display()))
-            .arg("--tpmstate")
-            .arg(format!("dir={}", dir.path().display()))
-            .arg("--pid")
-            .arg(format!("file={}", dir.path().join("pid").display()))
-            .status()
-            .expect("swtpm must be installed (scripts/setup.sh installs it)");
-        assert!(status.success(), "swtpm failed to start");
-        Self { dir }
+        let tpm = veil_swtpm::SwTpm::start(dir.path())
+            .expect("swtpm must be installed (scripts/setup.sh)");
+        Self { dir, tpm }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -57,10 +40,7 @@ impl SwTpm {
         let out = Command::new(args[0])
             .args(&args[1..])
             .current_dir(self.dir.path())
-            .env(
-                "TPM2TOOLS_TCTI",
-                format!("swtpm:path={}", self.path("tpm.sock").display()),
-            )
+            .env("TPM2TOOLS_TCTI", self.tpm.tcti())
             .output()
             .expect("tpm2-tools must be installed (scripts/setup.sh installs them)");
         assert!(
@@ -72,10 +52,7 @@ impl SwTpm {
         for t in ["-t", "-s", "-l"] {
             let _ = Command::new("tpm2_flushcontext")
                 .arg(t)
-                .env(
-                    "TPM2TOOLS_TCTI",
-                    format!("swtpm:path={}", self.path("tpm.sock").display()),
-                )
+                .env("TPM2TOOLS_TCTI", self.tpm.tcti())
                 .output();
         }
     }
@@ -172,16 +149,6 @@ impl SwTpm {
 
     fn quote(&self, pcrs: &str, nonce: &str) {
         self.quote_with(pcrs, nonce, "rsassa");
-    }
-}
-
-impl Drop for SwTpm {
-    fn drop(&mut self) {
-        // Shut the TPM down through its control channel (swtpm-tools), so no process is left.
-        let ctrl = format!("{}.ctrl", self.path("tpm.sock").display());
-        let _ = Command::new("swtpm_ioctl")
-            .args(["--unix", &ctrl, "-s"])
-            .output();
     }
 }
 

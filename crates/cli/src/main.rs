@@ -5,6 +5,7 @@
 //! unusable (unreadable files, unparsable formats, bad arguments).
 
 mod attest;
+mod measurements;
 mod output;
 
 use std::process::ExitCode;
@@ -27,6 +28,9 @@ enum Command {
     /// Verify and inspect attestation evidence offline.
     #[command(subcommand)]
     Attest(attest::AttestCommand),
+    /// Compute, sign and verify reference values (expected measurements per node role).
+    #[command(subcommand)]
+    Measurements(measurements::MeasurementsCommand),
 }
 
 fn main() -> ExitCode {
@@ -43,5 +47,6 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Attest(cmd) => attest::run(cmd),
+        Command::Measurements(cmd) => measurements::run(cmd),
     }
 }

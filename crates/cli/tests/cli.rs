@@ -745,3 +745,105 @@ fn policy_sections_refuse_with_their_field() {
         "policy: PCR sha256:7: expected 0000",
     );
 }
+
+#[test]
+fn measurements_keygen_compute_sign_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).display().to_string();
+    std::fs::write(d("agent"), b"agent v1").unwrap();
+    std::fs::write(d("config"), b"role: worker").unwrap();
+    std::fs::write(d("image"), b"debian").unwrap();
+    let ok = |args: &[&str]| {
+        let r = veil(args);
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        r
+    };
+    ok(&["measurements", "keygen", "--key", &d("key.pem")]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Keygen never overwrites a key.
+    assert_eq!(
+        veil(&["measurements", "keygen", "--key", &d("key.pem")]).code,
+        2
+    );
+    ok(&[
+        "measurements",
+        "compute",
+        "--agent",
+        &d("agent"),
+        "--config",
+        &d("config"),
+        "--image",
+        &d("image"),
+        "--name",
+        "v1",
+        "-o",
+        &d("refs.yaml"),
+    ]);
+    std::fs::write(d("agent"), b"agent v2").unwrap();
+    ok(&[
+        "measurements",
+        "compute",
+        "--agent",
+        &d("agent"),
+        "--config",
+        &d("config"),
+        "--image",
+        &d("image"),
+        "--name",
+        "v2",
+        "-o",
+        &d("refs.yaml"),
+    ]);
+    ok(&[
+        "measurements",
+        "sign",
+        "--key",
+        &d("key.pem"),
+        &d("refs.yaml"),
+    ]);
+    let r = ok(&[
+        "measurements",
+        "verify",
+        "--pub",
+        &d("key.pem.pub"),
+        &d("refs.yaml"),
+    ]);
+    assert!(
+        r.stdout.contains("set v1") && r.stdout.contains("set v2"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("WARNING"), "{}", r.stdout);
+    // Any altered byte fails verification (exit 1); another key too.
+    let mut body = std::fs::read(d("refs.yaml")).unwrap();
+    body[20] ^= 1;
+    std::fs::write(d("refs.yaml"), &body).unwrap();
+    let r = veil(&[
+        "measurements",
+        "verify",
+        "--pub",
+        &d("key.pem.pub"),
+        &d("refs.yaml"),
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("altered"), "{}", r.stderr);
+    body[20] ^= 1;
+    std::fs::write(d("refs.yaml"), &body).unwrap();
+    ok(&["measurements", "keygen", "--key", &d("other.pem")]);
+    assert_eq!(
+        veil(&[
+            "measurements",
+            "verify",
+            "--pub",
+            &d("other.pem.pub"),
+            &d("refs.yaml")
+        ])
+        .code,
+        1
+    );
+}
