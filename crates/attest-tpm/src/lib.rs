@@ -9,6 +9,7 @@
 //! Pure: no TPM access, no I/O, no clock.
 
 pub mod alg;
+pub mod credential;
 mod error;
 pub mod eventlog;
 pub mod pcrs;

@@ -242,11 +242,24 @@ pub fn ecdsa_scheme(hash: HashAlg) -> Option<Scheme> {
     }
 }
 
+/// TPMT_SYM_DEF_OBJECT of a storage key (e.g. an EK): algorithm, key size, mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SymDef {
+    /// Algorithm (TPM_ALG_AES = 0x0006).
+    pub algorithm: u16,
+    /// Key size in bits.
+    pub key_bits: u16,
+    /// Mode (TPM_ALG_CFB = 0x0043).
+    pub mode: u16,
+}
+
 /// A TPMT_PUBLIC (or TPM2B_PUBLIC) reduced to its key and name algorithm.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Public {
     /// The key.
     pub key: PublicKey,
+    /// Symmetric algorithm of a storage key (`None` for signing keys).
+    pub symmetric: Option<SymDef>,
     /// nameAlg.
     pub name_alg: Option<HashAlg>,
     /// objectAttributes.
@@ -277,9 +290,15 @@ impl Public {
         let attributes = r.u32_be("objectAttributes")?;
         r.tpm2b("authPolicy")?;
         let sym = r.u16_be("parameters.symmetric.algorithm")?;
-        if sym != ALG_NULL {
-            r.skip(4, "parameters.symmetric.keyBits/mode")?;
-        }
+        let symmetric = if sym != ALG_NULL {
+            Some(SymDef {
+                algorithm: sym,
+                key_bits: r.u16_be("parameters.symmetric.keyBits")?,
+                mode: r.u16_be("parameters.symmetric.mode")?,
+            })
+        } else {
+            None
+        };
         let scheme = r.u16_be("parameters.scheme")?;
         if scheme != ALG_NULL {
             r.skip(2, "parameters.scheme.hashAlg")?;
@@ -345,6 +364,7 @@ impl Public {
         };
         Ok(Self {
             key,
+            symmetric,
             name_alg,
             attributes,
             name,

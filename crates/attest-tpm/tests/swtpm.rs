@@ -430,3 +430,94 @@ fn ak_certificate_chain_to_configured_root() {
         "{e}"
     );
 }
+
+/// tpm2-tools' credential file: magic, version, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET.
+fn credential_file(c: &veil_attest_tpm::credential::MadeCredential) -> Vec<u8> {
+    let mut f = 0xBADC_C0DEu32.to_be_bytes().to_vec();
+    f.extend(1u32.to_be_bytes());
+    f.extend((c.id_object.len() as u16).to_be_bytes());
+    f.extend(&c.id_object);
+    f.extend((c.encrypted_secret.len() as u16).to_be_bytes());
+    f.extend(&c.encrypted_secret);
+    f
+}
+
+impl SwTpm {
+    /// Runs TPM2_ActivateCredential for the AK under the EK; returns the recovered secret.
+    fn activate(&self, credential: &str) -> Result<Vec<u8>, String> {
+        let script = format!(
+            "set -e; tpm2_startauthsession --policy-session -S s.ctx; tpm2_policysecret -Q -S s.ctx -c e; \
+             tpm2_activatecredential -Q -c ak.ctx -C ek.ctx -i {credential} -o secret.out -P session:s.ctx; \
+             tpm2_flushcontext s.ctx"
+        );
+        let out = Command::new("bash")
+            .args(["-c", &script])
+            .current_dir(self.dir.path())
+            .env("TPM2TOOLS_TCTI", self.tpm.tcti())
+            .output()
+            .unwrap();
+        for t in ["-t", "-s", "-l"] {
+            let _ = Command::new("tpm2_flushcontext")
+                .arg(t)
+                .env("TPM2TOOLS_TCTI", self.tpm.tcti())
+                .output();
+        }
+        if out.status.success() {
+            Ok(self.read("secret.out"))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+#[test]
+fn software_make_credential_is_activated_only_by_its_tpm_and_key() {
+    use veil_attest_tpm::credential::make_credential;
+    let tpm = SwTpm::start();
+    tpm.tool(&["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
+    tpm.tool(&[
+        "tpm2_createak",
+        "-C",
+        "ek.ctx",
+        "-c",
+        "ak.ctx",
+        "-G",
+        "rsa",
+        "-g",
+        "sha256",
+        "-s",
+        "rsassa",
+        "-u",
+        "ak.pub",
+        "-n",
+        "ak.name",
+    ]);
+    let ek = Public::parse(&tpm.read("ek.pub")).unwrap();
+    let ak = Public::parse(&tpm.read("ak.pub")).unwrap();
+    // Veil computes the AK's Name as the TPM does.
+    assert_eq!(ak.name, tpm.read("ak.name"));
+
+    let secret = b"join-token-0123456789abcdef01234";
+    let made = make_credential(&ek, &ak.name, secret, &[7u8; 32]).unwrap();
+    std::fs::write(tpm.path("veil.cred"), credential_file(&made)).unwrap();
+    assert_eq!(tpm.activate("veil.cred").unwrap(), secret);
+
+    // For another object Name, the TPM refuses (integrity check fails).
+    let mut other = ak.name.clone();
+    other[5] ^= 1;
+    let made = make_credential(&ek, &other, secret, &[8u8; 32]).unwrap();
+    std::fs::write(tpm.path("other.cred"), credential_file(&made)).unwrap();
+    assert!(tpm.activate("other.cred").is_err());
+
+    // Wrapped to another TPM's EK: this TPM cannot recover the seed.
+    let tpm2 = SwTpm::start();
+    tpm2.tool(&["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
+    let ek2 = Public::parse(&tpm2.read("ek.pub")).unwrap();
+    assert_ne!(ek2.key, ek.key);
+    let made = make_credential(&ek2, &ak.name, secret, &[9u8; 32]).unwrap();
+    std::fs::write(tpm.path("foreign.cred"), credential_file(&made)).unwrap();
+    assert!(tpm.activate("foreign.cred").is_err());
+
+    // A signing key is not an EK.
+    assert!(make_credential(&ak, &ak.name, secret, &[1u8; 32]).is_err());
+}
