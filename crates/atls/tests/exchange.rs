@@ -1,0 +1,241 @@
+//! Attested TLS over real TCP sockets: mutual success, one-way (owner to node), and the
+//! refusals that matter — replayed evidence, a peer that does not attest, evidence from an
+//! untrusted attester.
+//!
+//! The TEE here is a test double (a software ECDSA key that signs the report data): what is
+//! under test is the binding of evidence to the TLS session, which does not depend on the TEE.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::sync::{Arc, Mutex};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair,
+    UnparsedPublicKey,
+};
+use tokio::net::{TcpListener, TcpStream};
+use veil_atls::*;
+
+/// Test-double TEE: evidence = report data (64 bytes) || ECDSA signature over it.
+struct SoftTee {
+    key: EcdsaKeyPair,
+    recorded: Mutex<Vec<Vec<u8>>>,
+}
+
+impl SoftTee {
+    fn new() -> Arc<Self> {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        Arc::new(Self {
+            key: EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).unwrap(),
+            recorded: Mutex::new(Vec::new()),
+        })
+    }
+    fn public(&self) -> Vec<u8> {
+        self.key.public_key().as_ref().to_vec()
+    }
+}
+
+impl Attester for SoftTee {
+    fn attest(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, String> {
+        let sig = self
+            .key
+            .sign(&SystemRandom::new(), report_data)
+            .map_err(|e| e.to_string())?;
+        let mut ev = report_data.to_vec();
+        ev.extend_from_slice(sig.as_ref());
+        self.recorded.lock().unwrap().push(ev.clone());
+        Ok(ev)
+    }
+}
+
+/// Replays the first evidence another attester produced.
+struct Replayer(Arc<SoftTee>);
+
+impl Attester for Replayer {
+    fn attest(&self, _report_data: &[u8; 64]) -> Result<Vec<u8>, String> {
+        Ok(self.0.recorded.lock().unwrap()[0].clone())
+    }
+}
+
+struct TrustedTee(Vec<u8>);
+
+impl Appraiser for TrustedTee {
+    type Claims = &'static str;
+    fn appraise(&self, evidence: &[u8], report_data: &[u8; 64]) -> Result<&'static str, String> {
+        if evidence.len() < 64 {
+            return Err("evidence too short".into());
+        }
+        let (rd, sig) = evidence.split_at(64);
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &self.0)
+            .verify(rd, sig)
+            .map_err(|_| "signature is not by the trusted TEE".to_string())?;
+        if rd != report_data {
+            return Err(format!(
+                "report data {} is not bound to this session (expected {})",
+                hex::encode(&rd[..8]),
+                hex::encode(&report_data[..8])
+            ));
+        }
+        Ok("trusted-tee")
+    }
+}
+
+type Outcome = (
+    Result<Option<&'static str>, AtlsError>,
+    Result<Option<&'static str>, AtlsError>,
+);
+
+/// Runs one connection; returns (client's view of the server, server's view of the client).
+async fn run(
+    server_attester: Option<Arc<dyn Attester>>,
+    server_appraiser: Option<Arc<TrustedTee>>,
+    client_attester: Option<Arc<dyn Attester>>,
+    client_appraiser: Option<Arc<TrustedTee>>,
+) -> Outcome {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        let id = Identity::generate().unwrap();
+        server(
+            sock,
+            &id,
+            server_attester.as_deref(),
+            server_appraiser.as_deref(),
+        )
+        .await
+        .map(|(_, peer)| peer.claims)
+    });
+    let sock = TcpStream::connect(addr).await.unwrap();
+    let id = Identity::generate().unwrap();
+    let client = client(
+        sock,
+        &id,
+        client_attester.as_deref(),
+        client_appraiser.as_deref(),
+    )
+    .await
+    .map(|(_, peer)| peer.claims);
+    (client, server.await.unwrap())
+}
+
+#[tokio::test]
+async fn mutual_attestation_succeeds() {
+    let (a, b) = (SoftTee::new(), SoftTee::new());
+    let (c, s) = run(
+        Some(a.clone()),
+        Some(Arc::new(TrustedTee(b.public()))),
+        Some(b.clone()),
+        Some(Arc::new(TrustedTee(a.public()))),
+    )
+    .await;
+    assert_eq!(c.unwrap(), Some("trusted-tee"));
+    assert_eq!(s.unwrap(), Some("trusted-tee"));
+}
+
+#[tokio::test]
+async fn owner_connects_unattested_to_an_attested_node() {
+    let node = SoftTee::new();
+    let (c, s) = run(
+        Some(node.clone()),
+        None,
+        None,
+        Some(Arc::new(TrustedTee(node.public()))),
+    )
+    .await;
+    assert_eq!(c.unwrap(), Some("trusted-tee"));
+    assert_eq!(s.unwrap(), None);
+}
+
+#[tokio::test]
+async fn replayed_evidence_is_refused() {
+    let node = SoftTee::new();
+    let trust = Arc::new(TrustedTee(node.public()));
+    // A genuine session, whose evidence the attacker records...
+    let (c, _) = run(Some(node.clone()), None, None, Some(trust.clone())).await;
+    c.unwrap();
+    // ...and presents in a new session, with a TLS key of its own.
+    let (c, _) = run(
+        Some(Arc::new(Replayer(node.clone()))),
+        None,
+        None,
+        Some(trust),
+    )
+    .await;
+    match c {
+        Err(AtlsError::Refused(reason)) => {
+            assert!(reason.contains("not bound to this session"), "{reason}")
+        }
+        other => panic!("replay accepted: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_does_not_attest_is_refused() {
+    let tee = SoftTee::new();
+    let (c, _) = run(None, None, None, Some(Arc::new(TrustedTee(tee.public())))).await;
+    assert_eq!(c.unwrap_err(), AtlsError::NoEvidence);
+    // Server side: a client that must attest but does not.
+    let (_, s) = run(
+        Some(tee.clone()),
+        Some(Arc::new(TrustedTee(tee.public()))),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s.unwrap_err(), AtlsError::NoEvidence);
+}
+
+#[tokio::test]
+async fn evidence_from_an_untrusted_attester_is_refused() {
+    let (genuine, rogue) = (SoftTee::new(), SoftTee::new());
+    let (c, _) = run(
+        Some(rogue),
+        None,
+        None,
+        Some(Arc::new(TrustedTee(genuine.public()))),
+    )
+    .await;
+    match c {
+        Err(AtlsError::Refused(reason)) => assert!(reason.contains("not by the trusted TEE")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn binding_depends_on_every_input() {
+    let base = BindingInput {
+        exporter: [1; 32],
+        verifier_nonce: [2; 32],
+        attester_spki_sha256: [3; 32],
+    };
+    let b = binding(&base);
+    assert_ne!(
+        b,
+        binding(&BindingInput {
+            exporter: [9; 32],
+            ..base
+        })
+    );
+    assert_ne!(
+        b,
+        binding(&BindingInput {
+            verifier_nonce: [9; 32],
+            ..base
+        })
+    );
+    assert_ne!(
+        b,
+        binding(&BindingInput {
+            attester_spki_sha256: [9; 32],
+            ..base
+        })
+    );
+}
