@@ -20,4 +20,4 @@ mod protocol;
 mod tls;
 
 pub use protocol::{Appraiser, AtlsError, Attester, BindingInput, Peer, binding, client, server};
-pub use tls::Identity;
+pub use tls::{Identity, client_config, server_config};

@@ -170,7 +170,9 @@ impl ClientCertVerifier for AttestedPeer {
     }
 }
 
-pub(crate) fn client_config(id: &Identity) -> Result<rustls::ClientConfig, AtlsError> {
+/// The client TLS configuration of an attested connection (TLS 1.3 only, client certificate
+/// `id`, any server certificate whose key signs the handshake).
+pub fn client_config(id: &Identity) -> Result<rustls::ClientConfig, AtlsError> {
     let provider = provider();
     rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -181,7 +183,9 @@ pub(crate) fn client_config(id: &Identity) -> Result<rustls::ClientConfig, AtlsE
         .map_err(|e| AtlsError::Tls(e.to_string()))
 }
 
-pub(crate) fn server_config(id: &Identity) -> Result<rustls::ServerConfig, AtlsError> {
+/// The server TLS configuration of an attested connection (TLS 1.3 only, certificate `id`,
+/// a client certificate required).
+pub fn server_config(id: &Identity) -> Result<rustls::ServerConfig, AtlsError> {
     let provider = provider();
     rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])

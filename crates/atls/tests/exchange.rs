@@ -239,3 +239,82 @@ fn binding_depends_on_every_input() {
         })
     );
 }
+
+async fn frame<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).await.unwrap();
+    body
+}
+
+async fn send<S: tokio::io::AsyncWrite + Unpin>(s: &mut S, body: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(&(body.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    s.write_all(body).await.unwrap();
+    s.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn evidence_relayed_from_another_session_is_refused() {
+    // A man in the middle terminates the client's TLS session and opens its own to a genuine
+    // node, forwarding the client's nonce so the node's evidence carries it; the evidence is
+    // still bound to the other session's exporter and the node's TLS key.
+    let node_tee = SoftTee::new();
+    let node_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node_addr = node_listener.local_addr().unwrap();
+    let node = {
+        let tee = node_tee.clone();
+        tokio::spawn(async move {
+            let (sock, _) = node_listener.accept().await.unwrap();
+            let id = Identity::generate().unwrap();
+            let _ =
+                server::<_, TrustedTee>(sock, &id, Some(tee.as_ref() as &dyn Attester), None).await;
+        })
+    };
+    let mitm_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mitm_addr = mitm_listener.local_addr().unwrap();
+    let mitm = tokio::spawn(async move {
+        let (sock, _) = mitm_listener.accept().await.unwrap();
+        let id = Identity::generate().unwrap();
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_config(&id).unwrap()));
+        let mut to_client = acceptor.accept(sock).await.unwrap();
+        let upstream = TcpStream::connect(node_addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+            client_config(&Identity::generate().unwrap()).unwrap(),
+        ));
+        let name = rustls::pki_types::ServerName::try_from("veil-atls").unwrap();
+        let mut to_node = connector.connect(name, upstream).await.unwrap();
+        let client_hello = frame(&mut to_client).await;
+        let mut hello = client_hello[..32].to_vec();
+        hello.push(2); // "I require your evidence", with the client's nonce
+        send(&mut to_node, &hello).await;
+        let node_hello = frame(&mut to_node).await;
+        let mut hello = node_hello[..32].to_vec();
+        hello.push(1); // "I attest"
+        send(&mut to_client, &hello).await;
+        send(&mut to_node, &[]).await;
+        let node_evidence = frame(&mut to_node).await;
+        send(&mut to_client, &node_evidence).await;
+        let _ = frame(&mut to_client).await;
+    });
+    let sock = TcpStream::connect(mitm_addr).await.unwrap();
+    let id = Identity::generate().unwrap();
+    let trust = TrustedTee(node_tee.public());
+    let r = client(sock, &id, None, Some(&trust)).await;
+    match r {
+        Err(AtlsError::Refused(reason)) => {
+            assert!(reason.contains("not bound to this session"), "{reason}")
+        }
+        Err(other) => panic!("refused for the wrong reason: {other}"),
+        Ok(_) => panic!("relayed evidence accepted"),
+    }
+    // The node did attest (to the man in the middle): the refusal is the binding's doing.
+    assert_eq!(node_tee.recorded.lock().unwrap().len(), 1);
+    let _ = mitm.await;
+    let _ = node.await;
+}
