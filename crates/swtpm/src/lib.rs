@@ -3,8 +3,8 @@
 //! [`LocalCa`] is a TPM "manufacturer" that lives in the owner's workspace: it issues EK and
 //! platform certificates when a TPM is manufactured (`swtpm_setup --create-ek-cert`). Its root
 //! proves nothing about hardware — anything it endorses is a local, insecure node, accepted
-//! only by reference values that say so. [`SwTpm`] runs one `swtpm` daemon on a Unix socket
-//! and stops it when dropped.
+//! only by reference values that say so. [`SwTpm`] runs one `swtpm` daemon on loopback TCP and
+//! stops it when dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -129,20 +129,47 @@ impl LocalCa {
     }
 }
 
-/// A running swtpm, stopped on drop.
+/// A running swtpm, stopped on drop. It listens on loopback TCP (the transport every TSS
+/// speaks, tss-esapi included): the command port and the control port right above it.
 #[derive(Debug)]
 pub struct SwTpm {
-    socket: PathBuf,
-    ctrl: PathBuf,
+    port: u16,
     stopped: bool,
 }
 
+/// Two consecutive free loopback ports (command, control), as far as can be known.
+fn free_port_pair() -> Option<u16> {
+    for _ in 0..50 {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+        let port = a.local_addr().ok()?.port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return Some(port);
+        }
+    }
+    None
+}
+
 impl SwTpm {
-    /// Starts swtpm on the TPM state in `state` (listening on `state/tpm.sock`).
+    /// Starts swtpm on the TPM state in `state`, on free loopback ports.
     pub fn start(state: &Path) -> Result<Self, SwtpmError> {
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port_pair().ok_or_else(|| SwtpmError::Tool {
+                tool: "swtpm",
+                detail: "no free pair of loopback ports".into(),
+            })?;
+            match Self::start_on(state, port) {
+                Ok(t) => return Ok(t),
+                // Another process may have taken the port in between: try another pair.
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(SwtpmError::NotListening("127.0.0.1".into())))
+    }
+
+    /// Starts swtpm on the TPM state in `state`, on `port` (commands) and `port + 1` (control).
+    pub fn start_on(state: &Path, port: u16) -> Result<Self, SwtpmError> {
         let state = std::fs::canonicalize(state).map_err(io(state))?;
-        let socket = state.join("tpm.sock");
-        let ctrl = state.join("tpm.sock.ctrl");
         run(
             "swtpm",
             Command::new("swtpm")
@@ -154,31 +181,35 @@ impl SwTpm {
                     "not-need-init,startup-clear",
                 ])
                 .arg("--server")
-                .arg(format!("type=unixio,path={}", socket.display()))
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
                 .arg("--ctrl")
-                .arg(format!("type=unixio,path={}", ctrl.display()))
+                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
                 .arg("--tpmstate")
                 .arg(format!("dir={}", state.display()))
                 .arg("--pid")
                 .arg(format!("file={}", state.join("swtpm.pid").display())),
         )?;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !socket.exists() {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
-                return Err(SwtpmError::NotListening(socket.display().to_string()));
+                return Err(SwtpmError::NotListening(format!("127.0.0.1:{port}")));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(Self {
-            socket,
-            ctrl,
+            port,
             stopped: false,
         })
     }
 
     /// The TCTI configuration string (for tss-esapi or `TPM2TOOLS_TCTI`).
     pub fn tcti(&self) -> String {
-        format!("swtpm:path={}", self.socket.display())
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// The command port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Stops the daemon (TPM2_Shutdown through the control channel, then exit).
@@ -189,10 +220,11 @@ impl SwTpm {
         self.stopped = true;
         run(
             "swtpm_ioctl",
-            Command::new("swtpm_ioctl")
-                .arg("--unix")
-                .arg(&self.ctrl)
-                .arg("-s"),
+            Command::new("swtpm_ioctl").args([
+                "--tcp",
+                &format!("127.0.0.1:{}", self.port + 1),
+                "-s",
+            ]),
         )?;
         Ok(())
     }

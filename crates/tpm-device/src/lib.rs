@@ -1,0 +1,308 @@
+//! A node's own TPM, through the TCG software stack (tss-esapi over libtss2).
+//!
+//! This is the device side of attestation: the node agent reads its EK certificate, creates an
+//! attestation key under the EK, proves the two belong together by activating a credential the
+//! verifier made, extends its measurements into PCRs and quotes them over a verifier's nonce.
+//! Everything it returns is in TPM wire format, for `veil-attest-tpm` to verify.
+//!
+//! There is no resource manager on swtpm: every transient object and session created here is
+//! flushed before the call returns, except the EK and AK handles kept by [`NodeTpm`].
+
+use std::str::FromStr;
+
+use tss_esapi::Context;
+use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, ak, ek};
+use tss_esapi::attributes::SessionAttributesBuilder;
+use tss_esapi::constants::SessionType;
+use tss_esapi::handles::{AuthHandle, KeyHandle, PcrHandle, SessionHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, SignatureSchemeAlgorithm};
+use tss_esapi::interface_types::key_bits::RsaKeyBits;
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::structures::{
+    Data, Digest, DigestValues, EncryptedSecret, IdObject, PcrSelectionListBuilder, PcrSlot,
+    SignatureScheme, SymmetricDefinition,
+};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::Marshall;
+
+/// A TPM operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TpmDeviceError {
+    /// The TCTI string is not valid.
+    #[error("TCTI `{tcti}`: {detail}")]
+    Tcti {
+        /// The string.
+        tcti: String,
+        /// The complaint.
+        detail: String,
+    },
+    /// A TPM command failed.
+    #[error("TPM {operation}: {detail}")]
+    Command {
+        /// What was attempted.
+        operation: &'static str,
+        /// The TSS error.
+        detail: String,
+    },
+    /// An argument is outside what the TPM accepts.
+    #[error("{0}")]
+    Argument(String),
+}
+
+fn cmd(operation: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmDeviceError {
+    move |e| TpmDeviceError::Command {
+        operation,
+        detail: e.to_string(),
+    }
+}
+
+/// PCR banks a quote can cover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bank {
+    /// SHA-1.
+    Sha1,
+    /// SHA-256.
+    Sha256,
+}
+
+impl Bank {
+    fn alg(self) -> HashingAlgorithm {
+        match self {
+            Bank::Sha1 => HashingAlgorithm::Sha1,
+            Bank::Sha256 => HashingAlgorithm::Sha256,
+        }
+    }
+}
+
+/// A quote in wire format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuoteBytes {
+    /// TPMS_ATTEST.
+    pub attest: Vec<u8>,
+    /// TPMT_SIGNATURE.
+    pub signature: Vec<u8>,
+}
+
+/// A connection to a TPM, with its EK and (once created) AK loaded.
+#[derive(Debug)]
+pub struct NodeTpm {
+    ctx: Context,
+    ek: Option<KeyHandle>,
+    ak: Option<KeyHandle>,
+    ak_public: Vec<u8>,
+}
+
+fn pcr_slot(pcr: u32) -> Result<PcrSlot, TpmDeviceError> {
+    let bit = 1u32
+        .checked_shl(pcr)
+        .filter(|_| pcr < 24)
+        .ok_or_else(|| TpmDeviceError::Argument(format!("PCR {pcr}: expected 0 to 23")))?;
+    PcrSlot::try_from(bit).map_err(|e| TpmDeviceError::Argument(format!("PCR {pcr}: {e}")))
+}
+
+impl NodeTpm {
+    /// Connects through a TCTI (e.g. `swtpm:path=/run/veil/tpm.sock` or `device:/dev/tpmrm0`).
+    pub fn open(tcti: &str) -> Result<Self, TpmDeviceError> {
+        let conf = TctiNameConf::from_str(tcti).map_err(|e| TpmDeviceError::Tcti {
+            tcti: tcti.to_string(),
+            detail: e.to_string(),
+        })?;
+        let ctx = Context::new(conf).map_err(|e| TpmDeviceError::Tcti {
+            tcti: tcti.to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(Self {
+            ctx,
+            ek: None,
+            ak: None,
+            ak_public: Vec::new(),
+        })
+    }
+
+    /// The RSA-2048 EK certificate (DER) from its NV index.
+    pub fn ek_certificate(&mut self) -> Result<Vec<u8>, TpmDeviceError> {
+        ek::retrieve_ek_pubcert(
+            &mut self.ctx,
+            AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
+        )
+        .map_err(cmd("read EK certificate"))
+    }
+
+    /// Creates (re-derives) the RSA-2048 EK from the default template; returns its TPMT_PUBLIC.
+    pub fn load_ek(&mut self) -> Result<Vec<u8>, TpmDeviceError> {
+        let handle = ek::create_ek_object_2(
+            &mut self.ctx,
+            AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
+            None,
+        )
+        .map_err(cmd("create EK"))?;
+        self.ek = Some(handle);
+        let (public, _, _) = self
+            .ctx
+            .read_public(handle)
+            .map_err(cmd("read EK public"))?;
+        public.marshall().map_err(cmd("marshal EK public"))
+    }
+
+    fn ek(&self) -> Result<KeyHandle, TpmDeviceError> {
+        self.ek
+            .ok_or_else(|| TpmDeviceError::Argument("the EK is not loaded (call load_ek)".into()))
+    }
+
+    fn ak(&self) -> Result<KeyHandle, TpmDeviceError> {
+        self.ak
+            .ok_or_else(|| TpmDeviceError::Argument("no AK (call create_ak)".into()))
+    }
+
+    /// Creates and loads a restricted RSA-2048 RSASSA/SHA-256 signing key under the EK; returns
+    /// its TPMT_PUBLIC.
+    pub fn create_ak(&mut self) -> Result<Vec<u8>, TpmDeviceError> {
+        let ek = self.ek()?;
+        let created = ak::create_ak(
+            &mut self.ctx,
+            ek,
+            HashingAlgorithm::Sha256,
+            SignatureSchemeAlgorithm::RsaSsa,
+            None,
+            None,
+        )
+        .map_err(cmd("create AK"))?;
+        let handle = ak::load_ak(
+            &mut self.ctx,
+            ek,
+            None,
+            created.out_private,
+            created.out_public.clone(),
+        )
+        .map_err(cmd("load AK"))?;
+        self.ak = Some(handle);
+        self.ak_public = created
+            .out_public
+            .marshall()
+            .map_err(cmd("marshal AK public"))?;
+        Ok(self.ak_public.clone())
+    }
+
+    /// Recovers the secret of a credential made (by a verifier) for this TPM's EK and AK.
+    pub fn activate_credential(
+        &mut self,
+        id_object: &[u8],
+        encrypted_secret: &[u8],
+    ) -> Result<Vec<u8>, TpmDeviceError> {
+        let (ek, ak) = (self.ek()?, self.ak()?);
+        let id = IdObject::try_from(id_object.to_vec())
+            .map_err(|e| TpmDeviceError::Argument(format!("credential: {e}")))?;
+        let secret = EncryptedSecret::try_from(encrypted_secret.to_vec())
+            .map_err(|e| TpmDeviceError::Argument(format!("credential secret: {e}")))?;
+        // The EK's auth policy is PolicySecret(endorsement hierarchy).
+        let session = self
+            .ctx
+            .start_auth_session(
+                None,
+                None,
+                None,
+                SessionType::Policy,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(cmd("start policy session"))?
+            .ok_or_else(|| TpmDeviceError::Argument("no policy session returned".into()))?;
+        let (attrs, mask) = SessionAttributesBuilder::new()
+            .with_decrypt(true)
+            .with_encrypt(true)
+            .build();
+        let result = (|| {
+            self.ctx
+                .tr_sess_set_attributes(session, attrs, mask)
+                .map_err(cmd("session attributes"))?;
+            let policy = PolicySession::try_from(session).map_err(cmd("policy session"))?;
+            self.ctx
+                .execute_with_nullauth_session(|ctx| {
+                    ctx.policy_secret(
+                        policy,
+                        AuthHandle::Endorsement,
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                        None,
+                    )
+                })
+                .map_err(cmd("policy secret"))?;
+            self.ctx
+                .execute_with_sessions((Some(AuthSession::Password), Some(session), None), |ctx| {
+                    ctx.activate_credential(ak, ek, id, secret)
+                })
+                .map_err(cmd("activate credential"))
+        })();
+        let _ = self.ctx.flush_context(SessionHandle::from(session).into());
+        result.map(|d: Digest| d.value().to_vec())
+    }
+
+    /// Extends `pcr` in both banks with the given digests.
+    pub fn extend(
+        &mut self,
+        pcr: u32,
+        sha1: &[u8; 20],
+        sha256: &[u8; 32],
+    ) -> Result<(), TpmDeviceError> {
+        let handle = PcrHandle::try_from(pcr)
+            .map_err(|e| TpmDeviceError::Argument(format!("PCR {pcr}: {e}")))?;
+        let mut values = DigestValues::new();
+        values.set(
+            HashingAlgorithm::Sha1,
+            Digest::try_from(sha1.to_vec()).map_err(cmd("digest"))?,
+        );
+        values.set(
+            HashingAlgorithm::Sha256,
+            Digest::try_from(sha256.to_vec()).map_err(cmd("digest"))?,
+        );
+        self.ctx
+            .execute_with_nullauth_session(|ctx| ctx.pcr_extend(handle, values))
+            .map_err(cmd("extend PCR"))
+    }
+
+    /// Quotes `pcrs` in `banks` with the AK over `extra_data` (at most 64 bytes).
+    pub fn quote(
+        &mut self,
+        extra_data: &[u8],
+        banks: &[Bank],
+        pcrs: &[u32],
+    ) -> Result<QuoteBytes, TpmDeviceError> {
+        let ak = self.ak()?;
+        let data = Data::try_from(extra_data.to_vec())
+            .map_err(|e| TpmDeviceError::Argument(format!("extra data: {e}")))?;
+        let slots = pcrs
+            .iter()
+            .map(|p| pcr_slot(*p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut builder = PcrSelectionListBuilder::new();
+        for b in banks {
+            builder = builder.with_selection(b.alg(), &slots);
+        }
+        let selection = builder.build().map_err(cmd("PCR selection"))?;
+        let (attest, signature) = self
+            .ctx
+            .execute_with_nullauth_session(|ctx| {
+                ctx.quote(ak, data, SignatureScheme::Null, selection)
+            })
+            .map_err(cmd("quote"))?;
+        Ok(QuoteBytes {
+            attest: attest.marshall().map_err(cmd("marshal attest"))?,
+            signature: signature.marshall().map_err(cmd("marshal signature"))?,
+        })
+    }
+
+    /// The AK's TPMT_PUBLIC (empty before [`NodeTpm::create_ak`]).
+    pub fn ak_public(&self) -> &[u8] {
+        &self.ak_public
+    }
+}
+
+impl Drop for NodeTpm {
+    fn drop(&mut self) {
+        for h in [self.ak.take(), self.ek.take()].into_iter().flatten() {
+            let _ = self.ctx.flush_context(h.into());
+        }
+    }
+}
