@@ -12,6 +12,7 @@ pub mod alg;
 pub mod credential;
 mod error;
 pub mod eventlog;
+pub mod evidence;
 pub mod pcrs;
 pub mod structures;
 mod verify;

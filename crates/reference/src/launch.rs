@@ -95,6 +95,16 @@ impl Launch {
     }
 }
 
+/// The event a node appends to its log when it extends the cluster ID into [`PCR_CLUSTER_ID`].
+pub fn cluster_event(cluster_id: &[u8]) -> Event {
+    Event {
+        pcr: PCR_CLUSTER_ID,
+        event_type: EV_EVENT_TAG,
+        digests: BANKS.iter().map(|b| (*b, b.hash(&[cluster_id]))).collect(),
+        data: b"veil-cluster-id".to_vec(),
+    }
+}
+
 /// The value of the cluster-ID PCR: zero for a node that belongs to no cluster, else the
 /// single extension by the digest of the cluster ID.
 pub fn cluster_pcr(bank: HashAlg, cluster_id: Option<&[u8]>) -> Vec<u8> {
