@@ -103,8 +103,12 @@ async fn write_frame<S: AsyncWrite + Unpin>(s: &mut S, body: &[u8]) -> Result<()
         .ok_or_else(|| {
             AtlsError::Protocol(format!("frame of {} bytes is too large", body.len()))
         })?;
-    s.write_all(&len.to_be_bytes()).await?;
-    s.write_all(body).await?;
+    // One write per frame: split writes of small records meet Nagle's algorithm and delayed
+    // ACKs (40 ms a round) on TCP without TCP_NODELAY.
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(body);
+    s.write_all(&frame).await?;
     s.flush().await?;
     Ok(())
 }
@@ -173,13 +177,14 @@ where
 
     // Evidence goes to a peer that asks for it; an empty frame otherwise.
     let evidence = match attester {
-        Some(a) if peer_flags & FLAG_REQUIRES != 0 => a
-            .attest(&binding(&BindingInput {
+        Some(a) if peer_flags & FLAG_REQUIRES != 0 => {
+            let rd = binding(&BindingInput {
                 exporter: session.exporter,
                 verifier_nonce: peer_nonce,
                 attester_spki_sha256: session.own_spki,
-            }))
-            .map_err(AtlsError::Attester)?,
+            });
+            blocking(|| a.attest(&rd)).map_err(AtlsError::Attester)?
+        }
         _ => Vec::new(),
     };
     write_frame(stream, &evidence).await?;
@@ -197,6 +202,15 @@ where
                 .map(Some)
                 .map_err(AtlsError::Refused)
         }
+    }
+}
+
+/// Runs a blocking attester call (a TPM command takes milliseconds) without stalling the other
+/// tasks of a multi-threaded runtime.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

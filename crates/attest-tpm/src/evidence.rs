@@ -1,5 +1,10 @@
 //! Veil's TPM evidence as it travels (e.g. in attested TLS): the AK public area, the quote,
-//! its signature and the event log, each length-prefixed after a magic and a version.
+//! its signature, the event log, and the batch of 64-byte bindings the quote covers, each
+//! length-prefixed after a magic and a version.
+//!
+//! A TPM signs slowly (milliseconds per quote), so one quote may answer several verifiers at
+//! once: its extraData is [`batch_digest`] of all their bindings, and each verifier checks that
+//! its own binding is in the batch.
 
 use veil_attest_core::{Malformed, Reader};
 
@@ -7,6 +12,18 @@ const STRUCTURE: &str = "Veil TPM evidence";
 const MAGIC: &[u8; 4] = b"VTPM";
 const VERSION: u8 = 1;
 const MAX_EVENT_LOG: u32 = 1 << 22;
+const MAX_BATCH: u16 = 1024;
+
+/// The extraData a quote carries for a batch of bindings.
+pub fn batch_digest(bindings: &[[u8; 64]]) -> [u8; 64] {
+    use sha2::{Digest, Sha512};
+    let mut h = Sha512::new();
+    h.update(b"veil-tpm-batch-v1\0");
+    for b in bindings {
+        h.update(b);
+    }
+    h.finalize().into()
+}
 
 /// TPM evidence, each part in TPM wire format.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +36,8 @@ pub struct TpmEvidence {
     pub signature: Vec<u8>,
     /// TCG event log (may be empty).
     pub event_log: Vec<u8>,
+    /// The bindings the quote covers (its extraData is their [`batch_digest`]).
+    pub bindings: Vec<[u8; 64]>,
 }
 
 impl TpmEvidence {
@@ -49,6 +68,14 @@ impl TpmEvidence {
             .ok_or_else(|| too_long("event_log", self.event_log.len()))?;
         out.extend(len.to_be_bytes());
         out.extend(&self.event_log);
+        let count = u16::try_from(self.bindings.len())
+            .ok()
+            .filter(|c| *c <= MAX_BATCH)
+            .ok_or_else(|| too_long("bindings", self.bindings.len()))?;
+        out.extend(count.to_be_bytes());
+        for b in &self.bindings {
+            out.extend(b);
+        }
         Ok(out)
     }
 
@@ -75,12 +102,25 @@ impl TpmEvidence {
             ));
         }
         let event_log = r.take(len as usize, "event_log")?.to_vec();
+        let count = r.u16_be("bindings.count")?;
+        if count == 0 || count > MAX_BATCH {
+            return Err(r.invalid(
+                "bindings.count",
+                format!("1 to {MAX_BATCH}"),
+                count.to_string(),
+            ));
+        }
+        let mut bindings = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            bindings.push(r.array("bindings[]")?);
+        }
         r.finish()?;
         Ok(Self {
             ak_public,
             attest,
             signature,
             event_log,
+            bindings,
         })
     }
 }
@@ -96,6 +136,7 @@ mod tests {
             attest: vec![3],
             signature: vec![],
             event_log: vec![9; 10],
+            bindings: vec![[5; 64], [6; 64]],
         };
         let b = e.to_bytes().unwrap();
         assert_eq!(TpmEvidence::parse(&b).unwrap(), e);

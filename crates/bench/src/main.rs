@@ -21,8 +21,9 @@ use veil_attest_tpm as tpm;
 #[derive(Parser, Debug)]
 #[command(about = "Veil benchmarks")]
 struct Args {
-    /// What to measure.
-    #[arg(value_parser = ["attest"])]
+    /// What to measure: `attest` (evidence verification) or `atls` (attested TLS handshakes
+    /// between software-TPM nodes).
+    #[arg(value_parser = ["attest", "atls"])]
     suite: String,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3.0)]
@@ -65,8 +66,13 @@ fn line(what: &str, ours: f64, base: Option<(&str, f64)>, goal: &str) {
     }
 }
 
+mod atls;
+
 fn main() -> Result<()> {
     let a = Args::parse();
+    if a.suite == "atls" {
+        return atls::run(a.seconds);
+    }
     let v = &a.vectors.clone().unwrap_or_else(veil_testvectors::dir);
     if !v.join("INDEX.md").exists() {
         bail!(

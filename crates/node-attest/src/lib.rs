@@ -6,11 +6,12 @@
 //! AK trusted (bound to an EK at join, pinned since), signature, binding, event log replayed
 //! into the quoted PCRs, the cluster-ID PCR, and the reference values of the node's role.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex};
 
 use veil_atls::{Appraiser, Attester};
 use veil_attest_core::UnixTime;
-use veil_attest_tpm::evidence::TpmEvidence;
+use veil_attest_tpm::evidence::{TpmEvidence, batch_digest};
 use veil_attest_tpm::{
     EventLog, HashAlg, HexValue, Public, Quote, QuoteEvidence, QuoteSignature, TpmPolicy,
     verify_quote,
@@ -20,10 +21,24 @@ use veil_reference::launch::{PCR_CLUSTER_ID, QUOTED_PCRS, cluster_pcr};
 use veil_tpm_device::{Bank, NodeTpm};
 
 /// Produces Veil TPM evidence from the node's TPM (with an AK already created).
+///
+/// Requests that arrive while a quote is being made are batched into the next quote: one TPM
+/// signature answers every verifier waiting at that moment, each finding its own binding in the
+/// signed batch. A node's TPM signs a quote in milliseconds, so this is what lets one node
+/// attest to many peers at once.
 #[derive(Debug)]
 pub struct TpmAttester {
     tpm: Mutex<NodeTpm>,
     event_log: Vec<u8>,
+    queue: Mutex<Queue>,
+    served: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    pending: Vec<[u8; 64]>,
+    leader: bool,
+    done: HashMap<[u8; 64], Result<Vec<u8>, String>>,
 }
 
 impl TpmAttester {
@@ -32,27 +47,62 @@ impl TpmAttester {
         Self {
             tpm: Mutex::new(tpm),
             event_log,
+            queue: Mutex::new(Queue::default()),
+            served: Condvar::new(),
         }
     }
-}
 
-impl Attester for TpmAttester {
-    fn attest(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, String> {
+    fn quote_batch(&self, bindings: Vec<[u8; 64]>) -> Result<Vec<u8>, String> {
         let mut tpm = self
             .tpm
             .lock()
             .map_err(|_| "TPM lock poisoned".to_string())?;
         let q = tpm
-            .quote(report_data, &[Bank::Sha1, Bank::Sha256], &QUOTED_PCRS)
+            .quote(
+                &batch_digest(&bindings),
+                &[Bank::Sha1, Bank::Sha256],
+                &QUOTED_PCRS,
+            )
             .map_err(|e| e.to_string())?;
         TpmEvidence {
             ak_public: tpm.ak_public().to_vec(),
             attest: q.attest,
             signature: q.signature,
             event_log: self.event_log.clone(),
+            bindings,
         }
         .to_bytes()
         .map_err(|e| e.to_string())
+    }
+}
+
+impl Attester for TpmAttester {
+    fn attest(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, String> {
+        let poisoned = || "attestation queue poisoned".to_string();
+        let mut q = self.queue.lock().map_err(|_| poisoned())?;
+        q.pending.push(*report_data);
+        loop {
+            if let Some(result) = q.done.remove(report_data) {
+                return result;
+            }
+            if !q.leader {
+                // Lead: quote everything pending, publish, repeat while requests keep coming.
+                q.leader = true;
+                while !q.pending.is_empty() {
+                    let batch = std::mem::take(&mut q.pending);
+                    drop(q);
+                    let result = self.quote_batch(batch.clone());
+                    q = self.queue.lock().map_err(|_| poisoned())?;
+                    for b in batch {
+                        q.done.insert(b, result.clone());
+                    }
+                    self.served.notify_all();
+                }
+                q.leader = false;
+                continue;
+            }
+            q = self.served.wait(q).map_err(|_| poisoned())?;
+        }
     }
 }
 
@@ -87,13 +137,19 @@ impl Appraiser for TpmAppraiser {
 
     fn appraise(&self, evidence: &[u8], report_data: &[u8; 64]) -> Result<NodeClaims, String> {
         let ev = TpmEvidence::parse(evidence).map_err(|e| e.to_string())?;
+        if !ev.bindings.contains(report_data) {
+            return Err(format!(
+                "the quote's batch of {} bindings does not contain this session's binding",
+                ev.bindings.len()
+            ));
+        }
         let ak = Public::parse(&ev.ak_public).map_err(|e| format!("AK: {e}"))?;
         let sig = QuoteSignature::from_bytes(&ev.signature, &ak.key).map_err(|e| e.to_string())?;
         let log = EventLog::parse(&ev.event_log).map_err(|e| e.to_string())?;
         let quote = Quote::parse(&ev.attest).map_err(|e| e.to_string())?;
         let pcrs = log.expected_pcrs(&quote.pcr_select);
         let policy = TpmPolicy {
-            nonce: Some(HexValue(report_data.to_vec())),
+            nonce: Some(HexValue(batch_digest(&ev.bindings).to_vec())),
             ak_spki_sha256: self
                 .trusted_aks
                 .iter()

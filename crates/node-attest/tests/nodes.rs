@@ -22,7 +22,7 @@ use veil_node_attest::{NodeClaims, TpmAppraiser, TpmAttester};
 use veil_reference::launch::{Launch, PCR_CLUSTER_ID, cluster_event};
 use veil_reference::{MeasurementSet, ReferenceValues};
 use veil_swtpm::{LocalCa, SwTpm};
-use veil_tpm_device::NodeTpm;
+use veil_tpm_device::{AkKind, NodeTpm};
 
 fn now() -> UnixTime {
     UnixTime(
@@ -68,7 +68,7 @@ fn boot(dir: &Path, ca: &LocalCa, agent: &[u8], cluster: Option<&[u8]>) -> Node 
     verify_chain(&[&ek_cert, &issuer[0]], &root, now()).unwrap();
     let ek = Public::parse(&tpm.load_ek().unwrap()).unwrap();
     assert_eq!(&ek.key, ek_cert.public_key().unwrap());
-    let ak = Public::parse(&tpm.create_ak().unwrap()).unwrap();
+    let ak = Public::parse(&tpm.create_ak(AkKind::EccP256).unwrap()).unwrap();
     let made = make_credential(&ek, &ak.name, &[1; 32], &[2; 32]).unwrap();
     assert_eq!(
         tpm.activate_credential(&made.id_object, &made.encrypted_secret)
@@ -232,4 +232,57 @@ async fn nodes_attest_each_other_with_real_tpm_quotes() {
     )
     .await;
     s.unwrap();
+}
+
+#[test]
+fn concurrent_requests_share_quotes_and_each_finds_its_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::at(&dir.path().join("ca"));
+    let node = boot(&dir.path().join("n"), &ca, b"agent 1", None);
+    let refs = ReferenceValues {
+        version: veil_reference::VERSION,
+        insecure_local_roots: true,
+        tpm_roots: vec![],
+        sets: vec![MeasurementSet::from_launch(
+            "release-1",
+            &Launch::measure(b"agent 1", b"role: worker", b"image"),
+            &["worker"],
+        )],
+    };
+    let app = appraiser(&refs, &[node.ak_spki_sha256], None);
+    let results: Vec<([u8; 64], Vec<u8>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..12u8)
+            .map(|i| {
+                let attester = node.attester.clone();
+                s.spawn(move || {
+                    let rd = [i; 64];
+                    (
+                        rd,
+                        veil_atls::Attester::attest(attester.as_ref(), &rd).unwrap(),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut quotes = std::collections::HashSet::new();
+    for (rd, ev) in &results {
+        use veil_atls::Appraiser;
+        app.appraise(ev, rd).unwrap();
+        quotes.insert(
+            veil_attest_tpm::evidence::TpmEvidence::parse(ev)
+                .unwrap()
+                .attest,
+        );
+    }
+    assert!(
+        quotes.len() < results.len(),
+        "no batching: {} quotes for {} requests",
+        quotes.len(),
+        results.len()
+    );
+    // Evidence answering another verifier does not answer this one.
+    use veil_atls::Appraiser;
+    let e = app.appraise(&results[0].1, &[0xee; 64]).unwrap_err();
+    assert!(e.contains("does not contain this session's binding"), "{e}");
 }

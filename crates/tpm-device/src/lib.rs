@@ -16,6 +16,7 @@ use tss_esapi::attributes::SessionAttributesBuilder;
 use tss_esapi::constants::SessionType;
 use tss_esapi::handles::{AuthHandle, KeyHandle, PcrHandle, SessionHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, SignatureSchemeAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
@@ -73,6 +74,15 @@ impl Bank {
             Bank::Sha256 => HashingAlgorithm::Sha256,
         }
     }
+}
+
+/// The kind of attestation key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AkKind {
+    /// ECDSA P-256 with SHA-256 (fast to sign: the default for Veil nodes).
+    EccP256,
+    /// RSASSA RSA-2048 with SHA-256.
+    Rsa2048,
 }
 
 /// A quote in wire format.
@@ -155,15 +165,26 @@ impl NodeTpm {
             .ok_or_else(|| TpmDeviceError::Argument("no AK (call create_ak)".into()))
     }
 
-    /// Creates and loads a restricted RSA-2048 RSASSA/SHA-256 signing key under the EK; returns
-    /// its TPMT_PUBLIC.
-    pub fn create_ak(&mut self) -> Result<Vec<u8>, TpmDeviceError> {
+    /// Creates and loads a restricted signing key (SHA-256) of `kind` under the EK; returns its
+    /// TPMT_PUBLIC.
+    pub fn create_ak(&mut self, kind: AkKind) -> Result<Vec<u8>, TpmDeviceError> {
         let ek = self.ek()?;
-        let created = ak::create_ak(
+        let (key_alg, scheme) = match kind {
+            AkKind::EccP256 => (
+                AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256),
+                SignatureSchemeAlgorithm::EcDsa,
+            ),
+            AkKind::Rsa2048 => (
+                AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
+                SignatureSchemeAlgorithm::RsaSsa,
+            ),
+        };
+        let created = ak::create_ak_2(
             &mut self.ctx,
             ek,
             HashingAlgorithm::Sha256,
-            SignatureSchemeAlgorithm::RsaSsa,
+            key_alg,
+            scheme,
             None,
             None,
         )

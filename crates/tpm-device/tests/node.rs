@@ -19,7 +19,7 @@ use veil_attest_tpm::{
 use veil_reference::launch::{Launch, QUOTED_PCRS};
 use veil_reference::{MeasurementSet, ReferenceValues};
 use veil_swtpm::{LocalCa, SwTpm};
-use veil_tpm_device::{Bank, NodeTpm};
+use veil_tpm_device::{AkKind, Bank, NodeTpm};
 
 fn now() -> UnixTime {
     UnixTime(
@@ -59,7 +59,7 @@ fn node_attests_from_ek_certificate_to_reference_values() {
     assert_eq!(&ek.key, ek_cert.public_key().unwrap());
 
     // AK, bound to the EK by credential activation.
-    let ak = Public::parse(&tpm.create_ak().unwrap()).unwrap();
+    let ak = Public::parse(&tpm.create_ak(AkKind::Rsa2048).unwrap()).unwrap();
     let challenge = [0x5a; 32];
     let made = make_credential(&ek, &ak.name, &challenge, &[3; 32]).unwrap();
     assert_eq!(
