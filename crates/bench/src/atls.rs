@@ -34,7 +34,7 @@ fn boot(dir: &std::path::Path, ca: &LocalCa, launch: &Launch) -> Result<Node> {
     let ak = Public::parse(&tpm.create_ak(AkKind::EccP256)?)?;
     let ak_hash = sha2::Sha256::digest(ak.key.spki_der()?).into();
     Ok(Node {
-        attester: Arc::new(TpmAttester::new(tpm, launch.event_log().to_bytes())),
+        attester: Arc::new(TpmAttester::new(tpm, launch.event_log())),
         ak: ak_hash,
         _swtpm: swtpm,
     })
@@ -121,8 +121,8 @@ pub fn run(secs: f64) -> Result<()> {
     let appraiser = Arc::new(TpmAppraiser {
         reference: refs,
         role: "worker".into(),
-        trusted_aks: vec![a.ak, b.ak],
-        cluster_id: None,
+        trusted_aks: Some(vec![a.ak, b.ak]),
+        membership: veil_node_attest::Membership::Fresh,
         now,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -17,7 +17,7 @@ use veil_attest_tpm::{
     verify_quote,
 };
 use veil_reference::ReferenceValues;
-use veil_reference::launch::{PCR_CLUSTER_ID, QUOTED_PCRS, cluster_pcr};
+use veil_reference::launch::{PCR_CLUSTER_ID, QUOTED_PCRS, cluster_event, cluster_pcr};
 use veil_tpm_device::{Bank, NodeTpm};
 
 /// Produces Veil TPM evidence from the node's TPM (with an AK already created).
@@ -29,7 +29,7 @@ use veil_tpm_device::{Bank, NodeTpm};
 #[derive(Debug)]
 pub struct TpmAttester {
     tpm: Mutex<NodeTpm>,
-    event_log: Vec<u8>,
+    event_log: Mutex<EventLog>,
     queue: Mutex<Queue>,
     served: Condvar,
 }
@@ -43,13 +43,40 @@ struct Queue {
 
 impl TpmAttester {
     /// Uses `tpm` (its AK created) and the launch event log to send with each quote.
-    pub fn new(tpm: NodeTpm, event_log: Vec<u8>) -> Self {
+    pub fn new(tpm: NodeTpm, event_log: EventLog) -> Self {
         Self {
             tpm: Mutex::new(tpm),
-            event_log,
+            event_log: Mutex::new(event_log),
             queue: Mutex::new(Queue::default()),
             served: Condvar::new(),
         }
+    }
+
+    /// Extends the cluster ID into the cluster PCR and records it in the event log: from now
+    /// on this node belongs to that cluster (for life: the PCR resets only with the TPM).
+    pub fn join_cluster(&self, cluster_id: &[u8]) -> Result<(), String> {
+        let event = cluster_event(cluster_id);
+        let digest = |i: usize| {
+            event
+                .digests
+                .get(i)
+                .map(|(_, d)| d.clone())
+                .unwrap_or_default()
+        };
+        let sha1: [u8; 20] = digest(0).try_into().map_err(|_| "SHA-1 digest length")?;
+        let sha256: [u8; 32] = digest(1).try_into().map_err(|_| "SHA-256 digest length")?;
+        let mut tpm = self
+            .tpm
+            .lock()
+            .map_err(|_| "TPM lock poisoned".to_string())?;
+        let mut log = self
+            .event_log
+            .lock()
+            .map_err(|_| "log lock poisoned".to_string())?;
+        tpm.extend(PCR_CLUSTER_ID, &sha1, &sha256)
+            .map_err(|e| e.to_string())?;
+        log.events.push(event);
+        Ok(())
     }
 
     fn quote_batch(&self, bindings: Vec<[u8; 64]>) -> Result<Vec<u8>, String> {
@@ -57,6 +84,12 @@ impl TpmAttester {
             .tpm
             .lock()
             .map_err(|_| "TPM lock poisoned".to_string())?;
+        // The log is read under the TPM lock, so it matches the PCRs the quote covers.
+        let event_log = self
+            .event_log
+            .lock()
+            .map_err(|_| "log lock poisoned".to_string())?
+            .to_bytes();
         let q = tpm
             .quote(
                 &batch_digest(&bindings),
@@ -68,7 +101,7 @@ impl TpmAttester {
             ak_public: tpm.ak_public().to_vec(),
             attest: q.attest,
             signature: q.signature,
-            event_log: self.event_log.clone(),
+            event_log,
             bindings,
         }
         .to_bytes()
@@ -113,8 +146,25 @@ pub struct NodeClaims {
     pub set: String,
     /// SHA-256 of the node's AK SubjectPublicKeyInfo.
     pub ak_spki_sha256: [u8; 32],
+    /// The node's AK public area (TPMT_PUBLIC), for binding it to an EK at join.
+    pub ak_public: Vec<u8>,
     /// Quoted SHA-256 PCR values.
     pub pcrs: Vec<(u32, String)>,
+    /// The cluster the node belongs to: `None` if its cluster PCR is zero, else the PCR value.
+    pub cluster_pcr: Option<String>,
+    /// The evidence as received (for cluster attestation reports).
+    pub evidence: Vec<u8>,
+}
+
+/// Which cluster a peer must belong to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Membership {
+    /// None yet (cluster PCR zero): a node that may join or be initialised.
+    Fresh,
+    /// The cluster with this ID.
+    Member(Vec<u8>),
+    /// Either; the caller decides from [`NodeClaims::cluster_pcr`].
+    Any,
 }
 
 /// Appraises Veil TPM evidence for one role.
@@ -124,10 +174,11 @@ pub struct TpmAppraiser {
     pub reference: ReferenceValues,
     /// The role the peer must have.
     pub role: String,
-    /// AKs trusted (bound to an accepted EK by credential activation): SPKI SHA-256.
-    pub trusted_aks: Vec<[u8; 32]>,
-    /// The cluster the peer must belong to (`None`: it must belong to none yet).
-    pub cluster_id: Option<Vec<u8>>,
+    /// AKs trusted (bound to an accepted EK by credential activation): SPKI SHA-256. `None`
+    /// accepts any AK, for a join, where the AK is bound to an EK right after.
+    pub trusted_aks: Option<Vec<[u8; 32]>>,
+    /// The cluster the peer must belong to.
+    pub membership: Membership,
     /// Verification time.
     pub now: UnixTime,
 }
@@ -153,9 +204,10 @@ impl Appraiser for TpmAppraiser {
             ak_spki_sha256: self
                 .trusted_aks
                 .iter()
+                .flatten()
                 .map(|a| veil_attest_core::Bytes(*a))
                 .collect(),
-            require_ak_endorsement: true,
+            require_ak_endorsement: self.trusted_aks.is_some(),
             ..TpmPolicy::default()
         };
         let claims = verify_quote(
@@ -177,15 +229,20 @@ impl Appraiser for TpmAppraiser {
             .cloned()
             .unwrap_or_default();
         let cluster = sha256.get(&PCR_CLUSTER_ID).cloned().unwrap_or_default();
-        let want = hex::encode(cluster_pcr(HashAlg::Sha256, self.cluster_id.as_deref()));
-        if cluster != want {
+        let zero = hex::encode(cluster_pcr(HashAlg::Sha256, None));
+        let expected = match &self.membership {
+            Membership::Fresh => Some((zero.clone(), " (the node already belongs to a cluster)")),
+            Membership::Member(id) => Some((
+                hex::encode(cluster_pcr(HashAlg::Sha256, Some(id))),
+                " (the node belongs to another cluster, or to none)",
+            )),
+            Membership::Any => None,
+        };
+        if let Some((want, why)) = expected
+            && cluster != want
+        {
             return Err(format!(
-                "PCR sha256:{PCR_CLUSTER_ID} (cluster ID): expected {want}, found {cluster}{}",
-                if self.cluster_id.is_none() {
-                    " (the node already belongs to a cluster)"
-                } else {
-                    " (the node belongs to another cluster, or to none)"
-                }
+                "PCR sha256:{PCR_CLUSTER_ID} (cluster ID): expected {want}, found {cluster}{why}"
             ));
         }
         let set = self
@@ -196,7 +253,10 @@ impl Appraiser for TpmAppraiser {
         Ok(NodeClaims {
             set,
             ak_spki_sha256: claims.ak_spki_sha256.0,
+            ak_public: ev.ak_public.clone(),
             pcrs: sha256.into_iter().collect(),
+            cluster_pcr: (cluster != zero).then_some(cluster),
+            evidence: evidence.to_vec(),
         })
     }
 }

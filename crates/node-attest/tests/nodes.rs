@@ -18,7 +18,7 @@ use veil_attest_core::UnixTime;
 use veil_attest_core::x509::{Certificate, verify_chain};
 use veil_attest_tpm::Public;
 use veil_attest_tpm::credential::make_credential;
-use veil_node_attest::{NodeClaims, TpmAppraiser, TpmAttester};
+use veil_node_attest::{Membership, NodeClaims, TpmAppraiser, TpmAttester};
 use veil_reference::launch::{Launch, PCR_CLUSTER_ID, cluster_event};
 use veil_reference::{MeasurementSet, ReferenceValues};
 use veil_swtpm::{LocalCa, SwTpm};
@@ -78,7 +78,7 @@ fn boot(dir: &Path, ca: &LocalCa, agent: &[u8], cluster: Option<&[u8]>) -> Node 
     let spki = ak.key.spki_der().unwrap();
     use sha2::Digest;
     Node {
-        attester: Arc::new(TpmAttester::new(tpm, log.to_bytes())),
+        attester: Arc::new(TpmAttester::new(tpm, log)),
         ak_spki_sha256: sha2::Sha256::digest(spki).into(),
         _swtpm: swtpm,
     }
@@ -92,8 +92,11 @@ fn appraiser(
     Arc::new(TpmAppraiser {
         reference: refs.clone(),
         role: "worker".into(),
-        trusted_aks: trusted.to_vec(),
-        cluster_id: cluster.map(<[u8]>::to_vec),
+        trusted_aks: Some(trusted.to_vec()),
+        membership: match cluster {
+            Some(id) => Membership::Member(id.to_vec()),
+            None => Membership::Fresh,
+        },
         now: now(),
     })
 }
