@@ -19,5 +19,8 @@
 mod protocol;
 mod tls;
 
-pub use protocol::{Appraiser, AtlsError, Attester, BindingInput, Peer, binding, client, server};
+pub use protocol::{
+    Appraiser, AtlsError, Attester, BindingInput, Peer, binding, client, read_frame, server,
+    server_optional, write_frame,
+};
 pub use tls::{Identity, client_config, server_config};

@@ -40,6 +40,9 @@ pub enum AtlsError {
     /// The peer's evidence was appraised and refused.
     #[error("peer evidence refused: {0}")]
     Refused(String),
+    /// The peer appraised our evidence and refused it, with its reason.
+    #[error("the peer refused our evidence: {0}")]
+    RefusedByPeer(String),
     /// The peer did not complete the exchange in time.
     #[error("the peer did not complete attestation within {0:?}")]
     Timeout(Duration),
@@ -96,7 +99,8 @@ pub struct Peer<C> {
     pub spki_sha256: [u8; 32],
 }
 
-async fn write_frame<S: AsyncWrite + Unpin>(s: &mut S, body: &[u8]) -> Result<(), AtlsError> {
+/// Writes one length-prefixed frame (what the exchange uses; services on top may reuse it).
+pub async fn write_frame<S: AsyncWrite + Unpin>(s: &mut S, body: &[u8]) -> Result<(), AtlsError> {
     let len = u32::try_from(body.len())
         .ok()
         .filter(|l| *l <= MAX_FRAME)
@@ -113,7 +117,8 @@ async fn write_frame<S: AsyncWrite + Unpin>(s: &mut S, body: &[u8]) -> Result<()
     Ok(())
 }
 
-async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>, AtlsError> {
+/// Reads one length-prefixed frame (at most 1 MiB).
+pub async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>, AtlsError> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len);
@@ -138,6 +143,7 @@ async fn exchange<S, A>(
     session: &Session,
     attester: Option<&dyn Attester>,
     appraiser: Option<&A>,
+    required: bool,
 ) -> Result<Option<A::Claims>, AtlsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -171,7 +177,8 @@ where
             )));
         }
     };
-    if appraiser.is_some() && peer_flags & FLAG_ATTESTS == 0 {
+    let peer_attests = peer_flags & FLAG_ATTESTS != 0;
+    if appraiser.is_some() && !peer_attests && required {
         return Err(AtlsError::NoEvidence);
     }
 
@@ -189,8 +196,9 @@ where
     };
     write_frame(stream, &evidence).await?;
     let peer_evidence = read_frame(stream).await?;
-    match appraiser {
+    let verdict = match appraiser {
         None => Ok(None),
+        Some(_) if !peer_attests && !required => Ok(None),
         Some(_) if peer_evidence.is_empty() => Err(AtlsError::NoEvidence),
         Some(a) => {
             let expected = binding(&BindingInput {
@@ -202,6 +210,22 @@ where
                 .map(Some)
                 .map_err(AtlsError::Refused)
         }
+    };
+    // Each side tells the other its verdict, so a refused peer learns why (and an accepted one
+    // knows the connection is usable).
+    let mut frame = vec![u8::from(verdict.is_ok())];
+    if let Err(e) = &verdict {
+        frame.extend_from_slice(e.to_string().as_bytes());
+    }
+    write_frame(stream, &frame).await?;
+    let claims = verdict?;
+    let peer_verdict = read_frame(stream).await?;
+    match peer_verdict.split_first() {
+        Some((1, _)) => Ok(claims),
+        Some((0, reason)) => Err(AtlsError::RefusedByPeer(
+            String::from_utf8_lossy(reason).into_owned(),
+        )),
+        _ => Err(AtlsError::Protocol("verdict: malformed frame".into())),
     }
 }
 
@@ -264,7 +288,7 @@ where
     };
     let claims = tokio::time::timeout(
         EXCHANGE_TIMEOUT,
-        exchange(&mut tls, &session, attester, appraiser),
+        exchange(&mut tls, &session, attester, appraiser, true),
     )
     .await
     .map_err(|_| AtlsError::Timeout(EXCHANGE_TIMEOUT))??;
@@ -278,12 +302,41 @@ where
 }
 
 /// Accepts a client over `io`: TLS 1.3 with `id` (client certificate required), then the
-/// attestation exchange.
+/// attestation exchange. With an `appraiser`, the client must attest.
 pub async fn server<IO, A>(
     io: IO,
     id: &Identity,
     attester: Option<&dyn Attester>,
     appraiser: Option<&A>,
+) -> Result<(tokio_rustls::server::TlsStream<IO>, Peer<A::Claims>), AtlsError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    A: Appraiser + ?Sized,
+{
+    server_impl(io, id, attester, appraiser, true).await
+}
+
+/// Like [`server`], but a client that does not attest (an owner's workstation) is accepted
+/// with no claims; one that attests is appraised, and refused if the appraisal fails.
+pub async fn server_optional<IO, A>(
+    io: IO,
+    id: &Identity,
+    attester: Option<&dyn Attester>,
+    appraiser: &A,
+) -> Result<(tokio_rustls::server::TlsStream<IO>, Peer<A::Claims>), AtlsError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    A: Appraiser + ?Sized,
+{
+    server_impl(io, id, attester, Some(appraiser), false).await
+}
+
+async fn server_impl<IO, A>(
+    io: IO,
+    id: &Identity,
+    attester: Option<&dyn Attester>,
+    appraiser: Option<&A>,
+    required: bool,
 ) -> Result<(tokio_rustls::server::TlsStream<IO>, Peer<A::Claims>), AtlsError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -307,7 +360,7 @@ where
     };
     let claims = tokio::time::timeout(
         EXCHANGE_TIMEOUT,
-        exchange(&mut tls, &session, attester, appraiser),
+        exchange(&mut tls, &session, attester, appraiser, required),
     )
     .await
     .map_err(|_| AtlsError::Timeout(EXCHANGE_TIMEOUT))??;

@@ -52,6 +52,15 @@ impl TpmAttester {
         }
     }
 
+    /// Runs `f` with the node's TPM (for endorsement reads and credential activation).
+    pub fn with_tpm<R>(&self, f: impl FnOnce(&mut NodeTpm) -> R) -> Result<R, String> {
+        let mut tpm = self
+            .tpm
+            .lock()
+            .map_err(|_| "TPM lock poisoned".to_string())?;
+        Ok(f(&mut tpm))
+    }
+
     /// Extends the cluster ID into the cluster PCR and records it in the event log: from now
     /// on this node belongs to that cluster (for life: the PCR resets only with the TPM).
     pub fn join_cluster(&self, cluster_id: &[u8]) -> Result<(), String> {

@@ -139,15 +139,22 @@ impl NodeTpm {
         .map_err(cmd("read EK certificate"))
     }
 
-    /// Creates (re-derives) the RSA-2048 EK from the default template; returns its TPMT_PUBLIC.
+    /// Creates (re-derives) the RSA-2048 EK from the default template, once; returns its
+    /// TPMT_PUBLIC.
     pub fn load_ek(&mut self) -> Result<Vec<u8>, TpmDeviceError> {
-        let handle = ek::create_ek_object_2(
-            &mut self.ctx,
-            AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
-            None,
-        )
-        .map_err(cmd("create EK"))?;
-        self.ek = Some(handle);
+        let handle = match self.ek {
+            Some(h) => h,
+            None => {
+                let h = ek::create_ek_object_2(
+                    &mut self.ctx,
+                    AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
+                    None,
+                )
+                .map_err(cmd("create EK"))?;
+                self.ek = Some(h);
+                h
+            }
+        };
         let (public, _, _) = self
             .ctx
             .read_public(handle)

@@ -1,0 +1,233 @@
+//! Clients of the control plane: the owner (unattested, appraising the control plane) and
+//! nodes (attested both ways).
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use tokio::io::{AsyncRead, AsyncWrite};
+use veil_atls::{AtlsError, Attester, Identity, client, read_frame, write_frame};
+use veil_attest_core::UnixTime;
+use veil_attest_core::x509::{Certificate, verify_chain};
+use veil_attest_tpm::Public;
+use veil_attest_tpm::credential::make_credential;
+use veil_node_attest::{TpmAppraiser, TpmAttester};
+
+use crate::proto::{Request, Response};
+
+/// A control-plane session.
+#[derive(Debug)]
+pub struct Session<IO> {
+    tls: tokio_rustls::client::TlsStream<IO>,
+    peer_ak: [u8; 32],
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
+    /// Connects, appraising the control plane with `appraiser` and attesting with `attester`
+    /// (nodes) or not at all (the owner).
+    pub async fn connect(
+        io: IO,
+        attester: Option<&dyn Attester>,
+        appraiser: &TpmAppraiser,
+    ) -> Result<Self, AtlsError> {
+        let id = Identity::generate()?;
+        let (tls, peer) = client(io, &id, attester, Some(appraiser)).await?;
+        let peer_ak = peer
+            .claims
+            .map(|c| c.ak_spki_sha256)
+            .ok_or(AtlsError::NoEvidence)?;
+        Ok(Self { tls, peer_ak })
+    }
+
+    /// Sends a request and reads the response.
+    pub async fn call(&mut self, req: &Request) -> Result<Response, AtlsError> {
+        let body = serde_json::to_vec(req).map_err(|e| AtlsError::Protocol(e.to_string()))?;
+        write_frame(&mut self.tls, &body).await?;
+        let resp = read_frame(&mut self.tls).await?;
+        serde_json::from_slice(&resp).map_err(|e| AtlsError::Protocol(format!("response: {e}")))
+    }
+}
+
+/// A failed client operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The attested connection failed (includes refusing the control plane's evidence).
+    #[error(transparent)]
+    Atls(#[from] AtlsError),
+    /// The control plane refused the request.
+    #[error("refused by the control plane: {0}")]
+    Refused(String),
+    /// The control plane's TPM endorsement does not hold.
+    #[error("control plane endorsement: {0}")]
+    Endorsement(String),
+    /// An unexpected response.
+    #[error("unexpected response: {0}")]
+    Unexpected(String),
+}
+
+fn unexpected(r: Response) -> ClientError {
+    match r {
+        Response::Refused { reason } => ClientError::Refused(reason),
+        other => ClientError::Unexpected(format!("{other:?}")),
+    }
+}
+
+fn unhex(s: &str) -> Result<Vec<u8>, ClientError> {
+    veil_attest_core::bytes::decode_hex(s).map_err(|e| ClientError::Unexpected(e.to_string()))
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
+    /// Checks that the attested control plane's AK lives in a TPM whose EK certificate chains
+    /// to `roots`: the control plane must activate a credential made here for its EK and AK.
+    pub async fn verify_endorsement(
+        &mut self,
+        roots: &[Certificate],
+        intermediates: &[Certificate],
+        now: UnixTime,
+    ) -> Result<(), ClientError> {
+        let (ek_cert, ek_public, ak_public) = match self.call(&Request::Endorsement).await? {
+            Response::Endorsement {
+                ek_cert,
+                ek_public,
+                ak_public,
+            } => (unhex(&ek_cert)?, unhex(&ek_public)?, unhex(&ak_public)?),
+            r => return Err(unexpected(r)),
+        };
+        let fail = |e: String| ClientError::Endorsement(e);
+        let cert =
+            Certificate::from_der(&ek_cert, "EK certificate").map_err(|e| fail(e.to_string()))?;
+        let mut path = vec![&cert];
+        path.extend(intermediates.iter());
+        verify_chain(&path, roots, now).map_err(|e| fail(e.to_string()))?;
+        let ek = Public::parse(&ek_public).map_err(|e| fail(e.to_string()))?;
+        if cert.public_key().ok() != Some(&ek.key) {
+            return Err(fail("the EK is not the certified key".into()));
+        }
+        let ak = Public::parse(&ak_public).map_err(|e| fail(e.to_string()))?;
+        let spki = ak.key.spki_der().map_err(|e| fail(e.to_string()))?;
+        if crate::spki_sha256(&spki) != self.peer_ak {
+            return Err(fail(
+                "the endorsed AK is not the AK that attested this session".into(),
+            ));
+        }
+        let rng = SystemRandom::new();
+        let (mut secret, mut seed) = ([0u8; 32], [0u8; 32]);
+        rng.fill(&mut secret)
+            .and_then(|()| rng.fill(&mut seed))
+            .map_err(|_| fail("no randomness".into()))?;
+        let made =
+            make_credential(&ek, &ak.name, &secret, &seed).map_err(|e| fail(e.to_string()))?;
+        match self
+            .call(&Request::ProveTpm {
+                id_object: hex::encode(made.id_object),
+                encrypted_secret: hex::encode(made.encrypted_secret),
+            })
+            .await?
+        {
+            Response::Proof { secret: s } if unhex(&s)? == secret => Ok(()),
+            Response::Proof { .. } => Err(fail(
+                "the control plane's TPM returned a wrong secret".into(),
+            )),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Owner: initialises the cluster; returns its ID.
+    pub async fn init(
+        &mut self,
+        master: &[u8; 32],
+        salt: &[u8; 32],
+    ) -> Result<String, ClientError> {
+        match self
+            .call(&Request::Init {
+                master: hex::encode(master),
+                salt: hex::encode(salt),
+            })
+            .await?
+        {
+            Response::Cluster { cluster_id } => Ok(cluster_id),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Owner: resupplies the master secret after a restart; returns the cluster ID.
+    pub async fn recover(
+        &mut self,
+        master: &[u8; 32],
+        salt: &[u8; 32],
+    ) -> Result<String, ClientError> {
+        match self
+            .call(&Request::Recover {
+                master: hex::encode(master),
+                salt: hex::encode(salt),
+            })
+            .await?
+        {
+            Response::Cluster { cluster_id } => Ok(cluster_id),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Node: joins with `attester`'s TPM; returns (node ID, cluster ID, state key) and extends
+    /// the cluster ID into the node's cluster PCR.
+    pub async fn join(
+        &mut self,
+        attester: &TpmAttester,
+        role: &str,
+    ) -> Result<(String, Vec<u8>, Vec<u8>), ClientError> {
+        let endorsement = attester
+            .with_tpm(|t| {
+                Ok::<_, veil_tpm_device::TpmDeviceError>((t.ek_certificate()?, t.load_ek()?))
+            })
+            .map_err(ClientError::Endorsement)?
+            .map_err(|e| ClientError::Endorsement(e.to_string()))?;
+        let challenge = self
+            .call(&Request::Join {
+                role: role.to_string(),
+                ek_cert: hex::encode(&endorsement.0),
+                ek_public: hex::encode(&endorsement.1),
+            })
+            .await?;
+        let (id_object, encrypted_secret) = match challenge {
+            Response::Challenge {
+                id_object,
+                encrypted_secret,
+            } => (unhex(&id_object)?, unhex(&encrypted_secret)?),
+            r => return Err(unexpected(r)),
+        };
+        let secret = attester
+            .with_tpm(|t| t.activate_credential(&id_object, &encrypted_secret))
+            .map_err(ClientError::Endorsement)?
+            .map_err(|e| ClientError::Endorsement(e.to_string()))?;
+        match self
+            .call(&Request::Activate {
+                secret: hex::encode(secret),
+            })
+            .await?
+        {
+            Response::Joined {
+                node_id,
+                cluster_id,
+                state_key,
+            } => {
+                let cid = unhex(&cluster_id)?;
+                attester
+                    .join_cluster(&cid)
+                    .map_err(ClientError::Endorsement)?;
+                Ok((node_id, cid, unhex(&state_key)?))
+            }
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Node: fetches one of its keys.
+    pub async fn get_key(&mut self, key_id: &str) -> Result<Vec<u8>, ClientError> {
+        match self
+            .call(&Request::GetKey {
+                key_id: key_id.to_string(),
+            })
+            .await?
+        {
+            Response::Key { key, .. } => unhex(&key),
+            r => Err(unexpected(r)),
+        }
+    }
+}

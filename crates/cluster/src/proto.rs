@@ -1,0 +1,105 @@
+//! Requests and responses of the control-plane services, as JSON frames inside an attested
+//! TLS connection. Binary values are hex.
+
+use serde::{Deserialize, Serialize};
+
+/// A request to the control plane.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// The owner hands a fresh control-plane node the cluster's master secret and salt.
+    Init {
+        /// Master secret (hex, 32 bytes).
+        master: String,
+        /// Salt (hex, 32 bytes).
+        salt: String,
+    },
+    /// The owner resupplies the master secret after the control plane restarted.
+    Recover {
+        /// Master secret (hex).
+        master: String,
+        /// Salt (hex).
+        salt: String,
+    },
+    /// A node asks to join: its role and TPM endorsement.
+    Join {
+        /// `control-plane` or `worker`.
+        role: String,
+        /// EK certificate (hex DER).
+        ek_cert: String,
+        /// EK public area (hex TPMT_PUBLIC).
+        ek_public: String,
+    },
+    /// A joining node returns the secret its TPM recovered from the credential.
+    Activate {
+        /// The secret (hex).
+        secret: String,
+    },
+    /// Anyone asks the control plane for its TPM endorsement (EK certificate, EK, AK).
+    Endorsement,
+    /// Anyone asks the control plane to activate a credential made for its EK and AK.
+    ProveTpm {
+        /// TPM2B_ID_OBJECT contents (hex).
+        id_object: String,
+        /// TPM2B_ENCRYPTED_SECRET contents (hex).
+        encrypted_secret: String,
+    },
+    /// A joined node asks for one of its keys.
+    GetKey {
+        /// The key ID.
+        key_id: String,
+    },
+}
+
+/// A response from the control plane.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response {
+    /// The cluster exists (after init or recovery).
+    Cluster {
+        /// Cluster ID (hex).
+        cluster_id: String,
+    },
+    /// Prove the AK is in the TPM of that EK: activate this credential.
+    Challenge {
+        /// TPM2B_ID_OBJECT contents (hex).
+        id_object: String,
+        /// TPM2B_ENCRYPTED_SECRET contents (hex).
+        encrypted_secret: String,
+    },
+    /// The node is admitted.
+    Joined {
+        /// Its node ID.
+        node_id: String,
+        /// The cluster ID (hex) to extend into the cluster PCR.
+        cluster_id: String,
+        /// The key of its encrypted state volume (hex).
+        state_key: String,
+    },
+    /// The control plane's TPM endorsement.
+    Endorsement {
+        /// EK certificate (hex DER).
+        ek_cert: String,
+        /// EK public area (hex).
+        ek_public: String,
+        /// AK public area (hex).
+        ak_public: String,
+    },
+    /// The secret recovered from a credential.
+    Proof {
+        /// The secret (hex).
+        secret: String,
+    },
+    /// A key.
+    Key {
+        /// The key ID.
+        key_id: String,
+        /// The key (hex).
+        key: String,
+    },
+    /// Refused, with the reason.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}

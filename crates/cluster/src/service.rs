@@ -1,0 +1,513 @@
+//! The control plane: one attested-TLS listener serving the owner (init, recover) and the
+//! nodes (join, keys). Every secret it releases goes over a connection whose peer it has just
+//! appraised, and is logged as an audit event (never the value).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use aws_lc_rs::constant_time::verify_slices_are_equal;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use veil_atls::{Appraiser, Identity, read_frame, server_optional, write_frame};
+use veil_attest_core::UnixTime;
+use veil_attest_core::bytes::decode_hex;
+use veil_attest_core::x509::{Certificate, verify_chain};
+use veil_attest_tpm::Public;
+use veil_attest_tpm::credential::make_credential;
+use veil_keys::{ClusterId, ClusterSecrets, KeyId, Owner, SecretBytes};
+use veil_node_attest::{Membership, NodeClaims, TpmAppraiser, TpmAttester};
+use veil_reference::ReferenceValues;
+use veil_reference::launch::cluster_pcr;
+
+use crate::proto::{Request, Response};
+
+/// What the control plane trusts.
+#[derive(Clone, Debug)]
+pub struct Trust {
+    /// Signed (and verified) reference values.
+    pub reference: ReferenceValues,
+    /// Accepted TPM manufacturer roots.
+    pub ek_roots: Vec<Certificate>,
+    /// Intermediates for EK certificates.
+    pub ek_intermediates: Vec<Certificate>,
+}
+
+/// A node the control plane admitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// Node ID (from its EK certificate).
+    pub node_id: String,
+    /// Role.
+    pub role: String,
+    /// SHA-256 of its AK SPKI.
+    pub ak_spki_sha256: [u8; 32],
+    /// The evidence appraised when it joined.
+    pub join_evidence: Vec<u8>,
+    /// The reference-value set it matched.
+    pub set: String,
+    /// When it joined.
+    pub joined_at: UnixTime,
+}
+
+#[derive(Debug)]
+struct Pending {
+    node_id: String,
+    role: String,
+    secret: [u8; 32],
+}
+
+#[derive(Debug, Default)]
+struct State {
+    secrets: Option<ClusterSecrets>,
+    cluster_id: Option<ClusterId>,
+    nodes: BTreeMap<String, NodeRecord>,
+    pending: HashMap<[u8; 32], Pending>,
+}
+
+/// The control-plane services of one node.
+#[derive(Debug)]
+pub struct ControlPlane {
+    trust: Trust,
+    attester: Arc<TpmAttester>,
+    state: Mutex<State>,
+}
+
+/// Appraises a peer against every role the reference values know.
+struct AnyRole<'a>(&'a Trust, UnixTime);
+
+/// Claims of a node, with the roles it qualifies for.
+struct Appraised {
+    claims: NodeClaims,
+    roles: Vec<(String, String)>,
+}
+
+impl Appraiser for AnyRole<'_> {
+    type Claims = Appraised;
+
+    fn appraise(&self, evidence: &[u8], report_data: &[u8; 64]) -> Result<Appraised, String> {
+        let mut roles: Vec<String> = self
+            .0
+            .reference
+            .sets
+            .iter()
+            .flat_map(|s| s.roles.keys().cloned())
+            .collect();
+        roles.sort();
+        roles.dedup();
+        let mut reasons = Vec::new();
+        let mut matched = Vec::new();
+        let mut claims = None;
+        for role in roles {
+            let a = TpmAppraiser {
+                reference: self.0.reference.clone(),
+                role: role.clone(),
+                trusted_aks: None,
+                membership: Membership::Any,
+                now: self.1,
+            };
+            match a.appraise(evidence, report_data) {
+                Ok(c) => {
+                    matched.push((role, c.set.clone()));
+                    claims = Some(c);
+                }
+                Err(e) => reasons.push(format!("as {role}: {e}")),
+            }
+        }
+        match claims {
+            Some(claims) => Ok(Appraised {
+                claims,
+                roles: matched,
+            }),
+            None => Err(reasons.join("; ")),
+        }
+    }
+}
+
+fn refused(reason: impl Into<String>) -> Response {
+    Response::Refused {
+        reason: reason.into(),
+    }
+}
+
+fn now() -> UnixTime {
+    UnixTime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    )
+}
+
+fn secrets_from(master: &str, salt: &str) -> Result<ClusterSecrets, String> {
+    let mut m = decode_hex(master).map_err(|e| format!("master: {e}"))?;
+    let salt: [u8; 32] = decode_hex(salt)
+        .map_err(|e| format!("salt: {e}"))?
+        .try_into()
+        .map_err(|_| "salt: expected 32 bytes".to_string())?;
+    let master = SecretBytes::from_slice("master secret", &mut m).map_err(|e| e.to_string())?;
+    Ok(ClusterSecrets::new(master, salt))
+}
+
+/// Node IDs come from the EK certificate: stable for the life of the TPM.
+fn node_id(ek_cert: &Certificate) -> String {
+    format!(
+        "node-{}",
+        hex::encode(ek_cert.fingerprint().get(..6).unwrap_or_default())
+    )
+}
+
+impl ControlPlane {
+    /// A control plane that awaits `veil init`, attesting with `attester`.
+    pub fn new(trust: Trust, attester: Arc<TpmAttester>) -> Self {
+        Self {
+            trust,
+            attester,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The cluster ID, once initialised.
+    pub fn cluster_id(&self) -> Option<ClusterId> {
+        self.state.lock().ok().and_then(|s| s.cluster_id)
+    }
+
+    /// The admitted nodes.
+    pub fn nodes(&self) -> Vec<NodeRecord> {
+        self.state
+            .lock()
+            .map(|s| s.nodes.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets the master secret, as a restart does (the cluster ID and node records are
+    /// public state that survives); keys are released again only after `veil recover`.
+    pub fn forget_secrets(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.secrets = None;
+            s.pending.clear();
+        }
+    }
+
+    /// Serves connections on `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let id = match Identity::generate() {
+            Ok(id) => Arc::new(id),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create a TLS identity");
+                return;
+            }
+        };
+        loop {
+            let Ok((sock, peer)) = listener.accept().await else {
+                continue;
+            };
+            let _ = sock.set_nodelay(true);
+            let (cp, id) = (self.clone(), id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = cp.connection(sock, &id).await {
+                    tracing::warn!(%peer, error = %e, "connection ended");
+                }
+            });
+        }
+    }
+
+    async fn connection<IO: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        io: IO,
+        id: &Identity,
+    ) -> Result<(), veil_atls::AtlsError> {
+        let appraiser = AnyRole(&self.trust, now());
+        let (mut tls, peer) = server_optional(
+            io,
+            id,
+            Some(self.attester.as_ref() as &dyn veil_atls::Attester),
+            &appraiser,
+        )
+        .await?;
+        let peer = peer.claims;
+        loop {
+            let frame = match read_frame(&mut tls).await {
+                Ok(f) => f,
+                Err(_) => return Ok(()), // the peer closed the connection
+            };
+            let response = match serde_json::from_slice::<Request>(&frame) {
+                Ok(req) => self.handle(req, peer.as_ref()),
+                Err(e) => refused(format!("malformed request: {e}")),
+            };
+            let body = serde_json::to_vec(&response)
+                .map_err(|e| veil_atls::AtlsError::Protocol(e.to_string()))?;
+            write_frame(&mut tls, &body).await?;
+        }
+    }
+
+    fn handle(&self, req: Request, peer: Option<&Appraised>) -> Response {
+        let Ok(mut st) = self.state.lock() else {
+            return refused("internal error: state lock poisoned");
+        };
+        match req {
+            Request::Init { master, salt } => {
+                if st.cluster_id.is_some() {
+                    return refused(
+                        "the cluster is already initialised (use recover after a restart)",
+                    );
+                }
+                let secrets = match secrets_from(&master, &salt) {
+                    Ok(s) => s,
+                    Err(e) => return refused(e),
+                };
+                let Ok(cid) = secrets.cluster_id() else {
+                    return refused("key derivation failed");
+                };
+                if let Err(e) = self.attester.join_cluster(&cid.0) {
+                    return refused(format!("cannot extend the cluster PCR: {e}"));
+                }
+                tracing::info!(event = "cluster_initialised", cluster_id = %cid);
+                st.secrets = Some(secrets);
+                st.cluster_id = Some(cid);
+                Response::Cluster {
+                    cluster_id: cid.to_string(),
+                }
+            }
+            Request::Recover { master, salt } => {
+                let Some(cid) = st.cluster_id else {
+                    return refused("the cluster is not initialised: use init");
+                };
+                if st.secrets.is_some() {
+                    return refused("the control plane holds its secrets: nothing to recover");
+                }
+                let secrets = match secrets_from(&master, &salt) {
+                    Ok(s) => s,
+                    Err(e) => return refused(e),
+                };
+                match secrets.cluster_id() {
+                    Ok(c) if c == cid => {}
+                    Ok(c) => {
+                        return refused(format!(
+                            "this master secret belongs to cluster {c}, not to cluster {cid}"
+                        ));
+                    }
+                    Err(_) => return refused("key derivation failed"),
+                }
+                tracing::info!(event = "cluster_recovered", cluster_id = %cid);
+                st.secrets = Some(secrets);
+                Response::Cluster {
+                    cluster_id: cid.to_string(),
+                }
+            }
+            Request::Join {
+                role,
+                ek_cert,
+                ek_public,
+            } => self.join(&mut st, peer, &role, &ek_cert, &ek_public),
+            Request::Activate { secret } => {
+                let Some(p) = peer else {
+                    return refused("activate: the caller is not attested");
+                };
+                let Some(pending) = st.pending.remove(&p.claims.ak_spki_sha256) else {
+                    return refused("activate: no join in progress for this attestation key");
+                };
+                let given = decode_hex(&secret).unwrap_or_default();
+                if verify_slices_are_equal(&given, &pending.secret).is_err() {
+                    return refused(
+                        "activate: wrong credential secret: the AK is not in the TPM of that EK",
+                    );
+                }
+                let (Some(secrets), Some(cid)) = (&st.secrets, st.cluster_id) else {
+                    return refused("the control plane awaits recovery");
+                };
+                let state_key =
+                    match KeyId::node(&pending.node_id, "state").and_then(|k| secrets.derive(&k)) {
+                        Ok(k) => k,
+                        Err(e) => return refused(e.to_string()),
+                    };
+                let set = p
+                    .roles
+                    .iter()
+                    .find(|(r, _)| *r == pending.role)
+                    .map(|(_, s)| s.clone())
+                    .unwrap_or_default();
+                st.nodes.insert(
+                    pending.node_id.clone(),
+                    NodeRecord {
+                        node_id: pending.node_id.clone(),
+                        role: pending.role.clone(),
+                        ak_spki_sha256: p.claims.ak_spki_sha256,
+                        join_evidence: p.claims.evidence.clone(),
+                        set,
+                        joined_at: now(),
+                    },
+                );
+                tracing::info!(event = "node_joined", node = %pending.node_id, role = %pending.role);
+                tracing::info!(event = "key_released", node = %pending.node_id, key_id = %format!("node/{}/state", pending.node_id));
+                Response::Joined {
+                    node_id: pending.node_id,
+                    cluster_id: cid.to_string(),
+                    state_key: hex::encode(state_key.expose()),
+                }
+            }
+            Request::GetKey { key_id } => self.get_key(&st, peer, &key_id),
+            Request::Endorsement => {
+                let r = self.attester.with_tpm(|t| {
+                    let cert = t.ek_certificate()?;
+                    let ek = t.load_ek()?;
+                    Ok::<_, veil_tpm_device::TpmDeviceError>((cert, ek, t.ak_public().to_vec()))
+                });
+                match r {
+                    Ok(Ok((cert, ek, ak))) => Response::Endorsement {
+                        ek_cert: hex::encode(cert),
+                        ek_public: hex::encode(ek),
+                        ak_public: hex::encode(ak),
+                    },
+                    Ok(Err(e)) => refused(format!("endorsement: {e}")),
+                    Err(e) => refused(format!("endorsement: {e}")),
+                }
+            }
+            Request::ProveTpm {
+                id_object,
+                encrypted_secret,
+            } => {
+                let (Ok(id), Ok(sec)) = (decode_hex(&id_object), decode_hex(&encrypted_secret))
+                else {
+                    return refused("prove: not hex");
+                };
+                match self.attester.with_tpm(|t| t.activate_credential(&id, &sec)) {
+                    Ok(Ok(secret)) => Response::Proof {
+                        secret: hex::encode(secret),
+                    },
+                    Ok(Err(e)) => refused(format!("prove: {e}")),
+                    Err(e) => refused(format!("prove: {e}")),
+                }
+            }
+        }
+    }
+
+    fn join(
+        &self,
+        st: &mut State,
+        peer: Option<&Appraised>,
+        role: &str,
+        ek_cert: &str,
+        ek_public: &str,
+    ) -> Response {
+        let Some(p) = peer else {
+            return refused("join: the caller is not attested");
+        };
+        let Some(cid) = st.cluster_id else {
+            return refused("join: the cluster is not initialised");
+        };
+        if p.claims.cluster_pcr.is_some() {
+            return refused(
+                "join: the node's cluster PCR is not zero: it already belongs to a cluster",
+            );
+        }
+        if !p.roles.iter().any(|(r, _)| r == role) {
+            return refused(format!(
+                "join: the node's measurements do not match the reference values of role `{role}`"
+            ));
+        }
+        let cert = match decode_hex(ek_cert)
+            .map_err(|e| e.to_string())
+            .and_then(|d| Certificate::from_der(&d, "EK certificate").map_err(|e| e.to_string()))
+        {
+            Ok(c) => c,
+            Err(e) => return refused(format!("join: {e}")),
+        };
+        let mut path = vec![&cert];
+        path.extend(self.trust.ek_intermediates.iter());
+        if let Err(e) = verify_chain(&path, &self.trust.ek_roots, now()) {
+            return refused(format!("join: EK certificate: {e}"));
+        }
+        let ek = match decode_hex(ek_public)
+            .map_err(|e| e.to_string())
+            .and_then(|d| Public::parse(&d).map_err(|e| e.to_string()))
+        {
+            Ok(k) => k,
+            Err(e) => return refused(format!("join: EK public: {e}")),
+        };
+        if cert.public_key().ok() != Some(&ek.key) {
+            return refused("join: the EK public area is not the key of the EK certificate");
+        }
+        let ak = match Public::parse(&p.claims.ak_public) {
+            Ok(a) => a,
+            Err(e) => return refused(format!("join: AK: {e}")),
+        };
+        let rng = SystemRandom::new();
+        let (mut secret, mut seed) = ([0u8; 32], [0u8; 32]);
+        if rng.fill(&mut secret).is_err() || rng.fill(&mut seed).is_err() {
+            return refused("join: no randomness");
+        }
+        let made = match make_credential(&ek, &ak.name, &secret, &seed) {
+            Ok(m) => m,
+            Err(e) => return refused(format!("join: {e}")),
+        };
+        let node_id = node_id(&cert);
+        tracing::info!(event = "join_challenge", node = %node_id, role, cluster_id = %cid);
+        st.pending.insert(
+            p.claims.ak_spki_sha256,
+            Pending {
+                node_id,
+                role: role.to_string(),
+                secret,
+            },
+        );
+        Response::Challenge {
+            id_object: hex::encode(made.id_object),
+            encrypted_secret: hex::encode(made.encrypted_secret),
+        }
+    }
+
+    fn get_key(&self, st: &State, peer: Option<&Appraised>, key_id: &str) -> Response {
+        let Some(p) = peer else {
+            return refused("get_key: the caller is not attested");
+        };
+        let (Some(secrets), Some(cid)) = (&st.secrets, st.cluster_id) else {
+            return refused("get_key: the control plane awaits recovery (veil recover)");
+        };
+        let Some(node) = st
+            .nodes
+            .values()
+            .find(|n| n.ak_spki_sha256 == p.claims.ak_spki_sha256)
+        else {
+            return refused("get_key: the caller's attestation key belongs to no joined node");
+        };
+        let want = hex::encode(cluster_pcr(veil_attest_tpm::HashAlg::Sha256, Some(&cid.0)));
+        if p.claims.cluster_pcr.as_deref() != Some(want.as_str()) {
+            return refused("get_key: the caller's cluster PCR does not hold this cluster's ID");
+        }
+        if !p.roles.iter().any(|(r, _)| *r == node.role) {
+            return refused(format!(
+                "get_key: the caller no longer matches the reference values of role `{}`",
+                node.role
+            ));
+        }
+        let id = match KeyId::parse(key_id) {
+            Ok(k) => k,
+            Err(e) => return refused(format!("get_key: {e}")),
+        };
+        if id.owner() != Owner::Node(node.node_id.clone()) {
+            tracing::warn!(event = "key_refused", node = %node.node_id, key_id = %id.as_str());
+            return refused(format!(
+                "get_key: key `{}` does not belong to {}",
+                id.as_str(),
+                node.node_id
+            ));
+        }
+        match secrets.derive(&id) {
+            Ok(k) => {
+                tracing::info!(event = "key_released", node = %node.node_id, key_id = %id.as_str());
+                Response::Key {
+                    key_id: id.as_str().to_string(),
+                    key: hex::encode(k.expose()),
+                }
+            }
+            Err(e) => refused(e.to_string()),
+        }
+    }
+}
+
+/// SHA-256 helper for callers that identify AKs.
+pub fn spki_sha256(spki_der: &[u8]) -> [u8; 32] {
+    Sha256::digest(spki_der).into()
+}

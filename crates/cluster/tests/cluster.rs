@@ -1,0 +1,299 @@
+//! A control plane and worker nodes, each with its own manufactured software TPM, and the
+//! owner: init, join, keys and recovery over attested TLS, with every refusal the issue names.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use veil_attest_core::UnixTime;
+use veil_attest_core::x509::Certificate;
+use veil_cluster::{ClientError, ControlPlane, Session, Trust};
+use veil_keys::{ClusterSecrets, KeyId, SecretBytes};
+use veil_node_attest::{Membership, TpmAppraiser, TpmAttester};
+use veil_reference::launch::{Launch, cluster_event};
+use veil_reference::{MeasurementSet, ReferenceValues};
+use veil_swtpm::{LocalCa, SwTpm};
+use veil_tpm_device::{AkKind, NodeTpm};
+
+fn now() -> UnixTime {
+    UnixTime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64,
+    )
+}
+
+struct Node {
+    attester: Arc<TpmAttester>,
+    _swtpm: SwTpm,
+}
+
+fn boot(dir: &Path, ca: &LocalCa, launch: &Launch, cluster: Option<&[u8]>) -> Node {
+    ca.manufacture(dir).unwrap();
+    let swtpm = SwTpm::start(dir).unwrap();
+    let mut tpm = NodeTpm::open(&swtpm.tcti()).unwrap();
+    for c in &launch.components {
+        tpm.extend(c.pcr, &c.sha1.0, &c.sha256.0).unwrap();
+    }
+    tpm.load_ek().unwrap();
+    tpm.create_ak(AkKind::EccP256).unwrap();
+    let attester = Arc::new(TpmAttester::new(tpm, launch.event_log()));
+    if let Some(id) = cluster {
+        attester.join_cluster(id).unwrap();
+        let _ = cluster_event(id);
+    }
+    Node {
+        attester,
+        _swtpm: swtpm,
+    }
+}
+
+fn appraiser(refs: &ReferenceValues, membership: Membership) -> TpmAppraiser {
+    TpmAppraiser {
+        reference: refs.clone(),
+        role: "control-plane".into(),
+        trusted_aks: None,
+        membership,
+        now: now(),
+    }
+}
+
+async fn session(
+    addr: std::net::SocketAddr,
+    node: Option<&Node>,
+    app: &TpmAppraiser,
+) -> Result<Session<TcpStream>, ClientError> {
+    let sock = TcpStream::connect(addr).await.unwrap();
+    sock.set_nodelay(true).unwrap();
+    Ok(Session::connect(
+        sock,
+        node.map(|n| n.attester.as_ref() as &dyn veil_atls::Attester),
+        app,
+    )
+    .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_join_keys_refusals_and_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::at(&dir.path().join("ca"));
+    let cp_launch = Launch::measure(b"veil-agent 1", b"role: control-plane", b"image 1");
+    let worker_launch = Launch::measure(b"veil-agent 1", b"role: worker", b"image 1");
+    let mut set = MeasurementSet::from_launch("release-1", &cp_launch, &["control-plane"]);
+    let w = MeasurementSet::from_launch("release-1", &worker_launch, &["worker"]);
+    set.roles.extend(w.roles);
+    let refs = ReferenceValues {
+        version: 1,
+        insecure_local_roots: true,
+        tpm_roots: vec![],
+        sets: vec![set],
+    };
+
+    let cp_node = boot(&dir.path().join("cp"), &ca, &cp_launch, None);
+    let roots = Certificate::parse_many(&ca.root_pem().unwrap(), "root").unwrap();
+    let issuer = Certificate::parse_many(&ca.issuer_pem().unwrap(), "issuer").unwrap();
+    let trust = Trust {
+        reference: refs.clone(),
+        ek_roots: roots.clone(),
+        ek_intermediates: issuer.clone(),
+    };
+    let cp = Arc::new(ControlPlane::new(trust, cp_node.attester.clone()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(cp.clone().serve(listener));
+
+    // The owner appraises the fresh control-plane node, checks its TPM endorsement, inits.
+    let (master, salt) = ([0x11u8; 32], [0x22u8; 32]);
+    let mut owner = session(addr, None, &appraiser(&refs, Membership::Fresh))
+        .await
+        .unwrap();
+    owner
+        .verify_endorsement(&roots, &issuer, now())
+        .await
+        .unwrap();
+    let cid_hex = owner.init(&master, &salt).await.unwrap();
+    let secrets = ClusterSecrets::new(
+        SecretBytes::from_slice("m", &mut master.clone()).unwrap(),
+        salt,
+    );
+    let cid = secrets.cluster_id().unwrap();
+    assert_eq!(cid_hex, cid.to_string());
+    // Init happens once.
+    let mut owner = session(
+        addr,
+        None,
+        &appraiser(&refs, Membership::Member(cid.0.to_vec())),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(owner.init(&master, &salt).await, Err(ClientError::Refused(r)) if r.contains("already initialised"))
+    );
+    // An unattested caller gets no key.
+    assert!(
+        matches!(owner.get_key("node/node-000000000000/state").await, Err(ClientError::Refused(r)) if r.contains("not attested"))
+    );
+
+    // Two workers join; each gets its own state key, as derived from the master secret.
+    let cp_app = appraiser(&refs, Membership::Member(cid.0.to_vec()));
+    let w1 = boot(&dir.path().join("w1"), &ca, &worker_launch, None);
+    let w2 = boot(&dir.path().join("w2"), &ca, &worker_launch, None);
+    let (id1, cid1, key1) = session(addr, Some(&w1), &cp_app)
+        .await
+        .unwrap()
+        .join(&w1.attester, "worker")
+        .await
+        .unwrap();
+    let (id2, _, key2) = session(addr, Some(&w2), &cp_app)
+        .await
+        .unwrap()
+        .join(&w2.attester, "worker")
+        .await
+        .unwrap();
+    assert_eq!(cid1, cid.0.to_vec());
+    assert_ne!(id1, id2);
+    let derive = |id: &str| {
+        secrets
+            .derive(&KeyId::node(id, "state").unwrap())
+            .unwrap()
+            .expose()
+            .to_vec()
+    };
+    assert_eq!(key1, derive(&id1));
+    assert_eq!(key2, derive(&id2));
+    assert_eq!(cp.nodes().len(), 2);
+
+    // Keys: a node gets its own, never another node's; it cannot join twice.
+    let mut s1 = session(addr, Some(&w1), &cp_app).await.unwrap();
+    assert_eq!(
+        s1.get_key(&format!("node/{id1}/state")).await.unwrap(),
+        key1
+    );
+    assert_eq!(
+        s1.get_key(&format!("node/{id1}/disk-2")).await.unwrap(),
+        derive_other(&secrets, &id1, "disk-2")
+    );
+    let e = s1.get_key(&format!("node/{id2}/state")).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("does not belong")),
+        "{e}"
+    );
+    let e = s1.get_key("cluster/etcd").await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("does not belong")),
+        "{e}"
+    );
+    let e = s1.join(&w1.attester, "worker").await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("already belongs")),
+        "{e}"
+    );
+
+    // A node with a modified agent is refused (its evidence fails appraisal for every role).
+    let evil = boot(
+        &dir.path().join("evil"),
+        &ca,
+        &Launch::measure(b"veil-agent 1 patched", b"role: worker", b"image 1"),
+        None,
+    );
+    match session(addr, Some(&evil), &cp_app).await {
+        Err(ClientError::Atls(veil_atls::AtlsError::RefusedByPeer(r))) => {
+            assert!(
+                r.contains("PCR sha1:8") || r.contains("PCR sha256:8"),
+                "{r}"
+            )
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a node with a modified agent was accepted"),
+    }
+    // A node of another cluster is refused at join.
+    let foreign = boot(
+        &dir.path().join("foreign"),
+        &ca,
+        &worker_launch,
+        Some(b"another cluster"),
+    );
+    let e = session(addr, Some(&foreign), &cp_app)
+        .await
+        .unwrap()
+        .join(&foreign.attester, "worker")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("already belongs to a cluster")),
+        "{e}"
+    );
+    // A node whose TPM comes from another manufacturer is refused at join.
+    let other_ca = LocalCa::at(&dir.path().join("other-ca"));
+    let stranger = boot(
+        &dir.path().join("stranger"),
+        &other_ca,
+        &worker_launch,
+        None,
+    );
+    let e = session(addr, Some(&stranger), &cp_app)
+        .await
+        .unwrap()
+        .join(&stranger.attester, "worker")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("EK certificate")),
+        "{e}"
+    );
+    // A worker asking to join as control plane is refused.
+    let w3 = boot(&dir.path().join("w3"), &ca, &worker_launch, None);
+    let e = session(addr, Some(&w3), &cp_app)
+        .await
+        .unwrap()
+        .join(&w3.attester, "control-plane")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("role `control-plane`")),
+        "{e}"
+    );
+
+    // Restart: the control plane forgets its secrets; keys wait for the owner.
+    cp.forget_secrets();
+    let e = session(addr, Some(&w1), &cp_app)
+        .await
+        .unwrap()
+        .get_key(&format!("node/{id1}/state"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("awaits recovery")),
+        "{e}"
+    );
+    let mut owner = session(addr, None, &cp_app).await.unwrap();
+    let e = owner.recover(&[0x12; 32], &salt).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("belongs to cluster")),
+        "{e}"
+    );
+    assert_eq!(
+        owner.recover(&master, &salt).await.unwrap(),
+        cid.to_string()
+    );
+    let mut s1 = session(addr, Some(&w1), &cp_app).await.unwrap();
+    assert_eq!(
+        s1.get_key(&format!("node/{id1}/state")).await.unwrap(),
+        key1
+    );
+}
+
+fn derive_other(s: &ClusterSecrets, id: &str, purpose: &str) -> Vec<u8> {
+    s.derive(&KeyId::node(id, purpose).unwrap())
+        .unwrap()
+        .expose()
+        .to_vec()
+}
