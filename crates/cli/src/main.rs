@@ -6,6 +6,7 @@
 
 mod attest;
 mod measurements;
+mod mini;
 mod output;
 
 use std::process::ExitCode;
@@ -28,6 +29,9 @@ enum Command {
     /// Verify and inspect attestation evidence offline.
     #[command(subcommand)]
     Attest(attest::AttestCommand),
+    /// A local cluster on this machine: each node a process with its own software TPM.
+    #[command(subcommand)]
+    Mini(mini::MiniCommand),
     /// Compute, sign and verify reference values (expected measurements per node role).
     #[command(subcommand)]
     Measurements(measurements::MeasurementsCommand),
@@ -48,5 +52,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Attest(cmd) => attest::run(cmd),
         Command::Measurements(cmd) => measurements::run(cmd),
+        Command::Mini(cmd) => mini::run(cmd),
     }
 }

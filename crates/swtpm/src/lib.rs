@@ -230,6 +230,25 @@ impl SwTpm {
     }
 }
 
+/// Stops the swtpm listening on `port` (control channel on `port + 1`), e.g. one started by
+/// another process.
+pub fn stop_port(port: u16) -> Result<(), SwtpmError> {
+    run(
+        "swtpm_ioctl",
+        Command::new("swtpm_ioctl").args(["--tcp", &format!("127.0.0.1:{}", port + 1), "-s"]),
+    )
+    .map(|_| ())
+}
+
+impl SwTpm {
+    /// Leaves the daemon running after this handle is dropped (it is stopped later with
+    /// [`stop_port`]).
+    pub fn detach(mut self) -> u16 {
+        self.stopped = true;
+        self.port
+    }
+}
+
 impl Drop for SwTpm {
     fn drop(&mut self) {
         let _ = self.stop();

@@ -1,0 +1,256 @@
+//! The node agent.
+//!
+//! Started after the node's firmware measured it (agent binary → PCR 8, this configuration →
+//! PCR 9, node image → PCR 11) and wrote the event log, the agent opens the TPM, creates an
+//! attestation key under the EK and then, by role:
+//! - **control plane**: serves the control-plane services (init, join, keys, recovery);
+//! - **worker**: joins the control plane over attested TLS, extends the cluster ID into its
+//!   cluster PCR, then fetches its state key — and keeps re-attesting to fetch it again.
+//!
+//! It writes a status file (no secrets) that `veil mini status` reads.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use veil_attest_core::UnixTime;
+use veil_attest_core::x509::Certificate;
+use veil_attest_tpm::EventLog;
+use veil_cluster::{ControlPlane, Session, Trust};
+use veil_node_attest::{Membership, TpmAppraiser, TpmAttester};
+use veil_reference::{ReferenceValues, signing};
+use veil_tpm_device::{AkKind, NodeTpm};
+
+/// The agent's configuration (it is measured: any change changes PCR 9).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Node name (for logs).
+    pub name: String,
+    /// `control-plane` or `worker`.
+    pub role: String,
+    /// Where the control-plane services listen (control plane) or are (workers).
+    pub control_plane: String,
+    /// The TPM's TCTI.
+    pub tcti: String,
+    /// The event log the firmware wrote.
+    pub event_log: PathBuf,
+    /// Signed reference values and their signature and public key.
+    pub reference_values: PathBuf,
+    /// Signature file.
+    pub reference_signature: PathBuf,
+    /// Public key that signed the reference values.
+    pub reference_key: PathBuf,
+    /// Accepted TPM manufacturer roots and intermediates (PEM).
+    pub tpm_roots: PathBuf,
+    /// Where to write `status.json`.
+    pub state_dir: PathBuf,
+}
+
+impl AgentConfig {
+    /// The part of the configuration the node's firmware measures into PCR 9: what decides
+    /// the node's behaviour (its role and where its control plane is). Local plumbing (paths,
+    /// the TPM's address) is not measured.
+    pub fn measured(&self) -> Vec<u8> {
+        format!(
+            "role: {}\ncontrol_plane: {}\n",
+            self.role, self.control_plane
+        )
+        .into_bytes()
+    }
+}
+
+/// What the agent reports about itself.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    /// Node name.
+    pub name: String,
+    /// Role.
+    pub role: String,
+    /// `starting`, `awaiting-init`, `serving`, `joined`, `refused`...
+    pub phase: String,
+    /// Node ID once joined.
+    pub node_id: Option<String>,
+    /// Cluster ID once known.
+    pub cluster_id: Option<String>,
+    /// Last error, if any.
+    pub error: Option<String>,
+    /// Times the node re-attested and fetched its key.
+    pub key_fetches: u64,
+}
+
+fn write_status(dir: &Path, s: &Status) {
+    if let Ok(body) = serde_json::to_vec_pretty(s) {
+        let tmp = dir.join("status.json.tmp");
+        if std::fs::write(&tmp, body).is_ok() {
+            let _ = std::fs::rename(tmp, dir.join("status.json"));
+        }
+    }
+}
+
+fn now() -> UnixTime {
+    UnixTime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    )
+}
+
+fn read(p: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+}
+
+/// Loads signed reference values, refusing them if the signature does not hold.
+pub fn load_reference(cfg: &AgentConfig) -> anyhow::Result<ReferenceValues> {
+    let body = read(&cfg.reference_values)?;
+    let sig = String::from_utf8(read(&cfg.reference_signature)?)?;
+    signing::verify(&read(&cfg.reference_key)?, &body, &sig)
+        .context("reference values signature")?;
+    Ok(ReferenceValues::parse(&body)?)
+}
+
+/// Runs the agent until killed.
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let mut status = Status {
+        name: cfg.name.clone(),
+        role: cfg.role.clone(),
+        phase: "starting".into(),
+        ..Status::default()
+    };
+    write_status(&cfg.state_dir, &status);
+    let reference = load_reference(&cfg)?;
+    let roots_pem = read(&cfg.tpm_roots)?;
+    let certs = Certificate::parse_many(&roots_pem, "TPM roots")?;
+    let (ek_roots, ek_intermediates): (Vec<_>, Vec<_>) =
+        certs.into_iter().partition(Certificate::is_self_issued);
+    let log = EventLog::parse(&read(&cfg.event_log)?)?;
+    let mut tpm = NodeTpm::open(&cfg.tcti)?;
+    tpm.load_ek()?;
+    tpm.create_ak(AkKind::EccP256)?;
+    let attester = Arc::new(TpmAttester::new(tpm, log));
+    tracing::info!(node = %cfg.name, role = %cfg.role, "agent started");
+    match cfg.role.as_str() {
+        "control-plane" => {
+            let trust = Trust {
+                reference,
+                ek_roots,
+                ek_intermediates,
+            };
+            let cp = Arc::new(ControlPlane::new(trust, attester));
+            let listener = tokio::net::TcpListener::bind(&cfg.control_plane)
+                .await
+                .with_context(|| format!("cannot listen on {}", cfg.control_plane))?;
+            status.phase = "serving".into();
+            write_status(&cfg.state_dir, &status);
+            tracing::info!(listen = %cfg.control_plane, "control-plane services up, awaiting init");
+            let serve = tokio::spawn(cp.clone().serve(listener));
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let cid = cp.cluster_id().map(|c| c.to_string());
+                if cid != status.cluster_id {
+                    status.cluster_id = cid;
+                    write_status(&cfg.state_dir, &status);
+                }
+                if serve.is_finished() {
+                    bail!("control-plane services stopped");
+                }
+            }
+        }
+        "worker" => {
+            worker(
+                &cfg,
+                reference,
+                (ek_roots, ek_intermediates),
+                attester,
+                status,
+            )
+            .await
+        }
+        other => bail!("role `{other}`: expected control-plane or worker"),
+    }
+}
+
+async fn worker(
+    cfg: &AgentConfig,
+    reference: ReferenceValues,
+    roots: (Vec<Certificate>, Vec<Certificate>),
+    attester: Arc<TpmAttester>,
+    mut status: Status,
+) -> anyhow::Result<()> {
+    let appraiser = |membership| TpmAppraiser {
+        reference: reference.clone(),
+        role: "control-plane".into(),
+        trusted_aks: None,
+        membership,
+        now: now(),
+    };
+    let connect = |membership| {
+        let a = appraiser(membership);
+        let attester = attester.clone();
+        let addr = cfg.control_plane.clone();
+        async move {
+            let sock = tokio::net::TcpStream::connect(&addr).await?;
+            sock.set_nodelay(true)?;
+            let s = Session::connect(
+                sock,
+                Some(attester.as_ref() as &dyn veil_atls::Attester),
+                &a,
+            )
+            .await?;
+            anyhow::Ok(s)
+        }
+    };
+    // Join, retrying while the control plane is not up or not initialised yet.
+    let (node_id, cluster_id) = loop {
+        let attempt = async {
+            // The control plane must already belong to a cluster: learn which from its answer.
+            let mut s = connect(Membership::Any).await?;
+            // Secrets go only to a control plane whose AK is in a genuine TPM.
+            s.verify_endorsement(&roots.0, &roots.1, now()).await?;
+            let (node_id, cid, _state_key) = s.join(&attester, &cfg.role).await?;
+            anyhow::Ok((node_id, cid))
+        };
+        match attempt.await {
+            Ok(v) => break v,
+            Err(e) => {
+                status.phase = "joining".into();
+                status.error = Some(format!("{e:#}"));
+                write_status(&cfg.state_dir, &status);
+                tracing::warn!(error = %format!("{e:#}"), "join failed, retrying");
+                if e.to_string().contains("refused by the control plane") {
+                    status.phase = "refused".into();
+                    write_status(&cfg.state_dir, &status);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    status.phase = "joined".into();
+    status.error = None;
+    status.node_id = Some(node_id.clone());
+    status.cluster_id = Some(hex::encode(&cluster_id));
+    write_status(&cfg.state_dir, &status);
+    tracing::info!(node_id = %node_id, "joined");
+    // Re-attest periodically and fetch the state key again: the control plane keeps serving
+    // keys only to nodes that still match the reference values.
+    loop {
+        let r = async {
+            let mut s = connect(Membership::Member(cluster_id.clone())).await?;
+            s.get_key(&format!("node/{node_id}/state")).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        match r {
+            Ok(()) => {
+                status.key_fetches += 1;
+                status.error = None;
+            }
+            Err(e) => status.error = Some(format!("{e:#}")),
+        }
+        write_status(&cfg.state_dir, &status);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}

@@ -1,0 +1,202 @@
+//! `veil mini` end to end: real processes, real software TPMs. Three nodes come up and the
+//! workers join; a node whose agent binary or configuration differs from the reference values
+//! is refused, with the PCR named; `down` leaves no process and no file.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use veil_agent::{AgentConfig, Status};
+use veil_reference::launch::Launch;
+use veil_swtpm::{LocalCa, SwTpm};
+use veil_tpm_device::NodeTpm;
+
+fn veil(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn status_of(dir: &Path) -> Option<Status> {
+    serde_json::from_slice(&std::fs::read(dir.join("status.json")).ok()?).ok()
+}
+
+/// Starts an extra worker on the local cluster's workspace, measured with the given agent
+/// bytes and configuration; returns its final status after it tried to join.
+fn rogue_worker(
+    ws: &Path,
+    name: &str,
+    agent_bytes: &[u8],
+    tweak: impl FnOnce(&mut AgentConfig),
+) -> (Status, u32) {
+    let dir = ws.join("nodes").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    LocalCa::at(&ws.join("tpm-ca"))
+        .manufacture(&dir.join("tpm"))
+        .unwrap();
+    let tpm = SwTpm::start(&dir.join("tpm")).unwrap();
+    let template: AgentConfig =
+        serde_norway::from_slice(&std::fs::read(ws.join("nodes/worker-0/agent.yaml")).unwrap())
+            .unwrap();
+    let mut cfg = AgentConfig {
+        name: name.into(),
+        tcti: tpm.tcti(),
+        event_log: dir.join("eventlog.bin"),
+        state_dir: dir.clone(),
+        ..template
+    };
+    tweak(&mut cfg);
+    std::fs::write(
+        dir.join("agent.yaml"),
+        serde_norway::to_string(&cfg).unwrap(),
+    )
+    .unwrap();
+    let image = std::fs::read(ws.join("node-image.txt")).unwrap();
+    let launch = Launch::measure(agent_bytes, &cfg.measured(), &image);
+    {
+        let mut t = NodeTpm::open(&cfg.tcti).unwrap();
+        for c in &launch.components {
+            t.extend(c.pcr, &c.sha1.0, &c.sha256.0).unwrap();
+        }
+    }
+    std::fs::write(&cfg.event_log, launch.event_log().to_bytes()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_veil-agent"))
+        .arg("--config")
+        .arg(dir.join("agent.yaml"))
+        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = status_of(&dir)
+            && (s.phase == "joined" || s.error.is_some())
+        {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rogue worker never finished trying"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let pid = child.id();
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(tpm);
+    (status, pid)
+}
+
+#[test]
+fn mini_up_join_refusals_and_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    let w = ws.display().to_string();
+    let (code, out, err) = veil(&["mini", "up", "--nodes", "3", "--workspace", &w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("LOCAL CLUSTER up (insecure local TPM roots)"),
+        "{out}"
+    );
+    let joined: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("worker-") && l.contains(" joined "))
+        .collect();
+    assert_eq!(joined.len(), 2, "{out}");
+    // Secrets in the owner's workspace are private.
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["master-secret", "salt", "reference.key"] {
+        let mode = std::fs::metadata(ws.join("owner").join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{f} is readable by others");
+    }
+    // The master secret appears in no log.
+    let master = std::fs::read_to_string(ws.join("owner/master-secret")).unwrap();
+    for n in ["cp-0", "worker-0", "worker-1"] {
+        let log = std::fs::read_to_string(ws.join("nodes").join(n).join("agent.log")).unwrap();
+        assert!(!log.contains(master.trim()), "{n} logged the master secret");
+        assert!(
+            log.contains("\"level\":\"INFO\""),
+            "{n} does not log structurally"
+        );
+    }
+    let cp_log = std::fs::read_to_string(ws.join("nodes/cp-0/agent.log")).unwrap();
+    assert!(
+        cp_log.contains("\"event\":\"key_released\""),
+        "no audit event for released keys"
+    );
+
+    // A worker whose agent binary was modified: refused, PCR 8 named.
+    let agent = std::fs::read(env!("CARGO_BIN_EXE_veil-agent")).unwrap();
+    let mut patched = agent.clone();
+    patched.extend_from_slice(b"backdoor");
+    let (s, _) = rogue_worker(&ws, "rogue-binary", &patched, |_| {});
+    assert_ne!(s.phase, "joined");
+    let e = s.error.unwrap();
+    assert!(
+        e.contains("PCR sha1:8") || e.contains("PCR sha256:8"),
+        "{e}"
+    );
+    // A worker whose configuration differs (same control plane, written differently).
+    let (s, _) = rogue_worker(&ws, "rogue-config", &agent, |c| {
+        c.control_plane = c.control_plane.replace("127.0.0.1", "localhost");
+    });
+    assert_ne!(s.phase, "joined");
+    let e = s.error.unwrap();
+    assert!(
+        e.contains("PCR sha1:9") || e.contains("PCR sha256:9"),
+        "{e}"
+    );
+    // An honest late worker joins.
+    let (s, _) = rogue_worker(&ws, "late-worker", &agent, |_| {});
+    assert_eq!(s.phase, "joined", "{:?}", s.error);
+
+    let (code, out, _) = veil(&["mini", "status", "--workspace", &w]);
+    assert_eq!(code, 0);
+    assert!(out.contains("cp-0") && out.contains("running"), "{out}");
+
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.join("mini.json")).unwrap()).unwrap();
+    let pids: Vec<u64> = state["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["pid"].as_u64().unwrap())
+        .collect();
+    let ports: Vec<u64> = state["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["tpm_port"].as_u64().unwrap())
+        .collect();
+    let (code, out, err) = veil(&["mini", "down", "--workspace", &w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!ws.exists(), "the workspace is left behind");
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z "),
+            "agent {pid} still runs"
+        );
+    }
+    for port in ports {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port as u16)).is_err(),
+            "a TPM still listens on {port}"
+        );
+    }
+}
