@@ -218,6 +218,29 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         }
     }
 
+    /// The AK hash of the control plane that attested this session.
+    pub fn peer_ak(&self) -> [u8; 32] {
+        self.peer_ak
+    }
+
+    /// Owner: a cluster attestation report bound to `nonce`, signed by the control plane.
+    pub async fn cluster_report(
+        &mut self,
+        nonce: &[u8; 32],
+    ) -> Result<crate::report::SignedReport, ClientError> {
+        match self
+            .call(&Request::ClusterReport {
+                nonce: hex::encode(nonce),
+            })
+            .await?
+        {
+            Response::Report { report, evidence } => {
+                Ok(crate::report::SignedReport { report, evidence })
+            }
+            r => Err(unexpected(r)),
+        }
+    }
+
     /// Node: fetches one of its keys.
     pub async fn get_key(&mut self, key_id: &str) -> Result<Vec<u8>, ClientError> {
         match self

@@ -13,6 +13,7 @@
 
 mod client;
 pub mod proto;
+pub mod report;
 mod service;
 
 pub use client::{ClientError, Session};

@@ -44,6 +44,11 @@ pub enum Request {
         /// TPM2B_ENCRYPTED_SECRET contents (hex).
         encrypted_secret: String,
     },
+    /// The owner asks for a cluster attestation report bound to its nonce.
+    ClusterReport {
+        /// 32-byte nonce (hex).
+        nonce: String,
+    },
     /// A joined node asks for one of its keys.
     GetKey {
         /// The key ID.
@@ -89,6 +94,13 @@ pub enum Response {
     Proof {
         /// The secret (hex).
         secret: String,
+    },
+    /// A cluster attestation report, signed by the control plane's TPM.
+    Report {
+        /// The report (JSON text, as signed).
+        report: String,
+        /// The control plane's TPM evidence whose batch holds the report's digest (hex).
+        evidence: String,
     },
     /// A key.
     Key {

@@ -348,6 +348,44 @@ impl ControlPlane {
                 }
             }
             Request::GetKey { key_id } => self.get_key(&st, peer, &key_id),
+            Request::ClusterReport { nonce } => {
+                let Some(cid) = st.cluster_id else {
+                    return refused("report: the cluster is not initialised");
+                };
+                if decode_hex(&nonce).map(|n| n.len()) != Ok(32) {
+                    return refused("report: the nonce must be 32 bytes of hex");
+                }
+                let report = crate::report::ClusterReport {
+                    version: crate::report::REPORT_VERSION,
+                    cluster_id: cid.to_string(),
+                    nonce,
+                    created_at: now().0,
+                    nodes: st
+                        .nodes
+                        .values()
+                        .map(|n| crate::report::ReportedNode {
+                            node_id: n.node_id.clone(),
+                            role: n.role.clone(),
+                            set: n.set.clone(),
+                            joined_at: n.joined_at.0,
+                            ak_spki_sha256: hex::encode(n.ak_spki_sha256),
+                            join_evidence: hex::encode(&n.join_evidence),
+                        })
+                        .collect(),
+                };
+                let Ok(text) = serde_json::to_string(&report) else {
+                    return refused("report: cannot encode");
+                };
+                drop(st);
+                let digest = crate::report::report_digest(text.as_bytes());
+                match veil_atls::Attester::attest(self.attester.as_ref(), &digest) {
+                    Ok(evidence) => Response::Report {
+                        report: text,
+                        evidence: hex::encode(evidence),
+                    },
+                    Err(e) => refused(format!("report: cannot sign: {e}")),
+                }
+            }
             Request::Endorsement => {
                 let r = self.attester.with_tpm(|t| {
                     let cert = t.ek_certificate()?;

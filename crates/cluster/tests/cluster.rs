@@ -262,6 +262,48 @@ async fn init_join_keys_refusals_and_recovery() {
         "{e}"
     );
 
+    // Whole-cluster attestation: a report bound to the owner's nonce, signed by the control
+    // plane's TPM, verified against the workspace's expectations; any altered byte fails.
+    let mut owner = session(addr, None, &cp_app).await.unwrap();
+    owner
+        .verify_endorsement(&roots, &issuer, now())
+        .await
+        .unwrap();
+    let nonce = [0x5cu8; 32];
+    let signed = owner.cluster_report(&nonce).await.unwrap();
+    let exp = veil_cluster::report::Expectations {
+        reference: refs.clone(),
+        cluster_id: cid.0.to_vec(),
+        control_plane_ak: owner.peer_ak(),
+        nonce: Some(nonce),
+        now: now(),
+    };
+    let verdict = veil_cluster::report::verify_report(&signed, &exp).unwrap();
+    assert!(verdict.all_ok(), "{verdict:?}");
+    assert_eq!(verdict.nodes.len(), 3);
+    assert!(verdict.nodes.iter().any(|n| n.node == id1));
+    let mut altered = signed.clone();
+    altered.report = altered.report.replacen("worker", "workes", 1);
+    assert!(veil_cluster::report::verify_report(&altered, &exp).is_err());
+    let e = veil_cluster::report::verify_report(
+        &signed,
+        &veil_cluster::report::Expectations {
+            nonce: Some([0; 32]),
+            ..exp.clone()
+        },
+    )
+    .unwrap_err();
+    assert!(e.contains("replayed"), "{e}");
+    let e = veil_cluster::report::verify_report(
+        &signed,
+        &veil_cluster::report::Expectations {
+            control_plane_ak: [0; 32],
+            ..exp.clone()
+        },
+    )
+    .unwrap_err();
+    assert!(e.contains("control plane"), "{e}");
+
     // Restart: the control plane forgets its secrets; keys wait for the owner.
     cp.forget_secrets();
     let e = session(addr, Some(&w1), &cp_app)

@@ -192,12 +192,23 @@ pub struct TpmAppraiser {
     pub now: UnixTime,
 }
 
-impl Appraiser for TpmAppraiser {
-    type Claims = NodeClaims;
+impl TpmAppraiser {
+    /// Appraises evidence recorded by someone else (a control plane's record of a node's
+    /// join): everything is checked except the session binding, which only its verifier could
+    /// check — the record vouches for that.
+    pub fn appraise_recorded(&self, evidence: &[u8]) -> Result<NodeClaims, String> {
+        self.appraise_inner(evidence, None)
+    }
 
-    fn appraise(&self, evidence: &[u8], report_data: &[u8; 64]) -> Result<NodeClaims, String> {
+    fn appraise_inner(
+        &self,
+        evidence: &[u8],
+        report_data: Option<&[u8; 64]>,
+    ) -> Result<NodeClaims, String> {
         let ev = TpmEvidence::parse(evidence).map_err(|e| e.to_string())?;
-        if !ev.bindings.contains(report_data) {
+        if let Some(rd) = report_data
+            && !ev.bindings.contains(rd)
+        {
             return Err(format!(
                 "the quote's batch of {} bindings does not contain this session's binding",
                 ev.bindings.len()
@@ -267,5 +278,13 @@ impl Appraiser for TpmAppraiser {
             cluster_pcr: (cluster != zero).then_some(cluster),
             evidence: evidence.to_vec(),
         })
+    }
+}
+
+impl Appraiser for TpmAppraiser {
+    type Claims = NodeClaims;
+
+    fn appraise(&self, evidence: &[u8], report_data: &[u8; 64]) -> Result<NodeClaims, String> {
+        self.appraise_inner(evidence, Some(report_data))
     }
 }

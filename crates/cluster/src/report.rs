@@ -1,0 +1,194 @@
+//! Whole-cluster attestation: the control plane's report of every node it admitted (with the
+//! evidence it appraised), signed by the control plane's own TPM quote over the report's
+//! digest and the owner's nonce; verified by the owner offline against the workspace.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha512};
+use veil_attest_core::UnixTime;
+use veil_attest_core::bytes::decode_hex;
+use veil_node_attest::{Membership, TpmAppraiser};
+use veil_reference::ReferenceValues;
+
+/// Format version.
+pub const REPORT_VERSION: u32 = 1;
+
+/// The report, as the control plane signs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterReport {
+    /// Format version.
+    pub version: u32,
+    /// The cluster (hex).
+    pub cluster_id: String,
+    /// The owner's nonce (hex).
+    pub nonce: String,
+    /// When the control plane made it (seconds since the epoch).
+    pub created_at: i64,
+    /// Every admitted node.
+    pub nodes: Vec<ReportedNode>,
+}
+
+/// One admitted node in a report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportedNode {
+    /// Node ID.
+    pub node_id: String,
+    /// Role.
+    pub role: String,
+    /// Reference-value set it matched at join.
+    pub set: String,
+    /// When it joined.
+    pub joined_at: i64,
+    /// SHA-256 of its AK SPKI (hex), bound to its EK at join.
+    pub ak_spki_sha256: String,
+    /// The evidence the control plane appraised at join (hex).
+    pub join_evidence: String,
+}
+
+/// A report with the control plane's signature, as `veil verify --save` writes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedReport {
+    /// The report JSON text.
+    pub report: String,
+    /// Control-plane TPM evidence (hex).
+    pub evidence: String,
+}
+
+/// The 64 bytes the control plane's quote must cover for `report`.
+pub fn report_digest(report: &[u8]) -> [u8; 64] {
+    Sha512::new()
+        .chain_update(b"veil-cluster-report-v1\0")
+        .chain_update(report)
+        .finalize()
+        .into()
+}
+
+/// What the owner expects.
+#[derive(Clone, Debug)]
+pub struct Expectations {
+    /// Signed reference values (verified by the caller).
+    pub reference: ReferenceValues,
+    /// The cluster.
+    pub cluster_id: Vec<u8>,
+    /// The control plane's AK (recorded at init, after its EK proved it).
+    pub control_plane_ak: [u8; 32],
+    /// The nonce the report must carry (`None` when re-verifying a saved report).
+    pub nonce: Option<[u8; 32]>,
+    /// Verification time.
+    pub now: UnixTime,
+}
+
+/// The verdict on one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeVerdict {
+    /// Node ID (or `control-plane`).
+    pub node: String,
+    /// Role.
+    pub role: String,
+    /// Kind of evidence.
+    pub tee: String,
+    /// Accepted?
+    pub ok: bool,
+    /// Matched set, or why it failed.
+    pub reason: String,
+}
+
+/// The verdict on a cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClusterVerdict {
+    /// The cluster (hex).
+    pub cluster_id: String,
+    /// Report time.
+    pub created_at: i64,
+    /// Control plane first, then each node.
+    pub nodes: Vec<NodeVerdict>,
+}
+
+impl ClusterVerdict {
+    /// Whether every node passed.
+    pub fn all_ok(&self) -> bool {
+        self.nodes.iter().all(|n| n.ok)
+    }
+}
+
+const TEE: &str = "tpm (software, local CA)";
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    decode_hex(s).ok()?.try_into().ok()
+}
+
+/// Verifies a signed report. A report that is not what the control plane signed is an error;
+/// nodes that fail appraisal are reported as failing.
+pub fn verify_report(signed: &SignedReport, exp: &Expectations) -> Result<ClusterVerdict, String> {
+    let report: ClusterReport =
+        serde_json::from_str(&signed.report).map_err(|e| format!("report: {e}"))?;
+    if report.version != REPORT_VERSION {
+        return Err(format!(
+            "report version: expected {REPORT_VERSION}, found {}",
+            report.version
+        ));
+    }
+    if decode_hex(&report.cluster_id).ok().as_deref() != Some(exp.cluster_id.as_slice()) {
+        return Err(format!(
+            "cluster: expected {}, the report is for {}",
+            hex::encode(&exp.cluster_id),
+            report.cluster_id
+        ));
+    }
+    if let Some(n) = exp.nonce
+        && hex32(&report.nonce) != Some(n)
+    {
+        return Err(format!(
+            "nonce: expected {}, found {} (a replayed report)",
+            hex::encode(n),
+            report.nonce
+        ));
+    }
+    let evidence = decode_hex(&signed.evidence).map_err(|e| format!("evidence: {e}"))?;
+    let cp = TpmAppraiser {
+        reference: exp.reference.clone(),
+        role: "control-plane".into(),
+        trusted_aks: Some(vec![exp.control_plane_ak]),
+        membership: Membership::Member(exp.cluster_id.clone()),
+        now: exp.now,
+    };
+    let digest = report_digest(signed.report.as_bytes());
+    veil_atls::Appraiser::appraise(&cp, &evidence, &digest)
+        .map_err(|e| format!("control plane signature over the report: {e}"))?;
+    let mut nodes = vec![NodeVerdict {
+        node: "control-plane".into(),
+        role: "control-plane".into(),
+        tee: TEE.into(),
+        ok: true,
+        reason: "signed this report; measurements match".into(),
+    }];
+    for n in &report.nodes {
+        let verdict = (|| {
+            let ak = hex32(&n.ak_spki_sha256).ok_or("AK hash is not 32 bytes of hex")?;
+            let ev = decode_hex(&n.join_evidence).map_err(|e| e.to_string())?;
+            let a = TpmAppraiser {
+                reference: exp.reference.clone(),
+                role: n.role.clone(),
+                trusted_aks: Some(vec![ak]),
+                membership: Membership::Fresh,
+                now: exp.now,
+            };
+            a.appraise_recorded(&ev)
+                .map(|c| format!("matches set `{}`", c.set))
+        })();
+        nodes.push(NodeVerdict {
+            node: n.node_id.clone(),
+            role: n.role.clone(),
+            tee: TEE.into(),
+            ok: verdict.is_ok(),
+            reason: verdict.unwrap_or_else(|e: String| e),
+        });
+    }
+    Ok(ClusterVerdict {
+        cluster_id: report.cluster_id,
+        created_at: report.created_at,
+        nodes,
+    })
+}
