@@ -8,6 +8,7 @@ mod attest;
 mod measurements;
 mod mini;
 mod output;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -32,6 +33,9 @@ enum Command {
     /// A local cluster on this machine: each node a process with its own software TPM.
     #[command(subcommand)]
     Mini(mini::MiniCommand),
+    /// Verify the whole cluster: a report of every node, signed by the control plane's TPM
+    /// over a fresh nonce, checked against the workspace.
+    Verify(verify::VerifyArgs),
     /// Compute, sign and verify reference values (expected measurements per node role).
     #[command(subcommand)]
     Measurements(measurements::MeasurementsCommand),
@@ -53,5 +57,6 @@ fn main() -> ExitCode {
         Command::Attest(cmd) => attest::run(cmd),
         Command::Measurements(cmd) => measurements::run(cmd),
         Command::Mini(cmd) => mini::run(cmd),
+        Command::Verify(a) => verify::run(a),
     }
 }

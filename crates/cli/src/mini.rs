@@ -322,8 +322,19 @@ fn up(ws: &Path, nodes: usize, control_planes: usize) -> anyhow::Result<ExitCode
         };
         let mut s = Session::connect(sock, None, &appraiser).await?;
         s.verify_endorsement(&root, &inter, now()).await?;
-        anyhow::Ok(s.init(&master, &salt).await?)
+        let cid = s.init(&master, &salt).await?;
+        anyhow::Ok((cid, s.peer_ak()))
     })?;
+    let (cid, cp_ak) = cid;
+    std::fs::write(
+        ws.join("workspace.json"),
+        serde_json::to_vec_pretty(&crate::verify::WorkspaceRecord {
+            control_plane: cp_addr.clone(),
+            cluster_id: cid.clone(),
+            control_plane_ak: hex::encode(cp_ak),
+            local: true,
+        })?,
+    )?;
     std::fs::write(ws.join("owner/cluster-id"), &cid)?;
     state.cluster_id = cid.clone();
     std::fs::write(ws.join("mini.json"), serde_json::to_vec_pretty(&state)?)?;

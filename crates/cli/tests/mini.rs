@@ -165,6 +165,36 @@ fn mini_up_join_refusals_and_down() {
     let (s, _) = rogue_worker(&ws, "late-worker", &agent, |_| {});
     assert_eq!(s.phase, "joined", "{:?}", s.error);
 
+    // Whole-cluster attestation: live, saved, re-verified offline; any altered byte fails.
+    let report = tmp.path().join("report.json").display().to_string();
+    let (code, out, err) = veil(&["verify", "--workspace", &w, "--save", &report]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("LOCAL CLUSTER"), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains(" OK ")).count(),
+        4,
+        "{out}"
+    ); // cp + 3 workers
+    let (code, out, _) = veil(&[
+        "verify",
+        "--workspace",
+        &w,
+        "--report",
+        &report,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 4);
+    let mut body = std::fs::read(&report).unwrap();
+    let i = body.len() / 2;
+    body[i] = if body[i] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&report, &body).unwrap();
+    let (code, _, err) = veil(&["verify", "--workspace", &w, "--report", &report]);
+    assert_ne!(code, 0, "an altered report verified");
+    assert!(!err.is_empty());
+
     let (code, out, _) = veil(&["mini", "status", "--workspace", &w]);
     assert_eq!(code, 0);
     assert!(out.contains("cp-0") && out.contains("running"), "{out}");
