@@ -79,6 +79,14 @@ pub struct Status {
     pub error: Option<String>,
     /// Times the node re-attested and fetched its key.
     pub key_fetches: u64,
+    /// Key check value of the state key (first 8 bytes of its SHA-256): shows the key is the
+    /// same after recovery without revealing it.
+    pub key_check: Option<String>,
+}
+
+fn key_check(key: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(key).get(..8).unwrap_or_default())
 }
 
 fn write_status(dir: &Path, s: &Status) {
@@ -139,7 +147,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 ek_roots,
                 ek_intermediates,
             };
-            let cp = Arc::new(ControlPlane::new(trust, attester));
+            let cp = Arc::new(
+                ControlPlane::with_state_file(
+                    trust,
+                    attester,
+                    cfg.state_dir.join("control-plane.json"),
+                )
+                .map_err(anyhow::Error::msg)?,
+            );
             let listener = tokio::net::TcpListener::bind(&cfg.control_plane)
                 .await
                 .with_context(|| format!("cannot listen on {}", cfg.control_plane))?;
@@ -204,14 +219,14 @@ async fn worker(
         }
     };
     // Join, retrying while the control plane is not up or not initialised yet.
-    let (node_id, cluster_id) = loop {
+    let (node_id, cluster_id, check) = loop {
         let attempt = async {
             // The control plane must already belong to a cluster: learn which from its answer.
             let mut s = connect(Membership::Any).await?;
             // Secrets go only to a control plane whose AK is in a genuine TPM.
             s.verify_endorsement(&roots.0, &roots.1, now()).await?;
-            let (node_id, cid, _state_key) = s.join(&attester, &cfg.role).await?;
-            anyhow::Ok((node_id, cid))
+            let (node_id, cid, state_key) = s.join(&attester, &cfg.role).await?;
+            anyhow::Ok((node_id, cid, key_check(&state_key)))
         };
         match attempt.await {
             Ok(v) => break v,
@@ -231,6 +246,7 @@ async fn worker(
     status.phase = "joined".into();
     status.error = None;
     status.node_id = Some(node_id.clone());
+    status.key_check = Some(check.clone());
     status.cluster_id = Some(hex::encode(&cluster_id));
     write_status(&cfg.state_dir, &status);
     tracing::info!(node_id = %node_id, "joined");
@@ -239,7 +255,10 @@ async fn worker(
     loop {
         let r = async {
             let mut s = connect(Membership::Member(cluster_id.clone())).await?;
-            s.get_key(&format!("node/{node_id}/state")).await?;
+            let key = s.get_key(&format!("node/{node_id}/state")).await?;
+            if key_check(&key) != check {
+                anyhow::bail!("the control plane served a different state key");
+            }
             anyhow::Ok(())
         }
         .await;

@@ -8,6 +8,7 @@ mod attest;
 mod measurements;
 mod mini;
 mod output;
+mod recover;
 mod verify;
 
 use std::process::ExitCode;
@@ -36,6 +37,9 @@ enum Command {
     /// Verify the whole cluster: a report of every node, signed by the control plane's TPM
     /// over a fresh nonce, checked against the workspace.
     Verify(verify::VerifyArgs),
+    /// After every control-plane node restarted: resupply the master secret from the
+    /// workspace to the (re-attested) control plane.
+    Recover(recover::RecoverArgs),
     /// Compute, sign and verify reference values (expected measurements per node role).
     #[command(subcommand)]
     Measurements(measurements::MeasurementsCommand),
@@ -58,5 +62,6 @@ fn main() -> ExitCode {
         Command::Measurements(cmd) => measurements::run(cmd),
         Command::Mini(cmd) => mini::run(cmd),
         Command::Verify(a) => verify::run(a),
+        Command::Recover(a) => recover::run(a),
     }
 }

@@ -44,6 +44,15 @@ pub enum MiniCommand {
         #[arg(long, default_value = "veil-mini")]
         workspace: PathBuf,
     },
+    /// Restart a node as a reboot would: its agent stops, its TPM restarts (PCRs reset), the
+    /// firmware measures it again, and a new agent starts.
+    Restart {
+        /// The node (e.g. cp-0).
+        node: String,
+        /// The workspace.
+        #[arg(long, default_value = "veil-mini")]
+        workspace: PathBuf,
+    },
     /// Stop a local cluster and remove everything it created.
     Down {
         /// The workspace.
@@ -87,6 +96,7 @@ pub fn run(cmd: MiniCommand) -> ExitCode {
         } => up(&workspace, nodes, control_plane),
         MiniCommand::Status { workspace } => status(&workspace),
         MiniCommand::Down { workspace } => down(&workspace),
+        MiniCommand::Restart { node, workspace } => restart(&workspace, &node),
     };
     match r {
         Ok(code) => code,
@@ -270,28 +280,12 @@ fn up(ws: &Path, nodes: usize, control_planes: usize) -> anyhow::Result<ExitCode
             "{}: measured launch (agent → PCR 8, config → PCR 9, image → PCR 11)",
             cfg.name
         ));
-        let launch = Launch::measure(&agent_bytes, &cfg.measured(), &image);
-        {
-            let mut t = NodeTpm::open(&cfg.tcti)?;
-            for c in &launch.components {
-                t.extend(c.pcr, &c.sha1.0, &c.sha256.0)?;
-            }
-        }
-        std::fs::write(&cfg.event_log, launch.event_log().to_bytes())?;
-        let log = std::fs::File::create(cfg.state_dir.join("agent.log"))?;
-        let child = Command::new(&agent)
-            .arg("--config")
-            .arg(cfg.state_dir.join("agent.yaml"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {}", agent.display()))?;
+        let pid = launch_agent(&ws, &cfg, &agent)?;
         state.nodes.push(MiniNode {
             name: cfg.name.clone(),
             role: cfg.role.clone(),
             tpm_port: tpm.detach(),
-            pid: child.id(),
+            pid,
             dir: cfg.state_dir.clone(),
         });
     }
@@ -321,17 +315,18 @@ fn up(ws: &Path, nodes: usize, control_planes: usize) -> anyhow::Result<ExitCode
             now: now(),
         };
         let mut s = Session::connect(sock, None, &appraiser).await?;
-        s.verify_endorsement(&root, &inter, now()).await?;
+        let ek = s.verify_endorsement(&root, &inter, now()).await?;
         let cid = s.init(&master, &salt).await?;
-        anyhow::Ok((cid, s.peer_ak()))
+        anyhow::Ok((cid, s.peer_ak(), ek))
     })?;
-    let (cid, cp_ak) = cid;
+    let (cid, cp_ak, cp_ek) = cid;
     std::fs::write(
         ws.join("workspace.json"),
         serde_json::to_vec_pretty(&crate::verify::WorkspaceRecord {
             control_plane: cp_addr.clone(),
             cluster_id: cid.clone(),
             control_plane_ak: hex::encode(cp_ak),
+            control_plane_ek: hex::encode(cp_ek),
             local: true,
         })?,
     )?;
@@ -392,6 +387,67 @@ fn status(ws: &Path) -> anyhow::Result<ExitCode> {
         state.cluster_id
     );
     print_nodes(&state);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Measures a node as its firmware would and starts its agent; returns the agent's PID.
+fn launch_agent(ws: &Path, cfg: &AgentConfig, agent: &Path) -> anyhow::Result<u32> {
+    let image = std::fs::read(ws.join("node-image.txt"))?;
+    let launch = Launch::measure(&std::fs::read(agent)?, &cfg.measured(), &image);
+    {
+        let mut t = NodeTpm::open(&cfg.tcti)?;
+        for c in &launch.components {
+            t.extend(c.pcr, &c.sha1.0, &c.sha256.0)?;
+        }
+    }
+    std::fs::write(&cfg.event_log, launch.event_log().to_bytes())?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(cfg.state_dir.join("agent.log"))?;
+    let child = Command::new(agent)
+        .arg("--config")
+        .arg(cfg.state_dir.join("agent.yaml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {}", agent.display()))?;
+    Ok(child.id())
+}
+
+fn restart(ws: &Path, name: &str) -> anyhow::Result<ExitCode> {
+    let mut state = load(ws)?;
+    let agent = agent_binary()?;
+    let ws = std::fs::canonicalize(ws)?;
+    let node = state
+        .nodes
+        .iter_mut()
+        .find(|n| n.name == name)
+        .with_context(|| format!("no node `{name}`"))?;
+    step(&format!("{name}: stopping its agent and TPM"));
+    if alive(node.pid) {
+        let _ = Command::new("kill").arg(node.pid.to_string()).status();
+    }
+    let pid = node.pid;
+    wait_for(
+        &format!("agent {name} to stop"),
+        Duration::from_secs(10),
+        || !alive(pid),
+    )?;
+    let _ = veil_swtpm::stop_port(node.tpm_port);
+    let port = node.tpm_port;
+    wait_for("the TPM to stop", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    })?;
+    let tpm = SwTpm::start_on(&node.dir.join("tpm"), node.tpm_port)?;
+    let cfg: AgentConfig = serde_norway::from_slice(&std::fs::read(node.dir.join("agent.yaml"))?)?;
+    step(&format!("{name}: measured launch and a new agent"));
+    let _ = std::fs::remove_file(node.dir.join("status.json"));
+    node.pid = launch_agent(&ws, &cfg, &agent)?;
+    tpm.detach();
+    std::fs::write(ws.join("mini.json"), serde_json::to_vec_pretty(&state)?)?;
+    println!("{name} restarted (its TPM's PCRs were reset; a control plane awaits `veil recover`)");
     Ok(ExitCode::SUCCESS)
 }
 

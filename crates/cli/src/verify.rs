@@ -26,6 +26,8 @@ pub struct WorkspaceRecord {
     pub cluster_id: String,
     /// The control plane's AK (hex SHA-256 of its SPKI), proven by its EK at init.
     pub control_plane_ak: String,
+    /// The control plane's TPM: SHA-256 of its EK certificate (hex).
+    pub control_plane_ek: String,
     /// Whether the cluster is local (software TPM roots).
     pub local: bool,
 }
@@ -59,14 +61,14 @@ fn read(p: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
 }
 
-struct Workspace {
-    record: WorkspaceRecord,
-    reference: ReferenceValues,
-    roots: Vec<Certificate>,
-    intermediates: Vec<Certificate>,
+pub(crate) struct Workspace {
+    pub(crate) record: WorkspaceRecord,
+    pub(crate) reference: ReferenceValues,
+    pub(crate) roots: Vec<Certificate>,
+    pub(crate) intermediates: Vec<Certificate>,
 }
 
-fn load(ws: &Path) -> anyhow::Result<Workspace> {
+pub(crate) fn load(ws: &Path) -> anyhow::Result<Workspace> {
     let record: WorkspaceRecord =
         serde_json::from_slice(&read(&ws.join("workspace.json"))?).context("workspace.json")?;
     let body = read(&ws.join("reference-values.yaml"))?;

@@ -195,6 +195,45 @@ fn mini_up_join_refusals_and_down() {
     assert_ne!(code, 0, "an altered report verified");
     assert!(!err.is_empty());
 
+    // Every control-plane node restarts (its TPM too): keys stop, the owner recovers, the
+    // same keys are served again (the key check values are unchanged).
+    let worker0 = ws.join("nodes/worker-0");
+    let before = status_of(&worker0).unwrap();
+    let (code, out, err) = veil(&["mini", "restart", "cp-0", "--workspace", &w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, _, err) = veil(&["verify", "--workspace", &w]);
+    assert_eq!(
+        code, 1,
+        "verify passed against a restarted, unrecovered control plane: {err}"
+    );
+    let wait_fetches = |more_than: u64, secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = status_of(&worker0).unwrap();
+            if s.key_fetches > more_than && s.error.is_none() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker-0 never fetched its key again: {:?}",
+                s.error
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let stalled = status_of(&worker0).unwrap();
+    assert!(
+        stalled.error.is_some(),
+        "the worker got keys from an unrecovered control plane"
+    );
+    let (code, out, err) = veil(&["recover", "--workspace", &w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let after = wait_fetches(stalled.key_fetches, 20);
+    assert_eq!(after.key_check, before.key_check);
+    let (code, out, err) = veil(&["verify", "--workspace", &w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+
     let (code, out, _) = veil(&["mini", "status", "--workspace", &w]);
     assert_eq!(code, 0);
     assert!(out.contains("cp-0") && out.contains("running"), "{out}");

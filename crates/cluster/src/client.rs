@@ -77,12 +77,13 @@ fn unhex(s: &str) -> Result<Vec<u8>, ClientError> {
 impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
     /// Checks that the attested control plane's AK lives in a TPM whose EK certificate chains
     /// to `roots`: the control plane must activate a credential made here for its EK and AK.
+    /// Returns the SHA-256 fingerprint of the EK certificate (the TPM's identity).
     pub async fn verify_endorsement(
         &mut self,
         roots: &[Certificate],
         intermediates: &[Certificate],
         now: UnixTime,
-    ) -> Result<(), ClientError> {
+    ) -> Result<[u8; 32], ClientError> {
         let (ek_cert, ek_public, ak_public) = match self.call(&Request::Endorsement).await? {
             Response::Endorsement {
                 ek_cert,
@@ -122,7 +123,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
             })
             .await?
         {
-            Response::Proof { secret: s } if unhex(&s)? == secret => Ok(()),
+            Response::Proof { secret: s } if unhex(&s)? == secret => Ok(cert.fingerprint()),
             Response::Proof { .. } => Err(fail(
                 "the control plane's TPM returned a wrong secret".into(),
             )),

@@ -35,7 +35,7 @@ pub struct Trust {
 }
 
 /// A node the control plane admitted.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeRecord {
     /// Node ID (from its EK certificate).
     pub node_id: String,
@@ -44,6 +44,7 @@ pub struct NodeRecord {
     /// SHA-256 of its AK SPKI.
     pub ak_spki_sha256: [u8; 32],
     /// The evidence appraised when it joined.
+    #[serde(with = "veil_attest_core::bytes::hex_vec")]
     pub join_evidence: Vec<u8>,
     /// The reference-value set it matched.
     pub set: String,
@@ -62,8 +63,17 @@ struct Pending {
 struct State {
     secrets: Option<ClusterSecrets>,
     cluster_id: Option<ClusterId>,
+    /// Whether this boot's cluster PCR holds the cluster ID.
+    pcr_bound: bool,
     nodes: BTreeMap<String, NodeRecord>,
     pending: HashMap<[u8; 32], Pending>,
+}
+
+/// What survives a restart: public state only (never the master secret).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Persisted {
+    cluster_id: String,
+    nodes: Vec<NodeRecord>,
 }
 
 /// The control-plane services of one node.
@@ -72,6 +82,7 @@ pub struct ControlPlane {
     trust: Trust,
     attester: Arc<TpmAttester>,
     state: Mutex<State>,
+    state_file: Option<std::path::PathBuf>,
 }
 
 /// Appraises a peer against every role the reference values know.
@@ -165,6 +176,57 @@ impl ControlPlane {
             trust,
             attester,
             state: Mutex::new(State::default()),
+            state_file: None,
+        }
+    }
+
+    /// A control plane that keeps its public state (cluster ID, admitted nodes) in
+    /// `state_file`: after a restart it knows its cluster and awaits `veil recover`.
+    pub fn with_state_file(
+        trust: Trust,
+        attester: Arc<TpmAttester>,
+        state_file: std::path::PathBuf,
+    ) -> Result<Self, String> {
+        let mut state = State::default();
+        if let Ok(body) = std::fs::read(&state_file) {
+            let p: Persisted = serde_json::from_slice(&body)
+                .map_err(|e| format!("{}: {e}", state_file.display()))?;
+            let cid: [u8; 32] = decode_hex(&p.cluster_id)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| format!("{}: bad cluster ID", state_file.display()))?;
+            state.cluster_id = Some(ClusterId(cid));
+            state.nodes = p
+                .nodes
+                .into_iter()
+                .map(|n| (n.node_id.clone(), n))
+                .collect();
+            tracing::info!(event = "restarted", cluster_id = %p.cluster_id, "awaiting recovery");
+        }
+        Ok(Self {
+            trust,
+            attester,
+            state: Mutex::new(state),
+            state_file: Some(state_file),
+        })
+    }
+
+    fn persist(&self, st: &State) {
+        let (Some(path), Some(cid)) = (&self.state_file, st.cluster_id) else {
+            return;
+        };
+        let p = Persisted {
+            cluster_id: cid.to_string(),
+            nodes: st.nodes.values().cloned().collect(),
+        };
+        if let Ok(body) = serde_json::to_vec_pretty(&p) {
+            let tmp = path.with_extension("tmp");
+            if std::fs::write(&tmp, body)
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .is_err()
+            {
+                tracing::error!(file = %path.display(), "cannot persist control-plane state");
+            }
         }
     }
 
@@ -266,6 +328,8 @@ impl ControlPlane {
                 tracing::info!(event = "cluster_initialised", cluster_id = %cid);
                 st.secrets = Some(secrets);
                 st.cluster_id = Some(cid);
+                st.pcr_bound = true;
+                self.persist(&st);
                 Response::Cluster {
                     cluster_id: cid.to_string(),
                 }
@@ -289,6 +353,12 @@ impl ControlPlane {
                         ));
                     }
                     Err(_) => return refused("key derivation failed"),
+                }
+                if !st.pcr_bound {
+                    if let Err(e) = self.attester.join_cluster(&cid.0) {
+                        return refused(format!("cannot extend the cluster PCR: {e}"));
+                    }
+                    st.pcr_bound = true;
                 }
                 tracing::info!(event = "cluster_recovered", cluster_id = %cid);
                 st.secrets = Some(secrets);
@@ -339,6 +409,7 @@ impl ControlPlane {
                         joined_at: now(),
                     },
                 );
+                self.persist(&st);
                 tracing::info!(event = "node_joined", node = %pending.node_id, role = %pending.role);
                 tracing::info!(event = "key_released", node = %pending.node_id, key_id = %format!("node/{}/state", pending.node_id));
                 Response::Joined {
