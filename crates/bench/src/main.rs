@@ -21,9 +21,9 @@ use veil_attest_tpm as tpm;
 #[derive(Parser, Debug)]
 #[command(about = "Veil benchmarks")]
 struct Args {
-    /// What to measure: `attest` (evidence verification) or `atls` (attested TLS handshakes
-    /// between software-TPM nodes).
-    #[arg(value_parser = ["attest", "atls"])]
+    /// What to measure: `attest` (evidence verification), `atls` (attested TLS handshakes
+    /// between software-TPM nodes) or `cluster` (join latency, key requests).
+    #[arg(value_parser = ["attest", "atls", "cluster"])]
     suite: String,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3.0)]
@@ -67,11 +67,15 @@ fn line(what: &str, ours: f64, base: Option<(&str, f64)>, goal: &str) {
 }
 
 mod atls;
+mod cluster;
 
 fn main() -> Result<()> {
     let a = Args::parse();
     if a.suite == "atls" {
         return atls::run(a.seconds);
+    }
+    if a.suite == "cluster" {
+        return cluster::run(a.seconds);
     }
     let v = &a.vectors.clone().unwrap_or_else(veil_testvectors::dir);
     if !v.join("INDEX.md").exists() {
