@@ -17,7 +17,12 @@ use veil_swtpm::{LocalCa, SwTpm};
 use veil_tpm_device::{AkKind, NodeTpm};
 
 fn now() -> UnixTime {
-    UnixTime(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0))
+    UnixTime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    )
 }
 
 /// A node's agent start: open the TPM, measured launch already played, EK and AK.
@@ -47,8 +52,14 @@ pub fn run(secs: f64) -> Result<()> {
     let cp_launch = Launch::measure(b"veil-agent bench", b"role: control-plane", b"image");
     let w_launch = Launch::measure(b"veil-agent bench", b"role: worker", b"image");
     let mut set = MeasurementSet::from_launch("bench", &cp_launch, &["control-plane"]);
-    set.roles.extend(MeasurementSet::from_launch("bench", &w_launch, &["worker"]).roles);
-    let refs = ReferenceValues { version: 1, insecure_local_roots: true, tpm_roots: vec![], sets: vec![set] };
+    set.roles
+        .extend(MeasurementSet::from_launch("bench", &w_launch, &["worker"]).roles);
+    let refs = ReferenceValues {
+        version: 1,
+        insecure_local_roots: true,
+        tpm_roots: vec![],
+        sets: vec![set],
+    };
 
     println!("veil-bench cluster: manufacturing 23 software TPMs (not timed)...");
     ca.manufacture(&dir.path().join("cp"))?;
@@ -64,8 +75,14 @@ pub fn run(secs: f64) -> Result<()> {
     }
     let roots = Certificate::parse_many(&ca.root_pem()?, "root")?;
     let issuer = Certificate::parse_many(&ca.issuer_pem()?, "issuer")?;
-    let trust = Trust { reference: refs.clone(), ek_roots: roots.clone(), ek_intermediates: issuer };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let trust = Trust {
+        reference: refs.clone(),
+        ek_roots: roots.clone(),
+        ek_intermediates: issuer,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let cp_attester = start_agent(&cp_tpm.tcti(), &cp_launch)?;
     let cp = Arc::new(ControlPlane::new(trust, cp_attester));
     let addr = rt.block_on(async {
@@ -74,18 +91,27 @@ pub fn run(secs: f64) -> Result<()> {
         tokio::spawn(cp.clone().serve(l));
         anyhow::Ok(a)
     })?;
-    let fresh = TpmAppraiser { reference: refs.clone(), role: "control-plane".into(), trusted_aks: None, membership: Membership::Fresh, now: now() };
+    let fresh = TpmAppraiser {
+        reference: refs.clone(),
+        role: "control-plane".into(),
+        trusted_aks: None,
+        membership: Membership::Fresh,
+        now: now(),
+    };
     let cid = rt.block_on(async {
         let sock = TcpStream::connect(addr).await?;
         let mut s = Session::connect(sock, None, &fresh).await?;
         anyhow::Ok(s.init(&[1; 32], &[2; 32]).await?)
     })?;
     let cid = veil_attest_core::bytes::decode_hex(&cid)?;
-    let member = TpmAppraiser { membership: Membership::Member(cid.clone()), ..fresh };
+    let member = TpmAppraiser {
+        membership: Membership::Member(cid.clone()),
+        ..fresh
+    };
 
     let mut next = 0;
     for k in [1usize, 4, 16] {
-        let batch: Vec<String> = workers[next..next + k].iter().map(SwTpm::tcti).collect();
+        let batch: Vec<String> = workers.iter().skip(next).take(k).map(SwTpm::tcti).collect();
         next += k;
         let start = Instant::now();
         let latencies = rt.block_on(async {
@@ -94,10 +120,16 @@ pub fn run(secs: f64) -> Result<()> {
                 let (launch, app) = (w_launch.clone(), member.clone());
                 tasks.push(tokio::spawn(async move {
                     let t0 = Instant::now();
-                    let attester = tokio::task::spawn_blocking(move || start_agent(&tcti, &launch)).await??;
+                    let attester =
+                        tokio::task::spawn_blocking(move || start_agent(&tcti, &launch)).await??;
                     let sock = TcpStream::connect(addr).await?;
                     sock.set_nodelay(true)?;
-                    let mut s = Session::connect(sock, Some(attester.as_ref() as &dyn veil_atls::Attester), &app).await?;
+                    let mut s = Session::connect(
+                        sock,
+                        Some(attester.as_ref() as &dyn veil_atls::Attester),
+                        &app,
+                    )
+                    .await?;
                     s.join(&attester, "worker").await?;
                     anyhow::Ok(t0.elapsed().as_secs_f64() * 1000.0)
                 }));
@@ -124,11 +156,24 @@ pub fn run(secs: f64) -> Result<()> {
         let attester = start_agent(&w, &w_launch)?;
         let sock = TcpStream::connect(addr).await?;
         sock.set_nodelay(true)?;
-        let mut s = Session::connect(sock, Some(attester.as_ref() as &dyn veil_atls::Attester), &TpmAppraiser { membership: Membership::Any, ..member.clone() }).await?;
+        let mut s = Session::connect(
+            sock,
+            Some(attester.as_ref() as &dyn veil_atls::Attester),
+            &TpmAppraiser {
+                membership: Membership::Any,
+                ..member.clone()
+            },
+        )
+        .await?;
         let (node_id, _, _) = s.join(&attester, "worker").await?;
         let sock = TcpStream::connect(addr).await?;
         sock.set_nodelay(true)?;
-        let mut s = Session::connect(sock, Some(attester.as_ref() as &dyn veil_atls::Attester), &member).await?;
+        let mut s = Session::connect(
+            sock,
+            Some(attester.as_ref() as &dyn veil_atls::Attester),
+            &member,
+        )
+        .await?;
         let key = format!("node/{node_id}/state");
         let start = Instant::now();
         let mut n = 0u64;

@@ -448,9 +448,11 @@ fn restart(ws: &Path, name: &str) -> anyhow::Result<ExitCode> {
     tpm.detach();
     let dir = node.dir.clone();
     std::fs::write(ws.join("mini.json"), serde_json::to_vec_pretty(&state)?)?;
-    wait_for(&format!("{name}'s agent to come up"), Duration::from_secs(30), || {
-        read_status(&dir).is_some_and(|s| s.phase != "starting")
-    })?;
+    wait_for(
+        &format!("{name}'s agent to come up"),
+        Duration::from_secs(30),
+        || read_status(&dir).is_some_and(|s| s.phase != "starting"),
+    )?;
     println!("{name} restarted (its TPM's PCRs were reset; a control plane awaits `veil recover`)");
     Ok(ExitCode::SUCCESS)
 }
