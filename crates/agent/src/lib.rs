@@ -47,6 +47,9 @@ pub struct AgentConfig {
     pub tpm_roots: PathBuf,
     /// Where to write `status.json`.
     pub state_dir: PathBuf,
+    /// Where to serve Prometheus metrics (control plane; `GET /metrics`).
+    #[serde(default)]
+    pub metrics: Option<String>,
 }
 
 impl AgentConfig {
@@ -162,6 +165,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             write_status(&cfg.state_dir, &status);
             tracing::info!(listen = %cfg.control_plane, "control-plane services up, awaiting init");
             let serve = tokio::spawn(cp.clone().serve(listener));
+            if let Some(addr) = &cfg.metrics {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+                tokio::spawn(serve_metrics(l, cp.clone()));
+            }
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let cid = cp.cluster_id().map(|c| c.to_string());
@@ -271,5 +280,26 @@ async fn worker(
         }
         write_status(&cfg.state_dir, &status);
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// A minimal HTTP/1.1 responder for Prometheus scrapes: any request gets the metrics.
+async fn serve_metrics(listener: tokio::net::TcpListener, cp: Arc<ControlPlane>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let cp = cp.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = sock.read(&mut buf).await;
+            let body = cp.metrics_text();
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
     }
 }

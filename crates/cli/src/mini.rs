@@ -239,6 +239,9 @@ fn up(ws: &Path, nodes: usize, control_planes: usize) -> anyhow::Result<ExitCode
             reference_key: ws.join("reference.pub"),
             tpm_roots: ws.join("tpm-roots.pem"),
             state_dir: dir.clone(),
+            metrics: (role == "control-plane")
+                .then(|| free_port().map(|p| format!("127.0.0.1:{p}")))
+                .transpose()?,
         };
         std::fs::write(dir.join("agent.yaml"), serde_norway::to_string(&cfg)?)?;
         planned.push((cfg, tpm));

@@ -165,6 +165,33 @@ fn mini_up_join_refusals_and_down() {
     let (s, _) = rogue_worker(&ws, "late-worker", &agent, |_| {});
     assert_eq!(s.phase, "joined", "{:?}", s.error);
 
+    // Prometheus metrics of the control plane.
+    let cp_cfg: AgentConfig =
+        serde_norway::from_slice(&std::fs::read(ws.join("nodes/cp-0/agent.yaml")).unwrap())
+            .unwrap();
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut sock = std::net::TcpStream::connect(cp_cfg.metrics.as_deref().unwrap()).unwrap();
+        sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        sock.read_to_string(&mut out).unwrap();
+        out
+    };
+    let metric = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(metric("veil_joins_total"), 3, "{metrics}");
+    assert_eq!(metric("veil_nodes"), 3);
+    assert!(metric("veil_keys_released_total") >= 3);
+    assert!(metric("veil_connections_refused_total") >= 2, "{metrics}");
+
     // Whole-cluster attestation: live, saved, re-verified offline; any altered byte fails.
     let report = tmp.path().join("report.json").display().to_string();
     let (code, out, err) = veil(&["verify", "--workspace", &w, "--save", &report]);

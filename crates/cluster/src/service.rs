@@ -83,6 +83,22 @@ pub struct ControlPlane {
     attester: Arc<TpmAttester>,
     state: Mutex<State>,
     state_file: Option<std::path::PathBuf>,
+    metrics: Metrics,
+}
+
+/// Counters exported in the Prometheus text format.
+#[derive(Debug, Default)]
+struct Metrics {
+    connections: std::sync::atomic::AtomicU64,
+    connections_refused: std::sync::atomic::AtomicU64,
+    joins: std::sync::atomic::AtomicU64,
+    keys_released: std::sync::atomic::AtomicU64,
+    requests_refused: std::sync::atomic::AtomicU64,
+    reports: std::sync::atomic::AtomicU64,
+}
+
+fn bump(c: &std::sync::atomic::AtomicU64) {
+    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Appraises a peer against every role the reference values know.
@@ -177,6 +193,7 @@ impl ControlPlane {
             attester,
             state: Mutex::new(State::default()),
             state_file: None,
+            metrics: Metrics::default(),
         }
     }
 
@@ -208,6 +225,7 @@ impl ControlPlane {
             attester,
             state: Mutex::new(state),
             state_file: Some(state_file),
+            metrics: Metrics::default(),
         })
     }
 
@@ -228,6 +246,80 @@ impl ControlPlane {
                 tracing::error!(file = %path.display(), "cannot persist control-plane state");
             }
         }
+    }
+
+    /// Metrics in the Prometheus text exposition format.
+    pub fn metrics_text(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.metrics;
+        let (nodes, initialised, awaiting) = self
+            .state
+            .lock()
+            .map(|s| {
+                (
+                    s.nodes.len(),
+                    s.cluster_id.is_some(),
+                    s.cluster_id.is_some() && s.secrets.is_none(),
+                )
+            })
+            .unwrap_or_default();
+        let mut out = String::new();
+        for (name, help, kind, value) in [
+            (
+                "veil_connections_total",
+                "Attested connections accepted.",
+                "counter",
+                m.connections.load(Relaxed),
+            ),
+            (
+                "veil_connections_refused_total",
+                "Connections whose evidence was refused.",
+                "counter",
+                m.connections_refused.load(Relaxed),
+            ),
+            (
+                "veil_joins_total",
+                "Nodes admitted.",
+                "counter",
+                m.joins.load(Relaxed),
+            ),
+            (
+                "veil_keys_released_total",
+                "Keys released to attested nodes.",
+                "counter",
+                m.keys_released.load(Relaxed),
+            ),
+            (
+                "veil_requests_refused_total",
+                "Requests refused.",
+                "counter",
+                m.requests_refused.load(Relaxed),
+            ),
+            (
+                "veil_cluster_reports_total",
+                "Cluster attestation reports signed.",
+                "counter",
+                m.reports.load(Relaxed),
+            ),
+            ("veil_nodes", "Admitted nodes.", "gauge", nodes as u64),
+            (
+                "veil_cluster_initialised",
+                "1 once the cluster has an ID.",
+                "gauge",
+                u64::from(initialised),
+            ),
+            (
+                "veil_awaiting_recovery",
+                "1 while the master secret is missing.",
+                "gauge",
+                u64::from(awaiting),
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        }
+        out
     }
 
     /// The cluster ID, once initialised.
@@ -281,13 +373,24 @@ impl ControlPlane {
         id: &Identity,
     ) -> Result<(), veil_atls::AtlsError> {
         let appraiser = AnyRole(&self.trust, now());
-        let (mut tls, peer) = server_optional(
+        let (mut tls, peer) = match server_optional(
             io,
             id,
             Some(self.attester.as_ref() as &dyn veil_atls::Attester),
             &appraiser,
         )
-        .await?;
+        .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                if matches!(e, veil_atls::AtlsError::Refused(_)) {
+                    bump(&self.metrics.connections_refused);
+                    tracing::warn!(event = "evidence_refused", reason = %e);
+                }
+                return Err(e);
+            }
+        };
+        bump(&self.metrics.connections);
         let peer = peer.claims;
         loop {
             let frame = match read_frame(&mut tls).await {
@@ -298,6 +401,19 @@ impl ControlPlane {
                 Ok(req) => self.handle(req, peer.as_ref()),
                 Err(e) => refused(format!("malformed request: {e}")),
             };
+            match &response {
+                Response::Refused { reason } => {
+                    bump(&self.metrics.requests_refused);
+                    tracing::info!(event = "request_refused", %reason);
+                }
+                Response::Joined { .. } => {
+                    bump(&self.metrics.joins);
+                    bump(&self.metrics.keys_released);
+                }
+                Response::Key { .. } => bump(&self.metrics.keys_released),
+                Response::Report { .. } => bump(&self.metrics.reports),
+                _ => {}
+            }
             let body = serde_json::to_vec(&response)
                 .map_err(|e| veil_atls::AtlsError::Protocol(e.to_string()))?;
             write_frame(&mut tls, &body).await?;
