@@ -17,4 +17,4 @@ pub mod report;
 mod service;
 
 pub use client::{ClientError, Session};
-pub use service::{ControlPlane, NodeRecord, Trust, spki_sha256};
+pub use service::{ControlPlane, NodeRecord, Refusal, Trust, spki_sha256};

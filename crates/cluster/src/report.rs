@@ -26,6 +26,9 @@ pub struct ClusterReport {
     pub created_at: i64,
     /// Every admitted node.
     pub nodes: Vec<ReportedNode>,
+    /// Nodes refused since the control plane started (most recent last).
+    #[serde(default)]
+    pub refused: Vec<crate::Refusal>,
 }
 
 /// One admitted node in a report.
@@ -184,6 +187,19 @@ pub fn verify_report(signed: &SignedReport, exp: &Expectations) -> Result<Cluste
             tee: TEE.into(),
             ok: verdict.is_ok(),
             reason: verdict.unwrap_or_else(|e: String| e),
+        });
+    }
+    for r in &report.refused {
+        nodes.push(NodeVerdict {
+            node: r
+                .ak_spki_sha256
+                .as_deref()
+                .map(|a| format!("refused (AK {})", a.get(..12).unwrap_or(a)))
+                .unwrap_or_else(|| "refused (unknown)".into()),
+            role: "-".into(),
+            tee: TEE.into(),
+            ok: false,
+            reason: format!("refused at {}: {}", r.at, r.reason),
         });
     }
     Ok(ClusterVerdict {

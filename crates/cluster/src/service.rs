@@ -59,9 +59,24 @@ struct Pending {
     secret: [u8; 32],
 }
 
+/// A node refused (at the attested connection or at join), for the cluster report.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Refusal {
+    /// SHA-256 of the AK SPKI the node presented (hex), if its evidence could be read.
+    pub ak_spki_sha256: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: UnixTime,
+}
+
+const MAX_REFUSALS: usize = 64;
+
 #[derive(Debug, Default)]
 struct State {
     secrets: Option<ClusterSecrets>,
+    /// Recent refusals (since this control plane started), oldest first.
+    refusals: Vec<Refusal>,
     cluster_id: Option<ClusterId>,
     /// Whether this boot's cluster PCR holds the cluster ID.
     pcr_bound: bool,
@@ -101,8 +116,15 @@ fn bump(c: &std::sync::atomic::AtomicU64) {
     c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Appraises a peer against every role the reference values know.
-struct AnyRole<'a>(&'a Trust, UnixTime);
+/// Appraises a peer against every role the reference values know (and remembers the AK it
+/// presented, to name a refused node).
+struct AnyRole<'a>(&'a Trust, UnixTime, Mutex<Option<[u8; 32]>>);
+
+impl AnyRole<'_> {
+    fn last_ak(&self) -> &Mutex<Option<[u8; 32]>> {
+        &self.2
+    }
+}
 
 /// Claims of a node, with the roles it qualifies for.
 struct Appraised {
@@ -114,6 +136,13 @@ impl Appraiser for AnyRole<'_> {
     type Claims = Appraised;
 
     fn appraise(&self, evidence: &[u8], report_data: &[u8; 64]) -> Result<Appraised, String> {
+        if let Ok(ev) = veil_attest_tpm::evidence::TpmEvidence::parse(evidence)
+            && let Ok(ak) = Public::parse(&ev.ak_public)
+            && let Ok(spki) = ak.key.spki_der()
+            && let Ok(mut last) = self.last_ak().lock()
+        {
+            *last = Some(Sha256::digest(spki).into());
+        }
         let mut roles: Vec<String> = self
             .0
             .reference
@@ -248,6 +277,19 @@ impl ControlPlane {
         }
     }
 
+    fn refuse(&self, ak: Option<String>, reason: String) {
+        if let Ok(mut st) = self.state.lock() {
+            if st.refusals.len() >= MAX_REFUSALS {
+                st.refusals.remove(0);
+            }
+            st.refusals.push(Refusal {
+                ak_spki_sha256: ak,
+                reason,
+                at: now(),
+            });
+        }
+    }
+
     /// Metrics in the Prometheus text exposition format.
     pub fn metrics_text(&self) -> String {
         use std::sync::atomic::Ordering::Relaxed;
@@ -372,7 +414,7 @@ impl ControlPlane {
         io: IO,
         id: &Identity,
     ) -> Result<(), veil_atls::AtlsError> {
-        let appraiser = AnyRole(&self.trust, now());
+        let appraiser = AnyRole(&self.trust, now(), Mutex::new(None));
         let (mut tls, peer) = match server_optional(
             io,
             id,
@@ -383,9 +425,11 @@ impl ControlPlane {
         {
             Ok(v) => v,
             Err(e) => {
-                if matches!(e, veil_atls::AtlsError::Refused(_)) {
+                if let veil_atls::AtlsError::Refused(reason) = &e {
                     bump(&self.metrics.connections_refused);
                     tracing::warn!(event = "evidence_refused", reason = %e);
+                    let ak = appraiser.last_ak().lock().ok().and_then(|a| *a);
+                    self.refuse(ak.map(hex::encode), reason.clone());
                 }
                 return Err(e);
             }
@@ -486,7 +530,20 @@ impl ControlPlane {
                 role,
                 ek_cert,
                 ek_public,
-            } => self.join(&mut st, peer, &role, &ek_cert, &ek_public),
+            } => {
+                let r = self.join(&mut st, peer, &role, &ek_cert, &ek_public);
+                if let Response::Refused { reason } = &r {
+                    if st.refusals.len() >= MAX_REFUSALS {
+                        st.refusals.remove(0);
+                    }
+                    st.refusals.push(Refusal {
+                        ak_spki_sha256: peer.map(|p| hex::encode(p.claims.ak_spki_sha256)),
+                        reason: reason.clone(),
+                        at: now(),
+                    });
+                }
+                r
+            }
             Request::Activate { secret } => {
                 let Some(p) = peer else {
                     return refused("activate: the caller is not attested");
@@ -559,6 +616,7 @@ impl ControlPlane {
                             join_evidence: hex::encode(&n.join_evidence),
                         })
                         .collect(),
+                    refused: st.refusals.clone(),
                 };
                 let Ok(text) = serde_json::to_string(&report) else {
                     return refused("report: cannot encode");

@@ -279,9 +279,20 @@ async fn init_join_keys_refusals_and_recovery() {
         now: now(),
     };
     let verdict = veil_cluster::report::verify_report(&signed, &exp).unwrap();
-    assert!(verdict.all_ok(), "{verdict:?}");
-    assert_eq!(verdict.nodes.len(), 3);
-    assert!(verdict.nodes.iter().any(|n| n.node == id1));
+    // The control plane and the two workers pass; the five refusals are named, failing.
+    let (ok, failed): (Vec<_>, Vec<_>) = verdict.nodes.iter().partition(|n| n.ok);
+    assert_eq!(ok.len(), 3, "{verdict:?}");
+    assert!(ok.iter().any(|n| n.node == id1));
+    assert_eq!(failed.len(), 5, "{failed:?}"); // re-join, modified agent, foreign, stranger, wrong role
+    assert!(
+        failed.iter().any(|n| n.reason.contains("PCR sha1:8")),
+        "{failed:?}"
+    );
+    assert!(
+        failed.iter().any(|n| n.reason.contains("EK certificate")),
+        "{failed:?}"
+    );
+    assert!(!verdict.all_ok());
     let mut altered = signed.clone();
     altered.report = altered.report.replacen("worker", "workes", 1);
     assert!(veil_cluster::report::verify_report(&altered, &exp).is_err());
