@@ -45,6 +45,9 @@ pub struct AgentConfig {
     pub reference_key: PathBuf,
     /// Accepted TPM manufacturer roots and intermediates (PEM).
     pub tpm_roots: PathBuf,
+    /// Whether those roots are a local software CA (insecure; local clusters only).
+    #[serde(default)]
+    pub tpm_roots_local: bool,
     /// Where to write `status.json`.
     pub state_dir: PathBuf,
     /// Where to serve Prometheus metrics (control plane; `GET /metrics`).
@@ -149,6 +152,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 reference,
                 ek_roots,
                 ek_intermediates,
+                local_roots: cfg.tpm_roots_local,
             };
             let cp = Arc::new(
                 ControlPlane::with_state_file(

@@ -79,6 +79,7 @@ pub fn run(secs: f64) -> Result<()> {
         reference: refs.clone(),
         ek_roots: roots.clone(),
         ek_intermediates: issuer,
+        local_roots: true,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -32,6 +32,9 @@ pub struct Trust {
     pub ek_roots: Vec<Certificate>,
     /// Intermediates for EK certificates.
     pub ek_intermediates: Vec<Certificate>,
+    /// Whether these roots are a local software CA (`veil mini`): TPMs they endorse are
+    /// accepted only if the reference values say `insecure_local_roots: true`.
+    pub local_roots: bool,
 }
 
 /// A node the control plane admitted.
@@ -701,6 +704,11 @@ impl ControlPlane {
         path.extend(self.trust.ek_intermediates.iter());
         if let Err(e) = verify_chain(&path, &self.trust.ek_roots, now()) {
             return refused(format!("join: EK certificate: {e}"));
+        }
+        if self.trust.local_roots && !self.trust.reference.insecure_local_roots {
+            return refused(
+                "join: the EK certificate chains to a local software CA, and the reference values do not accept local roots (insecure_local_roots: false)",
+            );
         }
         let ek = match decode_hex(ek_public)
             .map_err(|e| e.to_string())

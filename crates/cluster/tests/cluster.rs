@@ -104,6 +104,7 @@ async fn init_join_keys_refusals_and_recovery() {
         reference: refs.clone(),
         ek_roots: roots.clone(),
         ek_intermediates: issuer.clone(),
+        local_roots: true,
     };
     let cp = Arc::new(ControlPlane::new(trust, cp_node.attester.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -349,4 +350,49 @@ fn derive_other(s: &ClusterSecrets, id: &str, purpose: &str) -> Vec<u8> {
         .unwrap()
         .expose()
         .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_roots_are_refused_unless_reference_values_accept_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::at(&dir.path().join("ca"));
+    let cp_launch = Launch::measure(b"veil-agent 1", b"role: control-plane", b"image 1");
+    let worker_launch = Launch::measure(b"veil-agent 1", b"role: worker", b"image 1");
+    let mut set = MeasurementSet::from_launch("release-1", &cp_launch, &["control-plane"]);
+    set.roles
+        .extend(MeasurementSet::from_launch("release-1", &worker_launch, &["worker"]).roles);
+    // Production-style reference values: local (software) roots not accepted.
+    let refs = ReferenceValues {
+        version: 1,
+        insecure_local_roots: false,
+        tpm_roots: vec![],
+        sets: vec![set],
+    };
+    let cp_node = boot(&dir.path().join("cp"), &ca, &cp_launch, None);
+    let trust = Trust {
+        reference: refs.clone(),
+        ek_roots: Certificate::parse_many(&ca.root_pem().unwrap(), "root").unwrap(),
+        ek_intermediates: Certificate::parse_many(&ca.issuer_pem().unwrap(), "issuer").unwrap(),
+        local_roots: true,
+    };
+    let cp = Arc::new(ControlPlane::new(trust, cp_node.attester.clone()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(cp.clone().serve(listener));
+    let mut owner = session(addr, None, &appraiser(&refs, Membership::Fresh))
+        .await
+        .unwrap();
+    let cid = owner.init(&[1; 32], &[2; 32]).await.unwrap();
+    let cid = veil_attest_core::bytes::decode_hex(&cid).unwrap();
+    let w = boot(&dir.path().join("w"), &ca, &worker_launch, None);
+    let e = session(addr, Some(&w), &appraiser(&refs, Membership::Member(cid)))
+        .await
+        .unwrap()
+        .join(&w.attester, "worker")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("local software CA")),
+        "{e}"
+    );
 }
