@@ -231,6 +231,20 @@ async fn worker(
             anyhow::Ok(s)
         }
     };
+    // The node's own key, certified by the cluster CA at join; it never leaves the agent.
+    let node_key = {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+            .map_err(|_| anyhow::anyhow!("cannot generate the node key"))?;
+        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref())
+            .map_err(|_| anyhow::anyhow!("cannot load the node key"))?;
+        veil_attest_core::crypto::PublicKey::ec(
+            veil_attest_core::crypto::KeyType::EcP256,
+            kp.public_key().as_ref(),
+        )?
+        .spki_der()?
+    };
     // Join, retrying while the control plane is not up or not initialised yet.
     let (node_id, cluster_id, check) = loop {
         let attempt = async {
@@ -238,8 +252,15 @@ async fn worker(
             let mut s = connect(Membership::Any).await?;
             // Secrets go only to a control plane whose AK is in a genuine TPM.
             s.verify_endorsement(&roots.0, &roots.1, now()).await?;
-            let (node_id, cid, state_key) = s.join(&attester, &cfg.role).await?;
-            anyhow::Ok((node_id, cid, key_check(&state_key)))
+            let joined = s.join(&attester, &cfg.role, &node_key).await?;
+            // Certificates are public; the key behind the node certificate stays in memory.
+            std::fs::write(cfg.state_dir.join("node.crt.der"), &joined.node_cert)?;
+            std::fs::write(cfg.state_dir.join("cluster-ca.crt.der"), &joined.ca_cert)?;
+            anyhow::Ok((
+                joined.node_id,
+                joined.cluster_id,
+                key_check(&joined.state_key),
+            ))
         };
         match attempt.await {
             Ok(v) => break v,

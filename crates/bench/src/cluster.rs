@@ -41,6 +41,18 @@ fn play_firmware(tcti: &str, launch: &Launch) -> Result<()> {
     Ok(())
 }
 
+fn node_key() -> Result<Vec<u8>> {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)?;
+    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref())?;
+    Ok(veil_attest_core::crypto::PublicKey::ec(
+        veil_attest_core::crypto::KeyType::EcP256,
+        kp.public_key().as_ref(),
+    )?
+    .spki_der()?)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(i).copied().unwrap_or(f64::NAN)
@@ -131,7 +143,7 @@ pub fn run(secs: f64) -> Result<()> {
                         &app,
                     )
                     .await?;
-                    s.join(&attester, "worker").await?;
+                    s.join(&attester, "worker", &node_key()?).await?;
                     anyhow::Ok(t0.elapsed().as_secs_f64() * 1000.0)
                 }));
             }
@@ -166,7 +178,7 @@ pub fn run(secs: f64) -> Result<()> {
             },
         )
         .await?;
-        let (node_id, _, _) = s.join(&attester, "worker").await?;
+        let node_id = s.join(&attester, "worker", &node_key()?).await?.node_id;
         let sock = TcpStream::connect(addr).await?;
         sock.set_nodelay(true)?;
         let mut s = Session::connect(

@@ -45,6 +45,31 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
     }
 }
 
+/// What a node receives when it is admitted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// Its node ID.
+    pub node_id: String,
+    /// The cluster ID.
+    pub cluster_id: Vec<u8>,
+    /// The key of its encrypted state volume (secret).
+    pub state_key: Vec<u8>,
+    /// Its certificate from the cluster CA (DER).
+    pub node_cert: Vec<u8>,
+    /// The cluster CA certificate (DER).
+    pub ca_cert: Vec<u8>,
+}
+
+impl std::fmt::Debug for Joined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Joined")
+            .field("node_id", &self.node_id)
+            .field("cluster_id", &hex::encode(&self.cluster_id))
+            .field("state_key", &"<redacted>")
+            .finish()
+    }
+}
+
 /// A failed client operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -167,13 +192,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         }
     }
 
-    /// Node: joins with `attester`'s TPM; returns (node ID, cluster ID, state key) and extends
-    /// the cluster ID into the node's cluster PCR.
+    /// Node: joins with `attester`'s TPM, asking the cluster CA to certify `node_key` (its
+    /// SubjectPublicKeyInfo); extends the cluster ID into the node's cluster PCR.
     pub async fn join(
         &mut self,
         attester: &TpmAttester,
         role: &str,
-    ) -> Result<(String, Vec<u8>, Vec<u8>), ClientError> {
+        node_key: &[u8],
+    ) -> Result<Joined, ClientError> {
         let endorsement = attester
             .with_tpm(|t| {
                 Ok::<_, veil_tpm_device::TpmDeviceError>((t.ek_certificate()?, t.load_ek()?))
@@ -185,6 +211,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
                 role: role.to_string(),
                 ek_cert: hex::encode(&endorsement.0),
                 ek_public: hex::encode(&endorsement.1),
+                node_key: hex::encode(node_key),
             })
             .await?;
         let (id_object, encrypted_secret) = match challenge {
@@ -208,12 +235,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
                 node_id,
                 cluster_id,
                 state_key,
+                node_cert,
+                ca_cert,
             } => {
                 let cid = unhex(&cluster_id)?;
                 attester
                     .join_cluster(&cid)
                     .map_err(ClientError::Endorsement)?;
-                Ok((node_id, cid, unhex(&state_key)?))
+                Ok(Joined {
+                    node_id,
+                    cluster_id: cid,
+                    state_key: unhex(&state_key)?,
+                    node_cert: unhex(&node_cert)?,
+                    ca_cert: unhex(&ca_cert)?,
+                })
             }
             r => Err(unexpected(r)),
         }

@@ -11,10 +11,11 @@
 //! - **Recover** (owner → restarted control plane): the master secret again; accepted only if
 //!   it derives the same cluster ID.
 
+pub mod ca;
 mod client;
 pub mod proto;
 pub mod report;
 mod service;
 
-pub use client::{ClientError, Session};
+pub use client::{ClientError, Joined, Session};
 pub use service::{ControlPlane, NodeRecord, Refusal, Trust, spki_sha256};

@@ -29,6 +29,8 @@ pub enum Request {
         ek_cert: String,
         /// EK public area (hex TPMT_PUBLIC).
         ek_public: String,
+        /// The node's own key to certify (hex SubjectPublicKeyInfo DER).
+        node_key: String,
     },
     /// A joining node returns the secret its TPM recovered from the credential.
     Activate {
@@ -80,6 +82,10 @@ pub enum Response {
         cluster_id: String,
         /// The key of its encrypted state volume (hex).
         state_key: String,
+        /// Its node certificate from the cluster CA (hex DER).
+        node_cert: String,
+        /// The cluster CA certificate (hex DER).
+        ca_cert: String,
     },
     /// The control plane's TPM endorsement.
     Endorsement {

@@ -60,6 +60,7 @@ struct Pending {
     node_id: String,
     role: String,
     secret: [u8; 32],
+    node_key: Vec<u8>,
 }
 
 /// A node refused (at the attested connection or at join), for the cluster report.
@@ -533,8 +534,9 @@ impl ControlPlane {
                 role,
                 ek_cert,
                 ek_public,
+                node_key,
             } => {
-                let r = self.join(&mut st, peer, &role, &ek_cert, &ek_public);
+                let r = self.join(&mut st, peer, &role, &ek_cert, &ek_public, &node_key);
                 if let Response::Refused { reason } = &r {
                     if st.refusals.len() >= MAX_REFUSALS {
                         st.refusals.remove(0);
@@ -568,6 +570,16 @@ impl ControlPlane {
                         Ok(k) => k,
                         Err(e) => return refused(e.to_string()),
                     };
+                let issued = crate::ca::ClusterCa::derive(secrets).and_then(|ca| {
+                    Ok((
+                        ca.issue(&pending.node_id, &pending.node_key)?,
+                        ca.cert_der().to_vec(),
+                    ))
+                });
+                let (node_cert, ca_cert) = match issued {
+                    Ok(v) => v,
+                    Err(e) => return refused(format!("activate: {e}")),
+                };
                 let set = p
                     .roles
                     .iter()
@@ -592,6 +604,8 @@ impl ControlPlane {
                     node_id: pending.node_id,
                     cluster_id: cid.to_string(),
                     state_key: hex::encode(state_key.expose()),
+                    node_cert: hex::encode(node_cert),
+                    ca_cert: hex::encode(ca_cert),
                 }
             }
             Request::GetKey { key_id } => self.get_key(&st, peer, &key_id),
@@ -676,6 +690,7 @@ impl ControlPlane {
         role: &str,
         ek_cert: &str,
         ek_public: &str,
+        node_key: &str,
     ) -> Response {
         let Some(p) = peer else {
             return refused("join: the caller is not attested");
@@ -733,6 +748,10 @@ impl ControlPlane {
             Ok(m) => m,
             Err(e) => return refused(format!("join: {e}")),
         };
+        let node_key = match decode_hex(node_key) {
+            Ok(k) if veil_attest_core::x509::public_key_from_spki(&k).is_ok() => k,
+            _ => return refused("join: node_key is not a SubjectPublicKeyInfo"),
+        };
         let node_id = node_id(&cert);
         tracing::info!(event = "join_challenge", node = %node_id, role, cluster_id = %cid);
         st.pending.insert(
@@ -741,6 +760,7 @@ impl ControlPlane {
                 node_id,
                 role: role.to_string(),
                 secret,
+                node_key,
             },
         );
         Response::Challenge {

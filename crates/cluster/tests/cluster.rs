@@ -147,19 +147,39 @@ async fn init_join_keys_refusals_and_recovery() {
     let cp_app = appraiser(&refs, Membership::Member(cid.0.to_vec()));
     let w1 = boot(&dir.path().join("w1"), &ca, &worker_launch, None);
     let w2 = boot(&dir.path().join("w2"), &ca, &worker_launch, None);
-    let (id1, cid1, key1) = session(addr, Some(&w1), &cp_app)
+    let w1_key = node_key();
+    let j1 = session(addr, Some(&w1), &cp_app)
         .await
         .unwrap()
-        .join(&w1.attester, "worker")
+        .join(&w1.attester, "worker", &w1_key)
         .await
         .unwrap();
-    let (id2, _, key2) = session(addr, Some(&w2), &cp_app)
+    let j2 = session(addr, Some(&w2), &cp_app)
         .await
         .unwrap()
-        .join(&w2.attester, "worker")
+        .join(&w2.attester, "worker", &node_key())
         .await
         .unwrap();
+    let (id1, cid1, key1) = (
+        j1.node_id.clone(),
+        j1.cluster_id.clone(),
+        j1.state_key.clone(),
+    );
+    let (id2, key2) = (j2.node_id.clone(), j2.state_key.clone());
     assert_eq!(cid1, cid.0.to_vec());
+    // The node certificate certifies the node's own key, under the cluster CA.
+    let cluster_ca = Certificate::from_der(&j1.ca_cert, "CA").unwrap();
+    let nc = Certificate::from_der(&j1.node_cert, "node").unwrap();
+    veil_attest_core::x509::verify_chain(&[&nc], std::slice::from_ref(&cluster_ca), now()).unwrap();
+    assert_eq!(
+        nc.public_key().unwrap(),
+        &veil_attest_core::x509::public_key_from_spki(&w1_key).unwrap()
+    );
+    assert!(nc.subject().contains(&id1));
+    // The CA key derives from the master secret: the second node's certificate has the same CA.
+    let nc2 = Certificate::from_der(&j2.node_cert, "node").unwrap();
+    veil_attest_core::x509::verify_chain(&[&nc2], std::slice::from_ref(&cluster_ca), now())
+        .unwrap();
     assert_ne!(id1, id2);
     let derive = |id: &str| {
         secrets
@@ -192,7 +212,10 @@ async fn init_join_keys_refusals_and_recovery() {
         matches!(&e, ClientError::Refused(r) if r.contains("does not belong")),
         "{e}"
     );
-    let e = s1.join(&w1.attester, "worker").await.unwrap_err();
+    let e = s1
+        .join(&w1.attester, "worker", &node_key())
+        .await
+        .unwrap_err();
     assert!(
         matches!(&e, ClientError::Refused(r) if r.contains("already belongs")),
         "{e}"
@@ -225,7 +248,7 @@ async fn init_join_keys_refusals_and_recovery() {
     let e = session(addr, Some(&foreign), &cp_app)
         .await
         .unwrap()
-        .join(&foreign.attester, "worker")
+        .join(&foreign.attester, "worker", &node_key())
         .await
         .unwrap_err();
     assert!(
@@ -243,7 +266,7 @@ async fn init_join_keys_refusals_and_recovery() {
     let e = session(addr, Some(&stranger), &cp_app)
         .await
         .unwrap()
-        .join(&stranger.attester, "worker")
+        .join(&stranger.attester, "worker", &node_key())
         .await
         .unwrap_err();
     assert!(
@@ -255,7 +278,7 @@ async fn init_join_keys_refusals_and_recovery() {
     let e = session(addr, Some(&w3), &cp_app)
         .await
         .unwrap()
-        .join(&w3.attester, "control-plane")
+        .join(&w3.attester, "control-plane", &node_key())
         .await
         .unwrap_err();
     assert!(
@@ -345,6 +368,21 @@ async fn init_join_keys_refusals_and_recovery() {
     );
 }
 
+/// A fresh node key (SubjectPublicKeyInfo DER) for the cluster CA to certify.
+fn node_key() -> Vec<u8> {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).unwrap();
+    veil_attest_core::crypto::PublicKey::ec(
+        veil_attest_core::crypto::KeyType::EcP256,
+        kp.public_key().as_ref(),
+    )
+    .unwrap()
+    .spki_der()
+    .unwrap()
+}
+
 fn derive_other(s: &ClusterSecrets, id: &str, purpose: &str) -> Vec<u8> {
     s.derive(&KeyId::node(id, purpose).unwrap())
         .unwrap()
@@ -388,7 +426,7 @@ async fn local_roots_are_refused_unless_reference_values_accept_them() {
     let e = session(addr, Some(&w), &appraiser(&refs, Membership::Member(cid)))
         .await
         .unwrap()
-        .join(&w.attester, "worker")
+        .join(&w.attester, "worker", &node_key())
         .await
         .unwrap_err();
     assert!(
