@@ -5,6 +5,7 @@
 //! unusable (unreadable files, unparsable formats, bad arguments).
 
 mod attest;
+mod init;
 mod measurements;
 mod mini;
 mod output;
@@ -37,6 +38,9 @@ enum Command {
     /// Verify the whole cluster: a report of every node, signed by the control plane's TPM
     /// over a fresh nonce, checked against the workspace.
     Verify(verify::VerifyArgs),
+    /// Create the owner's workspace, attest the first control-plane node, hand it the master
+    /// secret.
+    Init(init::InitArgs),
     /// After every control-plane node restarted: resupply the master secret from the
     /// workspace to the (re-attested) control plane.
     Recover(recover::RecoverArgs),
@@ -63,5 +67,6 @@ fn main() -> ExitCode {
         Command::Mini(cmd) => mini::run(cmd),
         Command::Verify(a) => verify::run(a),
         Command::Recover(a) => recover::run(a),
+        Command::Init(a) => init::run(a),
     }
 }

@@ -1,6 +1,5 @@
 //! `veil measurements`: reference values for Veil nodes.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -74,19 +73,6 @@ fn sig_path(file: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Writes a secret file readable by its owner only.
-fn write_secret(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
-    f.write_all(contents)?;
-    Ok(())
-}
-
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
@@ -105,7 +91,7 @@ fn execute(cmd: MeasurementsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         MeasurementsCommand::Keygen { key } => {
             let (private, public) = signing::generate_key()?;
-            write_secret(&key, private.as_bytes())?;
+            crate::init::write_secret(&key, private.as_bytes())?;
             let pub_path = PathBuf::from(format!("{}.pub", key.display()));
             std::fs::write(&pub_path, public)
                 .with_context(|| format!("cannot write {}", pub_path.display()))?;

@@ -9,14 +9,9 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 use veil_agent::{AgentConfig, Status};
-use veil_attest_core::UnixTime;
-use veil_attest_core::x509::Certificate;
-use veil_cluster::Session;
-use veil_node_attest::{Membership, TpmAppraiser};
 use veil_reference::launch::Launch;
 use veil_reference::{MeasurementSet, ReferenceValues, signing};
 use veil_swtpm::{LocalCa, SwTpm};
@@ -112,18 +107,6 @@ fn step(msg: &str) {
     let _ = std::io::stdout().flush();
 }
 
-fn write_secret(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(contents)?;
-    Ok(())
-}
-
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -143,15 +126,6 @@ fn agent_binary() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(p)
-}
-
-fn now() -> UnixTime {
-    UnixTime(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-    )
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
@@ -193,18 +167,9 @@ fn up(ws: &Path, nodes: usize, control_planes: usize) -> anyhow::Result<ExitCode
     ));
 
     // Owner secrets and the reference-values key.
-    let rng = SystemRandom::new();
-    let (mut master, mut salt) = ([0u8; 32], [0u8; 32]);
-    rng.fill(&mut master)
-        .and_then(|()| rng.fill(&mut salt))
-        .map_err(|_| anyhow::anyhow!("no randomness"))?;
-    write_secret(
-        &ws.join("owner/master-secret"),
-        hex::encode(master).as_bytes(),
-    )?;
-    write_secret(&ws.join("owner/salt"), hex::encode(salt).as_bytes())?;
+    crate::init::ensure_secrets(&ws)?;
     let (ref_sk, ref_pk) = signing::generate_key()?;
-    write_secret(&ws.join("owner/reference.key"), ref_sk.as_bytes())?;
+    crate::init::write_secret(&ws.join("owner/reference.key"), ref_sk.as_bytes())?;
     std::fs::write(ws.join("reference.pub"), &ref_pk)?;
 
     // Node configurations, TPMs and firmware.
@@ -302,39 +267,7 @@ fn up(ws: &Path, nodes: usize, control_planes: usize) -> anyhow::Result<ExitCode
         || std::net::TcpStream::connect(&cp_addr).is_ok(),
     )?;
     step("owner: attesting the control plane and handing it the master secret (veil init)");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let tpm_roots = Certificate::parse_many(&roots, "TPM roots")?;
-    let (root, inter): (Vec<_>, Vec<_>) =
-        tpm_roots.into_iter().partition(Certificate::is_self_issued);
-    let cid = rt.block_on(async {
-        let sock = tokio::net::TcpStream::connect(&cp_addr).await?;
-        sock.set_nodelay(true)?;
-        let appraiser = TpmAppraiser {
-            reference: refs.clone(),
-            role: "control-plane".into(),
-            trusted_aks: None,
-            membership: Membership::Fresh,
-            now: now(),
-        };
-        let mut s = Session::connect(sock, None, &appraiser).await?;
-        let ek = s.verify_endorsement(&root, &inter, now()).await?;
-        let cid = s.init(&master, &salt).await?;
-        anyhow::Ok((cid, s.peer_ak(), ek))
-    })?;
-    let (cid, cp_ak, cp_ek) = cid;
-    std::fs::write(
-        ws.join("workspace.json"),
-        serde_json::to_vec_pretty(&crate::verify::WorkspaceRecord {
-            control_plane: cp_addr.clone(),
-            cluster_id: cid.clone(),
-            control_plane_ak: hex::encode(cp_ak),
-            control_plane_ek: hex::encode(cp_ek),
-            local: true,
-        })?,
-    )?;
-    std::fs::write(ws.join("owner/cluster-id"), &cid)?;
+    let cid = crate::init::owner_init(&ws, &cp_addr, true)?;
     state.cluster_id = cid.clone();
     std::fs::write(ws.join("mini.json"), serde_json::to_vec_pretty(&state)?)?;
 

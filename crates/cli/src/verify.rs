@@ -68,20 +68,37 @@ pub(crate) struct Workspace {
     pub(crate) intermediates: Vec<Certificate>,
 }
 
-pub(crate) fn load(ws: &Path) -> anyhow::Result<Workspace> {
-    let record: WorkspaceRecord =
-        serde_json::from_slice(&read(&ws.join("workspace.json"))?).context("workspace.json")?;
+/// What the owner trusts, from the workspace.
+pub(crate) struct Trusted {
+    pub(crate) reference: ReferenceValues,
+    pub(crate) roots: Vec<Certificate>,
+    pub(crate) intermediates: Vec<Certificate>,
+}
+
+/// Loads the workspace's signed reference values (checking the signature) and TPM roots.
+pub(crate) fn load_trust(ws: &Path) -> anyhow::Result<Trusted> {
     let body = read(&ws.join("reference-values.yaml"))?;
     let sig = String::from_utf8(read(&ws.join("reference-values.yaml.sig"))?)?;
     signing::verify(&read(&ws.join("reference.pub"))?, &body, &sig).context("reference values")?;
     let reference = ReferenceValues::parse(&body)?;
     let certs = Certificate::parse_many(&read(&ws.join("tpm-roots.pem"))?, "TPM roots")?;
     let (roots, intermediates) = certs.into_iter().partition(Certificate::is_self_issued);
-    Ok(Workspace {
-        record,
+    Ok(Trusted {
         reference,
         roots,
         intermediates,
+    })
+}
+
+pub(crate) fn load(ws: &Path) -> anyhow::Result<Workspace> {
+    let record: WorkspaceRecord =
+        serde_json::from_slice(&read(&ws.join("workspace.json"))?).context("workspace.json")?;
+    let t = load_trust(ws)?;
+    Ok(Workspace {
+        record,
+        reference: t.reference,
+        roots: t.roots,
+        intermediates: t.intermediates,
     })
 }
 
