@@ -256,6 +256,30 @@ fn session_of(
     })
 }
 
+/// Runs the exchange on an established TLS stream, within the exchange timeout.
+async fn attest_over<S, A>(
+    tls: &mut S,
+    session: &Session,
+    attester: Option<&dyn Attester>,
+    appraiser: Option<&A>,
+    required: bool,
+) -> Result<Peer<A::Claims>, AtlsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    A: Appraiser + ?Sized,
+{
+    let claims = tokio::time::timeout(
+        EXCHANGE_TIMEOUT,
+        exchange(tls, session, attester, appraiser, required),
+    )
+    .await
+    .map_err(|_| AtlsError::Timeout(EXCHANGE_TIMEOUT))??;
+    Ok(Peer {
+        claims,
+        spki_sha256: session.peer_spki,
+    })
+}
+
 /// Connects as a client over `io`: TLS 1.3 with `id`, then the attestation exchange. The
 /// client attests if `attester` is given and appraises the server if `appraiser` is given.
 pub async fn client<IO, A>(
@@ -286,19 +310,8 @@ where
             id.spki_sha256(),
         )?
     };
-    let claims = tokio::time::timeout(
-        EXCHANGE_TIMEOUT,
-        exchange(&mut tls, &session, attester, appraiser, true),
-    )
-    .await
-    .map_err(|_| AtlsError::Timeout(EXCHANGE_TIMEOUT))??;
-    Ok((
-        tls,
-        Peer {
-            claims,
-            spki_sha256: session.peer_spki,
-        },
-    ))
+    let peer = attest_over(&mut tls, &session, attester, appraiser, true).await?;
+    Ok((tls, peer))
 }
 
 /// Accepts a client over `io`: TLS 1.3 with `id` (client certificate required), then the
@@ -358,17 +371,6 @@ where
             id.spki_sha256(),
         )?
     };
-    let claims = tokio::time::timeout(
-        EXCHANGE_TIMEOUT,
-        exchange(&mut tls, &session, attester, appraiser, required),
-    )
-    .await
-    .map_err(|_| AtlsError::Timeout(EXCHANGE_TIMEOUT))??;
-    Ok((
-        tls,
-        Peer {
-            claims,
-            spki_sha256: session.peer_spki,
-        },
-    ))
+    let peer = attest_over(&mut tls, &session, attester, appraiser, required).await?;
+    Ok((tls, peer))
 }

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use clap::Args;
-use veil_attest_core::UnixTime;
 use veil_cluster::Session;
 use veil_node_attest::{Membership, TpmAppraiser};
 
+use crate::clock::now;
 use crate::output::{EXIT_REJECTED, EXIT_UNUSABLE};
 use crate::verify::WorkspaceRecord;
 
@@ -31,15 +31,6 @@ pub struct InitArgs {
     /// Accepted TPM manufacturer roots and intermediates (PEM).
     #[arg(long, value_name = "PEM")]
     tpm_roots: Option<PathBuf>,
-}
-
-fn now() -> UnixTime {
-    UnixTime(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-    )
 }
 
 /// Writes a secret file readable by its owner only (refusing to overwrite).

@@ -5,6 +5,7 @@
 //! unusable (unreadable files, unparsable formats, bad arguments).
 
 mod attest;
+mod clock;
 mod init;
 mod measurements;
 mod mini;

@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use veil_attest_core::UnixTime;
 use veil_attest_core::bytes::decode_hex;
 use veil_cluster::Session;
 use veil_node_attest::{Membership, TpmAppraiser};
 
+use crate::clock::now;
 use crate::output::{EXIT_REJECTED, EXIT_UNUSABLE};
 
 #[derive(Args, Debug)]
@@ -17,15 +17,6 @@ pub struct RecoverArgs {
     /// The owner's workspace.
     #[arg(long, default_value = "veil-mini")]
     workspace: PathBuf,
-}
-
-fn now() -> UnixTime {
-    UnixTime(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-    )
 }
 
 fn secret32(path: &std::path::Path) -> anyhow::Result<[u8; 32]> {

@@ -15,6 +15,7 @@ use veil_cluster::report::{Expectations, SignedReport, verify_report};
 use veil_node_attest::{Membership, TpmAppraiser};
 use veil_reference::{ReferenceValues, signing};
 
+use crate::clock::now;
 use crate::output::{EXIT_REJECTED, EXIT_UNUSABLE, Format};
 
 /// The owner's record of a cluster, kept in the workspace.
@@ -46,15 +47,6 @@ pub struct VerifyArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     output: Format,
-}
-
-fn now() -> UnixTime {
-    UnixTime(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-    )
 }
 
 fn read(p: &Path) -> anyhow::Result<Vec<u8>> {

@@ -1,0 +1,13 @@
+//! The one place the CLI reads the clock; the libraries take the time as a parameter.
+
+use veil_attest_core::UnixTime;
+
+/// Now, as seconds since the epoch (0 if the clock is before 1970).
+pub fn now() -> UnixTime {
+    UnixTime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    )
+}
