@@ -88,6 +88,20 @@ struct State {
     pending: HashMap<[u8; 32], Pending>,
 }
 
+impl State {
+    /// Keeps the last `MAX_REFUSALS` refusals, oldest first.
+    fn record_refusal(&mut self, ak: Option<String>, reason: String) {
+        if self.refusals.len() >= MAX_REFUSALS {
+            self.refusals.remove(0);
+        }
+        self.refusals.push(Refusal {
+            ak_spki_sha256: ak,
+            reason,
+            at: now(),
+        });
+    }
+}
+
 /// What survives a restart: public state only (never the master secret).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Persisted {
@@ -283,14 +297,7 @@ impl ControlPlane {
 
     fn refuse(&self, ak: Option<String>, reason: String) {
         if let Ok(mut st) = self.state.lock() {
-            if st.refusals.len() >= MAX_REFUSALS {
-                st.refusals.remove(0);
-            }
-            st.refusals.push(Refusal {
-                ak_spki_sha256: ak,
-                reason,
-                at: now(),
-            });
+            st.record_refusal(ak, reason);
         }
     }
 
@@ -538,14 +545,10 @@ impl ControlPlane {
             } => {
                 let r = self.join(&mut st, peer, &role, &ek_cert, &ek_public, &node_key);
                 if let Response::Refused { reason } = &r {
-                    if st.refusals.len() >= MAX_REFUSALS {
-                        st.refusals.remove(0);
-                    }
-                    st.refusals.push(Refusal {
-                        ak_spki_sha256: peer.map(|p| hex::encode(p.claims.ak_spki_sha256)),
-                        reason: reason.clone(),
-                        at: now(),
-                    });
+                    st.record_refusal(
+                        peer.map(|p| hex::encode(p.claims.ak_spki_sha256)),
+                        reason.clone(),
+                    );
                 }
                 r
             }
