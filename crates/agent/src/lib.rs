@@ -43,9 +43,8 @@ pub struct AgentConfig {
     pub reference_signature: PathBuf,
     /// Public key that signed the reference values.
     pub reference_key: PathBuf,
-    /// Accepted TPM manufacturer roots and intermediates (PEM).
-    pub tpm_roots: PathBuf,
-    /// Whether those roots are a local software CA (insecure; local clusters only).
+    /// Whether the TPM manufacturer roots (taken from the signed reference values, never from
+    /// a local file the host could change) are a local software CA (insecure; local clusters only).
     #[serde(default)]
     pub tpm_roots_local: bool,
     /// Where to write `status.json`.
@@ -117,6 +116,23 @@ fn read(p: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
 }
 
+/// The TPM manufacturer roots and intermediates the signed reference values accept.
+fn reference_roots(reference: &ReferenceValues) -> anyhow::Result<Vec<Certificate>> {
+    let mut certs = Vec::new();
+    for (i, pem) in reference.tpm_roots.iter().enumerate() {
+        certs.extend(
+            Certificate::parse_many(pem.as_bytes(), "TPM roots")
+                .with_context(|| format!("reference values: tpm_roots[{i}]"))?,
+        );
+    }
+    if !certs.iter().any(Certificate::is_self_issued) {
+        bail!(
+            "the reference values accept no TPM manufacturer root (tpm_roots holds no self-issued certificate)"
+        );
+    }
+    Ok(certs)
+}
+
 /// Loads signed reference values, refusing them if the signature does not hold.
 pub fn load_reference(cfg: &AgentConfig) -> anyhow::Result<ReferenceValues> {
     let body = read(&cfg.reference_values)?;
@@ -136,8 +152,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     };
     write_status(&cfg.state_dir, &status);
     let reference = load_reference(&cfg)?;
-    let roots_pem = read(&cfg.tpm_roots)?;
-    let certs = Certificate::parse_many(&roots_pem, "TPM roots")?;
+    let certs = reference_roots(&reference)?;
     let (ek_roots, ek_intermediates): (Vec<_>, Vec<_>) =
         certs.into_iter().partition(Certificate::is_self_issued);
     let log = EventLog::parse(&read(&cfg.event_log)?)?;
@@ -326,5 +341,33 @@ async fn serve_metrics(listener: tokio::net::TcpListener, cp: Arc<ControlPlane>)
             );
             let _ = sock.write_all(resp.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(tpm_roots: Vec<String>) -> ReferenceValues {
+        ReferenceValues {
+            version: 1,
+            insecure_local_roots: true,
+            tpm_roots,
+            sets: vec![],
+        }
+    }
+
+    #[test]
+    fn roots_come_only_from_the_signed_reference_values() {
+        let e = reference_roots(&refs(vec![])).unwrap_err();
+        assert!(
+            e.to_string().contains("accept no TPM manufacturer root"),
+            "{e}"
+        );
+        let e = reference_roots(&refs(vec![
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(),
+        ]))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("tpm_roots[0]"), "{e:#}");
     }
 }

@@ -202,7 +202,6 @@ fn up(ws: &Path, nodes: usize, control_planes: usize) -> anyhow::Result<ExitCode
             reference_values: ws.join("reference-values.yaml"),
             reference_signature: ws.join("reference-values.yaml.sig"),
             reference_key: ws.join("reference.pub"),
-            tpm_roots: ws.join("tpm-roots.pem"),
             tpm_roots_local: true,
             state_dir: dir.clone(),
             metrics: (role == "control-plane")
