@@ -56,12 +56,12 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     /// The part of the configuration the node's firmware measures into PCR 9: what decides
-    /// the node's behaviour (its role and where its control plane is). Local plumbing (paths,
-    /// the TPM's address) is not measured.
+    /// the node's behaviour (its role, where its control plane is, whether it treats TPM roots
+    /// as a local software CA). Local plumbing (paths, the TPM's address) is not measured.
     pub fn measured(&self) -> Vec<u8> {
         format!(
-            "role: {}\ncontrol_plane: {}\n",
-            self.role, self.control_plane
+            "role: {}\ncontrol_plane: {}\ntpm_roots_local: {}\n",
+            self.role, self.control_plane, self.tpm_roots_local
         )
         .into_bytes()
     }
@@ -369,5 +369,29 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(format!("{e:#}").contains("tpm_roots[0]"), "{e:#}");
+    }
+
+    #[test]
+    fn trusting_local_roots_is_measured() {
+        let mut cfg = AgentConfig {
+            name: "w".into(),
+            role: "worker".into(),
+            control_plane: "127.0.0.1:1".into(),
+            tcti: "swtpm:port=2321".into(),
+            event_log: "log".into(),
+            reference_values: "r".into(),
+            reference_signature: "s".into(),
+            reference_key: "k".into(),
+            tpm_roots_local: false,
+            state_dir: "d".into(),
+            metrics: None,
+        };
+        let strict = cfg.measured();
+        cfg.tpm_roots_local = true;
+        assert_ne!(strict, cfg.measured());
+        cfg.tcti = "swtpm:port=9999".into();
+        let local = cfg.measured();
+        cfg.tcti = "swtpm:port=2321".into();
+        assert_eq!(local, cfg.measured(), "plumbing is not measured");
     }
 }
