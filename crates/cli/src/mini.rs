@@ -1,6 +1,8 @@
 //! `veil mini`: a local cluster on one machine. Each node is its own `veil-agent` process with
 //! its own software TPM, manufactured by a CA in the workspace, and measured by `veil mini`
-//! playing its firmware before the agent starts. LOCAL CLUSTERS ARE INSECURE BY NATURE: their
+//! playing its firmware before the agent starts. Run as root, every node lives in its own
+//! network namespace (its agent and its TPM both), on a bridge the owner's tools reach;
+//! otherwise nodes share the host's loopback. LOCAL CLUSTERS ARE INSECURE BY NATURE: their
 //! TPM roots are software; reference values accept them only because they say so.
 
 use std::io::Write;
@@ -9,9 +11,10 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 use veil_agent::{AgentConfig, Status};
+use veil_netns::Lan;
 use veil_reference::launch::Launch;
 use veil_reference::{MeasurementSet, ReferenceValues, signing};
 use veil_swtpm::{LocalCa, SwTpm};
@@ -32,6 +35,10 @@ pub enum MiniCommand {
         /// The workspace (created).
         #[arg(long, default_value = "veil-mini")]
         workspace: PathBuf,
+        /// Where nodes live: a network namespace each (needs root), the host's loopback, or
+        /// namespaces when running as root and loopback otherwise.
+        #[arg(long, value_enum, default_value_t = Network::Auto)]
+        network: Network,
     },
     /// Show the nodes of a local cluster.
     Status {
@@ -56,6 +63,42 @@ pub enum MiniCommand {
     },
 }
 
+/// Where the nodes of a local cluster live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Network {
+    /// Namespaces when running as root, loopback otherwise.
+    Auto,
+    /// One network namespace per node, on a bridge.
+    Netns,
+    /// The host's loopback, shared by all nodes.
+    Loopback,
+}
+
+/// The port of every node's TPM inside its own namespace.
+const NETNS_TPM_PORT: u16 = 2321;
+/// The control-plane service port inside a namespace.
+const NETNS_CP_PORT: u16 = 7443;
+/// The Prometheus metrics port inside a namespace.
+const NETNS_METRICS_PORT: u16 = 9464;
+
+/// The bridge of a namespaced local cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MiniLan {
+    /// Identifier in the names of its bridge, links and namespaces.
+    pub id: String,
+    /// `S` in its subnet 10.213.S.0/24.
+    pub subnet: u8,
+}
+
+impl MiniLan {
+    fn lan(&self) -> Lan {
+        Lan {
+            id: self.id.clone(),
+            subnet: self.subnet,
+        }
+    }
+}
+
 /// What `veil mini up` started, for `status` and `down`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MiniState {
@@ -63,6 +106,9 @@ pub struct MiniState {
     pub control_plane: String,
     /// Cluster ID (hex).
     pub cluster_id: String,
+    /// The bridge, when nodes have namespaces.
+    #[serde(default)]
+    pub lan: Option<MiniLan>,
     /// Nodes.
     pub nodes: Vec<MiniNode>,
 }
@@ -74,7 +120,13 @@ pub struct MiniNode {
     pub name: String,
     /// Role.
     pub role: String,
-    /// Its swtpm's command port.
+    /// Its network namespace, if it has one.
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// Its address (its namespace's, or loopback).
+    #[serde(default)]
+    pub addr: String,
+    /// Its swtpm's command port (in its namespace).
     pub tpm_port: u16,
     /// The agent's process ID.
     pub pid: u32,
@@ -88,7 +140,8 @@ pub fn run(cmd: MiniCommand) -> ExitCode {
             nodes,
             control_plane,
             workspace,
-        } => up(&workspace, nodes, control_plane),
+            network,
+        } => up(&workspace, nodes, control_plane, network),
         MiniCommand::Status { workspace } => status(&workspace),
         MiniCommand::Down { workspace } => down(&workspace),
         MiniCommand::Restart { node, workspace } => restart(&workspace, &node),
@@ -143,14 +196,32 @@ fn read_status(dir: &Path) -> Option<Status> {
     serde_json::from_slice(&std::fs::read(dir.join("status.json")).ok()?).ok()
 }
 
-fn up(ws: &Path, nodes: usize, control_planes: usize) -> anyhow::Result<ExitCode> {
+/// Runs `f` where the node lives: on a thread inside its namespace, or right here.
+fn in_node<T: Send>(netns: Option<&str>, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    match netns {
+        Some(ns) => Ok(veil_netns::run_in(ns, f)?),
+        None => Ok(f()),
+    }
+}
+
+fn save(ws: &Path, state: &MiniState) -> anyhow::Result<()> {
+    std::fs::write(ws.join("mini.json"), serde_json::to_vec_pretty(state)?)?;
+    Ok(())
+}
+
+fn up(
+    ws: &Path,
+    nodes: usize,
+    control_planes: usize,
+    network: Network,
+) -> anyhow::Result<ExitCode> {
     if control_planes != 1 {
         bail!(
             "--control-plane {control_planes}: local clusters have exactly 1 control-plane node for now"
         );
     }
-    if nodes < 1 {
-        bail!("--nodes must be at least 1");
+    if !(1..=200).contains(&nodes) {
+        bail!("--nodes {nodes}: expected 1 to 200");
     }
     if ws.join("mini.json").exists() {
         bail!(
@@ -158,6 +229,11 @@ fn up(ws: &Path, nodes: usize, control_planes: usize) -> anyhow::Result<ExitCode
             ws.display()
         );
     }
+    let namespaces = match (network, veil_netns::supported()) {
+        (Network::Loopback, _) | (Network::Auto, Err(_)) => false,
+        (Network::Auto | Network::Netns, Ok(())) => true,
+        (Network::Netns, Err(why)) => bail!("--network netns: {why}"),
+    };
     let agent = agent_binary()?;
     std::fs::create_dir_all(ws.join("owner"))?;
     let ws = std::fs::canonicalize(ws)?;
@@ -165,34 +241,108 @@ fn up(ws: &Path, nodes: usize, control_planes: usize) -> anyhow::Result<ExitCode
         "workspace {} (LOCAL CLUSTER: software TPM roots, insecure by nature)",
         ws.display()
     ));
+    let mut state = MiniState {
+        control_plane: String::new(),
+        cluster_id: String::new(),
+        lan: None,
+        nodes: Vec::new(),
+    };
+    match start_cluster(&ws, &agent, nodes, control_planes, namespaces, &mut state) {
+        Ok(cid) => {
+            println!();
+            println!("LOCAL CLUSTER up (insecure local TPM roots): cluster {cid}");
+            print_nodes(&state);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            // Leave nothing running; keep the files (the agents' logs say what went wrong).
+            stop_all(&state);
+            let _ = std::fs::remove_file(ws.join("mini.json"));
+            Err(e.context(format!(
+                "the local cluster did not come up; its processes are stopped, its logs are in {}/nodes",
+                ws.display()
+            )))
+        }
+    }
+}
 
+/// Brings the nodes up, recording in `state` (and mini.json) everything it starts; returns the
+/// cluster ID.
+fn start_cluster(
+    ws: &Path,
+    agent: &Path,
+    nodes: usize,
+    control_planes: usize,
+    namespaces: bool,
+    state: &mut MiniState,
+) -> anyhow::Result<String> {
     // Owner secrets and the reference-values key.
-    crate::init::ensure_secrets(&ws)?;
+    crate::init::ensure_secrets(ws)?;
     let (ref_sk, ref_pk) = signing::generate_key()?;
     crate::init::write_secret(&ws.join("owner/reference.key"), ref_sk.as_bytes())?;
     std::fs::write(ws.join("reference.pub"), &ref_pk)?;
 
+    let names: Vec<(String, &str)> = (0..nodes)
+        .map(|i| {
+            if i < control_planes {
+                (format!("cp-{i}"), "control-plane")
+            } else {
+                (format!("worker-{}", i - control_planes), "worker")
+            }
+        })
+        .collect();
+    // Where each node lives: its namespace and address.
+    let mut homes: Vec<(Option<String>, String)> = Vec::new();
+    if namespaces {
+        let lan = Lan::create(&veil_netns::new_id())?;
+        step(&format!(
+            "network: bridge {} on 10.213.{}.0/24, a namespace per node",
+            lan.bridge(),
+            lan.subnet
+        ));
+        state.lan = Some(MiniLan {
+            id: lan.id.clone(),
+            subnet: lan.subnet,
+        });
+        save(ws, state)?;
+        for (i, (name, _)) in names.iter().enumerate() {
+            let index = u8::try_from(i).context("too many nodes")?;
+            let at = lan.attach(name, index)?;
+            homes.push((Some(at.netns), at.addr.to_string()));
+        }
+    } else {
+        step("network: host loopback (not root, or --network loopback)");
+        homes.resize(nodes, (None, "127.0.0.1".to_string()));
+    }
+    let port =
+        |fixed: u16| -> anyhow::Result<u16> { if namespaces { Ok(fixed) } else { free_port() } };
+    let cp_home = homes.first().context("no nodes")?;
+    let cp_addr = format!("{}:{}", cp_home.1, port(NETNS_CP_PORT)?);
+    state.control_plane = cp_addr.clone();
+
     // Node configurations, TPMs and firmware.
-    let cp_addr = format!("127.0.0.1:{}", free_port()?);
     let image =
         b"veil-mini node image: Debian 12, veil-agent, no Kubernetes API server (local)\n".to_vec();
     std::fs::write(ws.join("node-image.txt"), &image)?;
-    let agent_bytes = std::fs::read(&agent)?;
+    let agent_bytes = std::fs::read(agent)?;
     let ca = LocalCa::at(&ws.join("tpm-ca"));
     let mut planned = Vec::new();
-    for i in 0..nodes {
-        let (name, role) = if i < control_planes {
-            (format!("cp-{i}"), "control-plane")
-        } else {
-            (format!("worker-{}", i - control_planes), "worker")
-        };
+    for ((name, role), (netns, addr)) in names.into_iter().zip(homes) {
         let dir = ws.join("nodes").join(&name);
         std::fs::create_dir_all(&dir)?;
         step(&format!(
             "{name}: manufacturing its TPM (EK certificate from the workspace CA)"
         ));
         ca.manufacture(&dir.join("tpm"))?;
-        let tpm = SwTpm::start(&dir.join("tpm"))?;
+        let tpm_port = if namespaces { NETNS_TPM_PORT } else { 0 };
+        let tpm_state = dir.join("tpm");
+        let tpm = in_node(netns.as_deref(), || {
+            if tpm_port == 0 {
+                SwTpm::start(&tpm_state)
+            } else {
+                SwTpm::start_on(&tpm_state, tpm_port)
+            }
+        })??;
         let cfg = AgentConfig {
             name: name.clone(),
             role: role.to_string(),
@@ -205,11 +355,21 @@ fn up(ws: &Path, nodes: usize, control_planes: usize) -> anyhow::Result<ExitCode
             tpm_roots_local: true,
             state_dir: dir.clone(),
             metrics: (role == "control-plane")
-                .then(|| free_port().map(|p| format!("127.0.0.1:{p}")))
+                .then(|| port(NETNS_METRICS_PORT).map(|p| format!("{addr}:{p}")))
                 .transpose()?,
         };
         std::fs::write(dir.join("agent.yaml"), serde_norway::to_string(&cfg)?)?;
-        planned.push((cfg, tpm));
+        state.nodes.push(MiniNode {
+            name,
+            role: role.to_string(),
+            netns,
+            addr,
+            tpm_port: tpm.detach(),
+            pid: 0,
+            dir,
+        });
+        save(ws, state)?;
+        planned.push(cfg);
     }
     let mut roots = ca.root_pem()?;
     roots.extend(ca.issuer_pem()?);
@@ -217,7 +377,7 @@ fn up(ws: &Path, nodes: usize, control_planes: usize) -> anyhow::Result<ExitCode
 
     step("computing and signing reference values");
     let mut set: Option<MeasurementSet> = None;
-    for (cfg, _) in &planned {
+    for cfg in &planned {
         let launch = Launch::measure(&agent_bytes, &cfg.measured(), &image);
         let s = MeasurementSet::from_launch("mini", &launch, &[cfg.role.as_str()]);
         match &mut set {
@@ -238,26 +398,14 @@ fn up(ws: &Path, nodes: usize, control_planes: usize) -> anyhow::Result<ExitCode
         format!("{}\n", signing::sign(ref_sk.as_bytes(), yaml.as_bytes())?),
     )?;
 
-    let mut state = MiniState {
-        control_plane: cp_addr.clone(),
-        cluster_id: String::new(),
-        nodes: Vec::new(),
-    };
-    for (cfg, tpm) in planned {
+    for (cfg, node) in planned.iter().zip(state.nodes.iter_mut()) {
         step(&format!(
             "{}: measured launch (agent → PCR 8, config → PCR 9, image → PCR 11)",
             cfg.name
         ));
-        let pid = launch_agent(&ws, &cfg, &agent)?;
-        state.nodes.push(MiniNode {
-            name: cfg.name.clone(),
-            role: cfg.role.clone(),
-            tpm_port: tpm.detach(),
-            pid,
-            dir: cfg.state_dir.clone(),
-        });
+        node.pid = launch_agent(ws, cfg, agent, node.netns.as_deref())?;
     }
-    std::fs::write(ws.join("mini.json"), serde_json::to_vec_pretty(&state)?)?;
+    save(ws, state)?;
 
     step("waiting for the control plane");
     wait_for(
@@ -266,9 +414,9 @@ fn up(ws: &Path, nodes: usize, control_planes: usize) -> anyhow::Result<ExitCode
         || std::net::TcpStream::connect(&cp_addr).is_ok(),
     )?;
     step("owner: attesting the control plane and handing it the master secret (veil init)");
-    let cid = crate::init::owner_init(&ws, &cp_addr, true)?;
+    let cid = crate::init::owner_init(ws, &cp_addr, true)?;
     state.cluster_id = cid.clone();
-    std::fs::write(ws.join("mini.json"), serde_json::to_vec_pretty(&state)?)?;
+    save(ws, state)?;
 
     step("waiting for the workers to join");
     let workers: Vec<&MiniNode> = state.nodes.iter().filter(|n| n.role == "worker").collect();
@@ -277,10 +425,42 @@ fn up(ws: &Path, nodes: usize, control_planes: usize) -> anyhow::Result<ExitCode
             .iter()
             .all(|n| read_status(&n.dir).is_some_and(|s| s.phase == "joined"))
     })?;
-    println!();
-    println!("LOCAL CLUSTER up (insecure local TPM roots): cluster {cid}");
-    print_nodes(&state);
-    Ok(ExitCode::SUCCESS)
+    Ok(cid)
+}
+
+/// Stops every agent and TPM of `state` and removes its namespaces and bridge.
+fn stop_all(state: &MiniState) {
+    for n in &state.nodes {
+        if n.pid != 0 && alive(n.pid) {
+            let _ = Command::new("kill").arg(n.pid.to_string()).status();
+        }
+    }
+    for n in &state.nodes {
+        let pid = n.pid;
+        let _ = wait_for("an agent to stop", Duration::from_secs(10), || {
+            pid == 0 || !alive(pid)
+        });
+        let port = n.tpm_port;
+        let _ = in_node(n.netns.as_deref(), || veil_swtpm::stop_port(port));
+    }
+    if let Some(lan) = &state.lan {
+        let netns: Vec<String> = state.nodes.iter().filter_map(|n| n.netns.clone()).collect();
+        let lan = lan.lan();
+        // Namespaces attached before the state recorded them are found by name.
+        let mut all = netns;
+        if let Ok(list) = std::fs::read_dir("/run/netns") {
+            let prefix = lan.netns_name("");
+            for e in list.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) && !all.contains(&name) {
+                    all.push(name);
+                }
+            }
+        }
+        if let Err(e) = lan.destroy(&all) {
+            eprintln!("warning: {e}");
+        }
+    }
 }
 
 fn load(ws: &Path) -> anyhow::Result<MiniState> {
@@ -298,16 +478,24 @@ fn alive(pid: u32) -> bool {
 }
 
 fn print_nodes(state: &MiniState) {
+    match &state.lan {
+        Some(lan) => println!(
+            "network: a namespace per node on bridge vb{} (10.213.{}.0/24)",
+            lan.id, lan.subnet
+        ),
+        None => println!("network: host loopback"),
+    }
     println!(
-        "{:<10} {:<14} {:<8} {:<10} {:<20} KEY FETCHES",
-        "NODE", "ROLE", "AGENT", "PHASE", "NODE ID"
+        "{:<10} {:<14} {:<14} {:<8} {:<10} {:<20} KEY FETCHES",
+        "NODE", "ROLE", "ADDRESS", "AGENT", "PHASE", "NODE ID"
     );
     for n in &state.nodes {
         let s = read_status(&n.dir).unwrap_or_default();
         println!(
-            "{:<10} {:<14} {:<8} {:<10} {:<20} {}",
+            "{:<10} {:<14} {:<14} {:<8} {:<10} {:<20} {}",
             n.name,
             n.role,
+            n.addr,
             if alive(n.pid) { "running" } else { "stopped" },
             s.phase,
             s.node_id.unwrap_or_else(|| "-".into()),
@@ -326,30 +514,38 @@ fn status(ws: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Measures a node as its firmware would and starts its agent; returns the agent's PID.
-fn launch_agent(ws: &Path, cfg: &AgentConfig, agent: &Path) -> anyhow::Result<u32> {
+/// Measures a node as its firmware would and starts its agent (in its namespace, if it has
+/// one); returns the agent's PID.
+fn launch_agent(
+    ws: &Path,
+    cfg: &AgentConfig,
+    agent: &Path,
+    netns: Option<&str>,
+) -> anyhow::Result<u32> {
     let image = std::fs::read(ws.join("node-image.txt"))?;
     let launch = Launch::measure(&std::fs::read(agent)?, &cfg.measured(), &image);
-    {
-        let mut t = NodeTpm::open(&cfg.tcti)?;
-        for c in &launch.components {
-            t.extend(c.pcr, &c.sha1.0, &c.sha256.0)?;
-        }
-    }
-    std::fs::write(&cfg.event_log, launch.event_log().to_bytes())?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(cfg.state_dir.join("agent.log"))?;
-    let child = Command::new(agent)
-        .arg("--config")
-        .arg(cfg.state_dir.join("agent.yaml"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("cannot start {}", agent.display()))?;
-    Ok(child.id())
+    in_node(netns, || -> anyhow::Result<u32> {
+        {
+            let mut t = NodeTpm::open(&cfg.tcti)?;
+            for c in &launch.components {
+                t.extend(c.pcr, &c.sha1.0, &c.sha256.0)?;
+            }
+        }
+        std::fs::write(&cfg.event_log, launch.event_log().to_bytes())?;
+        let child = Command::new(agent)
+            .arg("--config")
+            .arg(cfg.state_dir.join("agent.yaml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", agent.display()))?;
+        Ok(child.id())
+    })?
 }
 
 fn restart(ws: &Path, name: &str) -> anyhow::Result<ExitCode> {
@@ -371,19 +567,23 @@ fn restart(ws: &Path, name: &str) -> anyhow::Result<ExitCode> {
         Duration::from_secs(10),
         || !alive(pid),
     )?;
-    let _ = veil_swtpm::stop_port(node.tpm_port);
     let port = node.tpm_port;
-    wait_for("the TPM to stop", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
-    })?;
-    let tpm = SwTpm::start_on(&node.dir.join("tpm"), node.tpm_port)?;
+    let netns = node.netns.clone();
+    let tpm_state = node.dir.join("tpm");
+    let tpm = in_node(netns.as_deref(), || -> anyhow::Result<SwTpm> {
+        let _ = veil_swtpm::stop_port(port);
+        wait_for("the TPM to stop", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        })?;
+        Ok(SwTpm::start_on(&tpm_state, port)?)
+    })??;
     let cfg: AgentConfig = serde_norway::from_slice(&std::fs::read(node.dir.join("agent.yaml"))?)?;
     step(&format!("{name}: measured launch and a new agent"));
     let _ = std::fs::remove_file(node.dir.join("status.json"));
-    node.pid = launch_agent(&ws, &cfg, &agent)?;
+    node.pid = launch_agent(&ws, &cfg, &agent, netns.as_deref())?;
     tpm.detach();
     let dir = node.dir.clone();
-    std::fs::write(ws.join("mini.json"), serde_json::to_vec_pretty(&state)?)?;
+    save(&ws, &state)?;
     wait_for(
         &format!("{name}'s agent to come up"),
         Duration::from_secs(30),
@@ -395,18 +595,14 @@ fn restart(ws: &Path, name: &str) -> anyhow::Result<ExitCode> {
 
 fn down(ws: &Path) -> anyhow::Result<ExitCode> {
     let state = load(ws)?;
-    for n in &state.nodes {
-        if alive(n.pid) {
-            let _ = Command::new("kill").arg(n.pid.to_string()).status();
-        }
-    }
-    for n in &state.nodes {
-        wait_for(
-            &format!("agent {} to stop", n.name),
-            Duration::from_secs(10),
-            || !alive(n.pid),
-        )?;
-        let _ = veil_swtpm::stop_port(n.tpm_port);
+    stop_all(&state);
+    if let Some(alive) = state.nodes.iter().find(|n| alive(n.pid)) {
+        bail!(
+            "agent {} (pid {}) did not stop; {} is left in place",
+            alive.name,
+            alive.pid,
+            ws.display()
+        );
     }
     std::fs::remove_dir_all(ws).with_context(|| format!("cannot remove {}", ws.display()))?;
     println!("local cluster stopped; {} removed", ws.display());

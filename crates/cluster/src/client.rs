@@ -80,6 +80,9 @@ pub enum ClientError {
     /// The control plane refused the request.
     #[error("refused by the control plane: {0}")]
     Refused(String),
+    /// The control plane cannot serve this yet (not initialised, or awaiting recovery).
+    #[error("the control plane cannot serve this yet: {0}")]
+    Unavailable(String),
     /// The control plane's TPM endorsement does not hold.
     #[error("control plane endorsement: {0}")]
     Endorsement(String),
@@ -91,6 +94,7 @@ pub enum ClientError {
 fn unexpected(r: Response) -> ClientError {
     match r {
         Response::Refused { reason } => ClientError::Refused(reason),
+        Response::Unavailable { reason } => ClientError::Unavailable(reason),
         other => ClientError::Unexpected(format!("{other:?}")),
     }
 }

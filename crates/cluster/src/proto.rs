@@ -115,6 +115,12 @@ pub enum Response {
         /// The key (hex).
         key: String,
     },
+    /// Not now: the cluster is not initialised yet, or the control plane awaits recovery.
+    /// Nothing is wrong with the caller; it may retry.
+    Unavailable {
+        /// What the control plane waits for.
+        reason: String,
+    },
     /// Refused, with the reason.
     Refused {
         /// Why.

@@ -199,6 +199,12 @@ impl Appraiser for AnyRole<'_> {
     }
 }
 
+fn unavailable(reason: impl Into<String>) -> Response {
+    Response::Unavailable {
+        reason: reason.into(),
+    }
+}
+
 fn refused(reason: impl Into<String>) -> Response {
     Response::Refused {
         reason: reason.into(),
@@ -461,6 +467,9 @@ impl ControlPlane {
                     bump(&self.metrics.requests_refused);
                     tracing::info!(event = "request_refused", %reason);
                 }
+                Response::Unavailable { reason } => {
+                    tracing::info!(event = "request_deferred", %reason);
+                }
                 Response::Joined { .. } => {
                     bump(&self.metrics.joins);
                     bump(&self.metrics.keys_released);
@@ -566,7 +575,7 @@ impl ControlPlane {
                     );
                 }
                 let (Some(secrets), Some(cid)) = (&st.secrets, st.cluster_id) else {
-                    return refused("the control plane awaits recovery");
+                    return unavailable("the control plane awaits recovery");
                 };
                 let state_key =
                     match KeyId::node(&pending.node_id, "state").and_then(|k| secrets.derive(&k)) {
@@ -614,7 +623,7 @@ impl ControlPlane {
             Request::GetKey { key_id } => self.get_key(&st, peer, &key_id),
             Request::ClusterReport { nonce } => {
                 let Some(cid) = st.cluster_id else {
-                    return refused("report: the cluster is not initialised");
+                    return unavailable("report: the cluster is not initialised");
                 };
                 if decode_hex(&nonce).map(|n| n.len()) != Ok(32) {
                     return refused("report: the nonce must be 32 bytes of hex");
@@ -699,7 +708,7 @@ impl ControlPlane {
             return refused("join: the caller is not attested");
         };
         let Some(cid) = st.cluster_id else {
-            return refused("join: the cluster is not initialised");
+            return unavailable("join: the cluster is not initialised");
         };
         if p.claims.cluster_pcr.is_some() {
             return refused(
@@ -777,7 +786,7 @@ impl ControlPlane {
             return refused("get_key: the caller is not attested");
         };
         let (Some(secrets), Some(cid)) = (&st.secrets, st.cluster_id) else {
-            return refused("get_key: the control plane awaits recovery (veil recover)");
+            return unavailable("get_key: the control plane awaits recovery (veil recover)");
         };
         let Some(node) = st
             .nodes

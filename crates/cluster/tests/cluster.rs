@@ -111,6 +111,20 @@ async fn init_join_keys_refusals_and_recovery() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(cp.clone().serve(listener));
 
+    // A worker that comes before init is told to wait: not refused, and not recorded as a
+    // refusal (the report below names exactly the real ones).
+    let early = boot(&dir.path().join("w0"), &ca, &worker_launch, None);
+    let e = session(addr, Some(&early), &appraiser(&refs, Membership::Fresh))
+        .await
+        .unwrap()
+        .join(&early.attester, "worker", &node_key())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Unavailable(r) if r.contains("not initialised")),
+        "{e}"
+    );
+
     // The owner appraises the fresh control-plane node, checks its TPM endorsement, inits.
     let (master, salt) = ([0x11u8; 32], [0x22u8; 32]);
     let mut owner = session(addr, None, &appraiser(&refs, Membership::Fresh))
@@ -348,7 +362,7 @@ async fn init_join_keys_refusals_and_recovery() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&e, ClientError::Refused(r) if r.contains("awaits recovery")),
+        matches!(&e, ClientError::Unavailable(r) if r.contains("awaits recovery")),
         "{e}"
     );
     let mut owner = session(addr, None, &cp_app).await.unwrap();
