@@ -3,9 +3,13 @@
 //! Started after the node's firmware measured it (agent binary → PCR 8, this configuration →
 //! PCR 9, node image → PCR 11) and wrote the event log, the agent opens the TPM, creates an
 //! attestation key under the EK and then, by role:
-//! - **control plane**: serves the control-plane services (init, join, keys, recovery);
-//! - **worker**: joins the control plane over attested TLS, extends the cluster ID into its
-//!   cluster PCR, then fetches its state key — and keeps re-attesting to fetch it again.
+//! - **control plane**: serves the control-plane services (init, join, keys, recovery). Until
+//!   it holds the cluster's secrets (from the owner's `veil init` / `veil recover`), it also
+//!   tries to join its peer control-plane nodes: one that has attested it hands it the
+//!   secrets, so a restarted control-plane node comes back on its own while any peer serves;
+//! - **worker**: joins a control plane over attested TLS, extends the cluster ID into its
+//!   cluster PCR, then fetches its state key — and keeps re-attesting to fetch it again, from
+//!   whichever control-plane node answers.
 //!
 //! It writes a status file (no secrets) that `veil mini status` reads.
 
@@ -31,8 +35,13 @@ pub struct AgentConfig {
     pub name: String,
     /// `control-plane` or `worker`.
     pub role: String,
-    /// Where the control-plane services listen (control plane) or are (workers).
-    pub control_plane: String,
+    /// Where the cluster's control-plane services are (every control-plane node), in the
+    /// order to try them.
+    pub control_planes: Vec<String>,
+    /// Where this node serves the control-plane services (control plane only; the first of
+    /// `control_planes` if unset). Placement, not behaviour: not measured.
+    #[serde(default)]
+    pub listen: Option<String>,
     /// The TPM's TCTI.
     pub tcti: String,
     /// The event log the firmware wrote.
@@ -56,14 +65,25 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     /// The part of the configuration the node's firmware measures into PCR 9: what decides
-    /// the node's behaviour (its role, where its control plane is, whether it treats TPM roots
-    /// as a local software CA). Local plumbing (paths, the TPM's address) is not measured.
+    /// the node's behaviour (its role, where its control planes are, whether it treats TPM
+    /// roots as a local software CA). Local plumbing (paths, the TPM's address, where a
+    /// control-plane node listens) is not measured.
     pub fn measured(&self) -> Vec<u8> {
         format!(
-            "role: {}\ncontrol_plane: {}\ntpm_roots_local: {}\n",
-            self.role, self.control_plane, self.tpm_roots_local
+            "role: {}\ncontrol_planes: {}\ntpm_roots_local: {}\n",
+            self.role,
+            self.control_planes.join(","),
+            self.tpm_roots_local
         )
         .into_bytes()
+    }
+
+    /// Where a control-plane node listens.
+    pub fn listen_addr(&self) -> anyhow::Result<&str> {
+        self.listen
+            .as_deref()
+            .or(self.control_planes.first().map(String::as_str))
+            .context("the configuration names no control plane")
     }
 }
 
@@ -163,6 +183,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(node = %cfg.name, role = %cfg.role, "agent started");
     match cfg.role.as_str() {
         "control-plane" => {
+            let reference_for_peers = reference.clone();
+            let roots_for_peers = (ek_roots.clone(), ek_intermediates.clone());
+            let attester_for_peers = attester.clone();
             let trust = Trust {
                 reference,
                 ek_roots,
@@ -177,13 +200,27 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 )
                 .map_err(anyhow::Error::msg)?,
             );
-            let listener = tokio::net::TcpListener::bind(&cfg.control_plane)
+            let listen = cfg.listen_addr()?.to_string();
+            let listener = tokio::net::TcpListener::bind(&listen)
                 .await
-                .with_context(|| format!("cannot listen on {}", cfg.control_plane))?;
-            status.phase = "serving".into();
-            write_status(&cfg.state_dir, &status);
-            tracing::info!(listen = %cfg.control_plane, "control-plane services up, awaiting init");
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            tracing::info!(listen = %listen, "control-plane services up");
             let serve = tokio::spawn(cp.clone().serve(listener));
+            let peers: Vec<String> = cfg
+                .control_planes
+                .iter()
+                .filter(|a| **a != listen)
+                .cloned()
+                .collect();
+            if !peers.is_empty() {
+                tokio::spawn(join_peers(
+                    cp.clone(),
+                    peers,
+                    reference_for_peers,
+                    (roots_for_peers.0, roots_for_peers.1),
+                    attester_for_peers,
+                ));
+            }
             if let Some(addr) = &cfg.metrics {
                 let l = tokio::net::TcpListener::bind(addr)
                     .await
@@ -191,12 +228,18 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 tokio::spawn(serve_metrics(l, cp.clone()));
             }
             loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
                 let cid = cp.cluster_id().map(|c| c.to_string());
-                if cid != status.cluster_id {
+                let phase = match (&cid, cp.serving()) {
+                    (_, true) => "serving",
+                    (None, false) => "awaiting-init",
+                    (Some(_), false) => "awaiting-recovery",
+                };
+                if cid != status.cluster_id || phase != status.phase {
                     status.cluster_id = cid;
+                    status.phase = phase.into();
                     write_status(&cfg.state_dir, &status);
                 }
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 if serve.is_finished() {
                     bail!("control-plane services stopped");
                 }
@@ -216,6 +259,94 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
 }
 
+/// An attested session with the first control-plane node in `addrs` that accepts one (each
+/// appraised as a control plane of `membership`); the error of the last one tried otherwise.
+async fn connect_any(
+    addrs: &[String],
+    reference: &ReferenceValues,
+    membership: Membership,
+    attester: &Arc<TpmAttester>,
+) -> anyhow::Result<Session<tokio::net::TcpStream>> {
+    let mut last = anyhow::anyhow!("no control-plane address configured");
+    for addr in addrs {
+        let appraiser = TpmAppraiser {
+            reference: reference.clone(),
+            role: "control-plane".into(),
+            trusted_aks: None,
+            membership: membership.clone(),
+            now: now(),
+        };
+        let attempt = async {
+            let sock = tokio::net::TcpStream::connect(addr)
+                .await
+                .with_context(|| format!("cannot reach {addr}"))?;
+            sock.set_nodelay(true)?;
+            let s = Session::connect(
+                sock,
+                Some(attester.as_ref() as &dyn veil_atls::Attester),
+                &appraiser,
+            )
+            .await
+            .with_context(|| format!("control plane {addr}"))?;
+            anyhow::Ok(s)
+        };
+        match attempt.await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// A fresh node key (P-256) and its SubjectPublicKeyInfo: the key the cluster CA certifies.
+fn node_key() -> anyhow::Result<Vec<u8>> {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+        .map_err(|_| anyhow::anyhow!("cannot generate the node key"))?;
+    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref())
+        .map_err(|_| anyhow::anyhow!("cannot load the node key"))?;
+    Ok(veil_attest_core::crypto::PublicKey::ec(
+        veil_attest_core::crypto::KeyType::EcP256,
+        kp.public_key().as_ref(),
+    )?
+    .spki_der()?)
+}
+
+/// A control-plane node without the cluster's secrets joins a peer that has them: the peer
+/// appraises it as a control plane (fresh cluster PCR, genuine TPM) and hands them over.
+/// Stops once this node serves (from a peer, or from the owner's init or recovery).
+async fn join_peers(
+    cp: Arc<ControlPlane>,
+    peers: Vec<String>,
+    reference: ReferenceValues,
+    roots: (Vec<Certificate>, Vec<Certificate>),
+    attester: Arc<TpmAttester>,
+) {
+    while !cp.serving() {
+        let attempt = async {
+            let key = node_key()?;
+            let mut s = connect_any(&peers, &reference, Membership::Any, &attester).await?;
+            // The secrets come only from a control plane whose AK is in a genuine TPM.
+            s.verify_endorsement(&roots.0, &roots.1, now()).await?;
+            if cp.serving() {
+                return anyhow::Ok(());
+            }
+            let joined = s.join(&attester, "control-plane", &key).await?;
+            let secrets = joined
+                .control_plane
+                .context("the peer admitted this node but handed over no secrets")?;
+            let cid = cp.adopt(secrets).map_err(anyhow::Error::msg)?;
+            tracing::info!(event = "joined_peer", cluster_id = %cid, node_id = %joined.node_id);
+            anyhow::Ok(())
+        };
+        if let Err(e) = attempt.await {
+            tracing::debug!(error = %format!("{e:#}"), "no peer control plane can hand over the secrets yet");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
 async fn worker(
     cfg: &AgentConfig,
     reference: ReferenceValues,
@@ -223,48 +354,14 @@ async fn worker(
     attester: Arc<TpmAttester>,
     mut status: Status,
 ) -> anyhow::Result<()> {
-    let appraiser = |membership| TpmAppraiser {
-        reference: reference.clone(),
-        role: "control-plane".into(),
-        trusted_aks: None,
-        membership,
-        now: now(),
-    };
-    let connect = |membership| {
-        let a = appraiser(membership);
-        let attester = attester.clone();
-        let addr = cfg.control_plane.clone();
-        async move {
-            let sock = tokio::net::TcpStream::connect(&addr).await?;
-            sock.set_nodelay(true)?;
-            let s = Session::connect(
-                sock,
-                Some(attester.as_ref() as &dyn veil_atls::Attester),
-                &a,
-            )
-            .await?;
-            anyhow::Ok(s)
-        }
-    };
     // The node's own key, certified by the cluster CA at join; it never leaves the agent.
-    let node_key = {
-        use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
-            .map_err(|_| anyhow::anyhow!("cannot generate the node key"))?;
-        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref())
-            .map_err(|_| anyhow::anyhow!("cannot load the node key"))?;
-        veil_attest_core::crypto::PublicKey::ec(
-            veil_attest_core::crypto::KeyType::EcP256,
-            kp.public_key().as_ref(),
-        )?
-        .spki_der()?
-    };
-    // Join, retrying while the control plane is not up or not initialised yet.
-    let (node_id, cluster_id, check) = loop {
+    let node_key = node_key()?;
+    // Join, retrying while no control plane is up or initialised yet.
+    let (node_id, cluster_id, check, node_cert) = loop {
         let attempt = async {
             // The control plane must already belong to a cluster: learn which from its answer.
-            let mut s = connect(Membership::Any).await?;
+            let mut s =
+                connect_any(&cfg.control_planes, &reference, Membership::Any, &attester).await?;
             // Secrets go only to a control plane whose AK is in a genuine TPM.
             s.verify_endorsement(&roots.0, &roots.1, now()).await?;
             let joined = s.join(&attester, &cfg.role, &node_key).await?;
@@ -275,19 +372,20 @@ async fn worker(
                 joined.node_id,
                 joined.cluster_id,
                 key_check(&joined.state_key),
+                joined.node_cert,
             ))
         };
         match attempt.await {
             Ok(v) => break v,
             Err(e) => {
-                status.phase = "joining".into();
+                status.phase = if e.to_string().contains("refused by the control plane") {
+                    "refused".into()
+                } else {
+                    "joining".into()
+                };
                 status.error = Some(format!("{e:#}"));
                 write_status(&cfg.state_dir, &status);
                 tracing::warn!(error = %format!("{e:#}"), "join failed, retrying");
-                if e.to_string().contains("refused by the control plane") {
-                    status.phase = "refused".into();
-                    write_status(&cfg.state_dir, &status);
-                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -299,12 +397,21 @@ async fn worker(
     status.cluster_id = Some(hex::encode(&cluster_id));
     write_status(&cfg.state_dir, &status);
     tracing::info!(node_id = %node_id, "joined");
-    // Re-attest periodically and fetch the state key again: the control plane keeps serving
-    // keys only to nodes that still match the reference values.
+    // Re-attest periodically and fetch the state key again, showing the node certificate:
+    // any control-plane node keeps serving keys only to nodes that still match the
+    // reference values.
     loop {
         let r = async {
-            let mut s = connect(Membership::Member(cluster_id.clone())).await?;
-            let key = s.get_key(&format!("node/{node_id}/state")).await?;
+            let mut s = connect_any(
+                &cfg.control_planes,
+                &reference,
+                Membership::Member(cluster_id.clone()),
+                &attester,
+            )
+            .await?;
+            let key = s
+                .get_key(&format!("node/{node_id}/state"), &node_cert)
+                .await?;
             if key_check(&key) != check {
                 anyhow::bail!("the control plane served a different state key");
             }
@@ -376,7 +483,8 @@ mod tests {
         let mut cfg = AgentConfig {
             name: "w".into(),
             role: "worker".into(),
-            control_plane: "127.0.0.1:1".into(),
+            control_planes: vec!["127.0.0.1:1".into()],
+            listen: None,
             tcti: "swtpm:port=2321".into(),
             event_log: "log".into(),
             reference_values: "r".into(),
@@ -393,5 +501,17 @@ mod tests {
         let local = cfg.measured();
         cfg.tcti = "swtpm:port=2321".into();
         assert_eq!(local, cfg.measured(), "plumbing is not measured");
+        cfg.listen = Some("10.0.0.2:7443".into());
+        assert_eq!(
+            local,
+            cfg.measured(),
+            "where a control plane listens is not measured"
+        );
+        cfg.control_planes.push("10.0.0.3:7443".into());
+        assert_ne!(
+            local,
+            cfg.measured(),
+            "which control planes a node trusts is measured"
+        );
     }
 }

@@ -178,7 +178,8 @@ pub fn run(secs: f64) -> Result<()> {
             },
         )
         .await?;
-        let node_id = s.join(&attester, "worker", &node_key()?).await?.node_id;
+        let joined = s.join(&attester, "worker", &node_key()?).await?;
+        let (node_id, cert) = (joined.node_id, joined.node_cert);
         let sock = TcpStream::connect(addr).await?;
         sock.set_nodelay(true)?;
         let mut s = Session::connect(
@@ -191,7 +192,7 @@ pub fn run(secs: f64) -> Result<()> {
         let start = Instant::now();
         let mut n = 0u64;
         while start.elapsed() < Duration::from_secs_f64(secs) {
-            s.get_key(&key).await?;
+            s.get_key(&key, &cert).await?;
             n += 1;
         }
         anyhow::Ok(n as f64 / start.elapsed().as_secs_f64())

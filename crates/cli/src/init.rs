@@ -7,21 +7,21 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use clap::Args;
-use veil_cluster::Session;
-use veil_node_attest::{Membership, TpmAppraiser};
+use veil_attest_core::bytes::decode_hex;
+use veil_node_attest::Membership;
 
-use crate::clock::now;
 use crate::output::{EXIT_REJECTED, EXIT_UNUSABLE};
-use crate::verify::WorkspaceRecord;
+use crate::workspace::{ControlPlaneRecord, WorkspaceRecord, attest_control_plane};
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
     /// The workspace directory (created if missing).
     #[arg(long, default_value = ".")]
     workspace: PathBuf,
-    /// Address of the first control-plane node's services.
-    #[arg(long, value_name = "HOST:PORT")]
-    control_plane: String,
+    /// Address of a control-plane node's services; repeat for each. The first is
+    /// initialised; the others are enrolled once they have joined it.
+    #[arg(long, value_name = "HOST:PORT", required = true)]
+    control_plane: Vec<String>,
     /// Signed reference values to copy into the workspace (with FILE.sig beside it).
     #[arg(long, value_name = "FILE")]
     reference_values: Option<PathBuf>,
@@ -74,10 +74,11 @@ pub fn ensure_secrets(ws: &Path) -> anyhow::Result<([u8; 32], [u8; 32])> {
     Ok((get("master-secret")?, get("salt")?))
 }
 
-/// Attests the control plane at `control_plane` (fresh: its cluster PCR zero; its AK in the
-/// TPM of an EK certified by an accepted root), initialises it, and records the cluster in the
-/// workspace. Returns the cluster ID.
-pub fn owner_init(ws: &Path, control_plane: &str, local: bool) -> anyhow::Result<String> {
+/// Attests the first control-plane node (fresh: its cluster PCR zero; its AK in the TPM of an
+/// EK certified by an accepted root), initialises it, and records the cluster in the
+/// workspace; then enrols each further control-plane node once it has joined the first
+/// (attested as a member of the cluster, its TPM recorded). Returns the cluster ID.
+pub fn owner_init(ws: &Path, control_planes: &[String], local: bool) -> anyhow::Result<String> {
     let (master, salt) = ensure_secrets(ws)?;
     if ws.join("workspace.json").exists() {
         bail!(
@@ -85,40 +86,54 @@ pub fn owner_init(ws: &Path, control_plane: &str, local: bool) -> anyhow::Result
             ws.display()
         );
     }
-    let loaded = crate::verify::load_trust(ws)?;
+    let [first, others @ ..] = control_planes else {
+        bail!("no control-plane node to initialise");
+    };
+    let trust = crate::workspace::load_trust(ws)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let (cid, ak, ek) = rt.block_on(async {
-        let sock = tokio::net::TcpStream::connect(control_plane)
-            .await
-            .with_context(|| format!("cannot reach {control_plane}"))?;
-        sock.set_nodelay(true)?;
-        let appraiser = TpmAppraiser {
-            reference: loaded.reference.clone(),
-            role: "control-plane".into(),
-            trusted_aks: None,
-            membership: Membership::Fresh,
-            now: now(),
-        };
-        let mut s = Session::connect(sock, None, &appraiser).await?;
-        let ek = s
-            .verify_endorsement(&loaded.roots, &loaded.intermediates, now())
-            .await?;
-        let cid = s.init(&master, &salt).await?;
-        anyhow::Ok((cid, s.peer_ak(), ek))
+        let mut a = attest_control_plane(&trust, first, Membership::Fresh).await?;
+        let cid = a.session.init(&master, &salt).await?;
+        anyhow::Ok((cid, a.ak, a.ek))
     })?;
-    std::fs::write(
-        ws.join("workspace.json"),
-        serde_json::to_vec_pretty(&WorkspaceRecord {
-            control_plane: control_plane.to_string(),
-            cluster_id: cid.clone(),
-            control_plane_ak: hex::encode(ak),
-            control_plane_ek: hex::encode(ek),
-            local,
-        })?,
-    )?;
+    let mut record = WorkspaceRecord {
+        cluster_id: cid.clone(),
+        local,
+        control_planes: vec![ControlPlaneRecord {
+            address: first.clone(),
+            ek: hex::encode(ek),
+            aks: vec![hex::encode(ak)],
+        }],
+    };
+    record.save(ws)?;
     std::fs::write(ws.join("owner/cluster-id"), &cid)?;
+    let member = decode_hex(&cid)?;
+    for addr in others {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let a = loop {
+            match rt.block_on(attest_control_plane(
+                &trust,
+                addr,
+                Membership::Member(member.clone()),
+            )) {
+                Ok(a) => break a,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    return Err(e.context(format!(
+                        "control plane at {addr} did not join cluster {cid} within 60 s"
+                    )));
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(300)),
+            }
+        };
+        record.control_planes.push(ControlPlaneRecord {
+            address: addr.clone(),
+            ek: hex::encode(a.ek),
+            aks: vec![hex::encode(a.ak)],
+        });
+        record.save(ws)?;
+    }
     Ok(cid)
 }
 
@@ -140,7 +155,7 @@ pub fn run(a: InitArgs) -> ExitCode {
         }
         copy(&a.reference_key, "reference.pub")?;
         copy(&a.tpm_roots, "tpm-roots.pem")?;
-        let local = crate::verify::load_trust(&a.workspace)?
+        let local = crate::workspace::load_trust(&a.workspace)?
             .reference
             .insecure_local_roots;
         anyhow::Ok(local)

@@ -12,6 +12,7 @@ mod mini;
 mod output;
 mod recover;
 mod verify;
+mod workspace;
 
 use std::process::ExitCode;
 

@@ -29,7 +29,8 @@ pub enum MiniCommand {
         /// Number of nodes.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
-        /// How many of them are control-plane nodes (only 1 is supported).
+        /// How many of them are control-plane nodes (the first is initialised by the owner;
+        /// the others join it and take the cluster's secrets from it).
         #[arg(long = "control-plane", default_value_t = 1)]
         control_plane: usize,
         /// The workspace (created).
@@ -102,8 +103,8 @@ impl MiniLan {
 /// What `veil mini up` started, for `status` and `down`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MiniState {
-    /// Control-plane service address.
-    pub control_plane: String,
+    /// Control-plane service addresses.
+    pub control_planes: Vec<String>,
     /// Cluster ID (hex).
     pub cluster_id: String,
     /// The bridge, when nodes have namespaces.
@@ -215,13 +216,11 @@ fn up(
     control_planes: usize,
     network: Network,
 ) -> anyhow::Result<ExitCode> {
-    if control_planes != 1 {
-        bail!(
-            "--control-plane {control_planes}: local clusters have exactly 1 control-plane node for now"
-        );
-    }
     if !(1..=200).contains(&nodes) {
         bail!("--nodes {nodes}: expected 1 to 200");
+    }
+    if !(1..=nodes).contains(&control_planes) {
+        bail!("--control-plane {control_planes}: expected 1 to --nodes ({nodes})");
     }
     if ws.join("mini.json").exists() {
         bail!(
@@ -242,7 +241,7 @@ fn up(
         ws.display()
     ));
     let mut state = MiniState {
-        control_plane: String::new(),
+        control_planes: Vec::new(),
         cluster_id: String::new(),
         lan: None,
         nodes: Vec::new(),
@@ -316,9 +315,12 @@ fn start_cluster(
     }
     let port =
         |fixed: u16| -> anyhow::Result<u16> { if namespaces { Ok(fixed) } else { free_port() } };
-    let cp_home = homes.first().context("no nodes")?;
-    let cp_addr = format!("{}:{}", cp_home.1, port(NETNS_CP_PORT)?);
-    state.control_plane = cp_addr.clone();
+    let cp_addrs = homes
+        .iter()
+        .take(control_planes)
+        .map(|(_, addr)| Ok(format!("{addr}:{}", port(NETNS_CP_PORT)?)))
+        .collect::<anyhow::Result<Vec<String>>>()?;
+    state.control_planes = cp_addrs.clone();
 
     // Node configurations, TPMs and firmware.
     let image =
@@ -327,7 +329,7 @@ fn start_cluster(
     let agent_bytes = std::fs::read(agent)?;
     let ca = LocalCa::at(&ws.join("tpm-ca"));
     let mut planned = Vec::new();
-    for ((name, role), (netns, addr)) in names.into_iter().zip(homes) {
+    for (i, ((name, role), (netns, addr))) in names.into_iter().zip(homes).enumerate() {
         let dir = ws.join("nodes").join(&name);
         std::fs::create_dir_all(&dir)?;
         step(&format!(
@@ -346,7 +348,8 @@ fn start_cluster(
         let cfg = AgentConfig {
             name: name.clone(),
             role: role.to_string(),
-            control_plane: cp_addr.clone(),
+            control_planes: cp_addrs.clone(),
+            listen: cp_addrs.get(i).cloned(),
             tcti: tpm.tcti(),
             event_log: dir.join("eventlog.bin"),
             reference_values: ws.join("reference-values.yaml"),
@@ -408,13 +411,22 @@ fn start_cluster(
     save(ws, state)?;
 
     step("waiting for the control plane");
+    let first = cp_addrs.first().context("no control plane")?;
     wait_for(
         "the control-plane services",
         Duration::from_secs(30),
-        || std::net::TcpStream::connect(&cp_addr).is_ok(),
+        || std::net::TcpStream::connect(first).is_ok(),
     )?;
-    step("owner: attesting the control plane and handing it the master secret (veil init)");
-    let cid = crate::init::owner_init(ws, &cp_addr, true)?;
+    step(&format!(
+        "owner: attesting {} and handing it the master secret (veil init){}",
+        state.nodes.first().map_or("cp-0", |n| n.name.as_str()),
+        if cp_addrs.len() > 1 {
+            "; enrolling the other control-plane nodes once they have joined it"
+        } else {
+            ""
+        }
+    ));
+    let cid = crate::init::owner_init(ws, &cp_addrs, true)?;
     state.cluster_id = cid.clone();
     save(ws, state)?;
 
@@ -589,7 +601,13 @@ fn restart(ws: &Path, name: &str) -> anyhow::Result<ExitCode> {
         Duration::from_secs(30),
         || read_status(&dir).is_some_and(|s| s.phase != "starting"),
     )?;
-    println!("{name} restarted (its TPM's PCRs were reset; a control plane awaits `veil recover`)");
+    if cfg.role == "control-plane" {
+        println!(
+            "{name} restarted (its TPM's PCRs were reset): it takes the cluster's secrets from a serving peer control plane, or awaits `veil recover` if none serves"
+        );
+    } else {
+        println!("{name} restarted (its TPM's PCRs were reset): it joins again");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,16 +1,17 @@
-//! `veil recover`: resupply the master secret to a control plane that restarted.
+//! `veil recover`: resupply the master secret to every control-plane node that restarted
+//! (after all of them did; while any serves, a restarted one takes the secret from it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use veil_attest_core::bytes::decode_hex;
-use veil_cluster::Session;
-use veil_node_attest::{Membership, TpmAppraiser};
+use veil_cluster::ClientError;
+use veil_node_attest::Membership;
 
-use crate::clock::now;
 use crate::output::{EXIT_REJECTED, EXIT_UNUSABLE};
+use crate::workspace::attest_recorded;
 
 #[derive(Args, Debug)]
 pub struct RecoverArgs {
@@ -38,55 +39,64 @@ pub fn run(a: RecoverArgs) -> ExitCode {
 }
 
 fn execute(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
-    let mut ws = crate::verify::load(&a.workspace)?;
+    let mut ws = crate::workspace::load(&a.workspace)?;
     let master = secret32(&a.workspace.join("owner/master-secret"))?;
     let salt = secret32(&a.workspace.join("owner/salt"))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let r = rt.block_on(async {
-        let sock = tokio::net::TcpStream::connect(&ws.record.control_plane).await?;
-        sock.set_nodelay(true)?;
-        // A restarted control plane's cluster PCR is zero again: it is appraised as fresh.
-        let appraiser = TpmAppraiser {
-            reference: ws.reference.clone(),
-            role: "control-plane".into(),
-            trusted_aks: None,
-            membership: Membership::Fresh,
-            now: now(),
-        };
-        let mut s = Session::connect(sock, None, &appraiser).await?;
-        let ek = s.verify_endorsement(&ws.roots, &ws.intermediates, now()).await?;
-        if hex::encode(ek) != ws.record.control_plane_ek {
-            bail!(
-                "this control plane's TPM (EK certificate {}) is not the one the cluster was initialised on ({})",
-                hex::encode(ek),
-                ws.record.control_plane_ek
-            );
+    let mut failed = false;
+    for i in 0..ws.record.control_planes.len() {
+        let address = ws
+            .record
+            .control_planes
+            .get(i)
+            .map(|c| c.address.clone())
+            .unwrap_or_default();
+        // A restarted node's cluster PCR is zero again; one that took the secrets back from a
+        // peer holds the cluster ID: either way it must be on the TPM the owner enrolled.
+        let r = rt.block_on(async {
+            let mut at = attest_recorded(&ws, i, Membership::Any).await?;
+            let outcome = match at.session.recover(&master, &salt).await {
+                Ok(cid) => Outcome::Recovered(cid),
+                Err(ClientError::Refused(r)) if r.contains("holds its secrets") => {
+                    Outcome::AlreadyServing
+                }
+                Err(e) => return Err(e.into()),
+            };
+            anyhow::Ok((outcome, at.ak))
+        });
+        match r {
+            Ok((Outcome::Recovered(cid), ak)) if cid == ws.record.cluster_id => {
+                ws.record.prove_ak(i, ak);
+                println!("{address}: recovered cluster {cid}: it serves keys again");
+            }
+            Ok((Outcome::Recovered(cid), _)) => {
+                failed = true;
+                eprintln!(
+                    "rejected: {address} recovered cluster {cid}, the workspace holds {}",
+                    ws.record.cluster_id
+                );
+            }
+            Ok((Outcome::AlreadyServing, ak)) => {
+                ws.record.prove_ak(i, ak);
+                println!("{address}: already serves (it holds the cluster's secrets)");
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("rejected: {address}: {e:#}");
+            }
         }
-        let cid = s.recover(&master, &salt).await?;
-        anyhow::Ok((cid, s.peer_ak()))
-    });
-    let (cid, ak) = match r {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("rejected: {e:#}");
-            return Ok(ExitCode::from(EXIT_REJECTED));
-        }
-    };
-    if cid != ws.record.cluster_id {
-        eprintln!(
-            "rejected: the control plane recovered cluster {cid}, the workspace holds {}",
-            ws.record.cluster_id
-        );
-        return Ok(ExitCode::from(EXIT_REJECTED));
     }
-    // The restarted agent has a new attestation key in the same TPM.
-    ws.record.control_plane_ak = hex::encode(ak);
-    std::fs::write(
-        a.workspace.join("workspace.json"),
-        serde_json::to_vec_pretty(&ws.record)?,
-    )?;
-    println!("recovered cluster {cid}: the control plane serves keys again");
-    Ok(ExitCode::SUCCESS)
+    ws.record.save(&a.workspace)?;
+    Ok(if failed {
+        ExitCode::from(EXIT_REJECTED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+enum Outcome {
+    Recovered(String),
+    AlreadyServing,
 }

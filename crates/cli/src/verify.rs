@@ -9,29 +9,12 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use veil_attest_core::UnixTime;
 use veil_attest_core::bytes::decode_hex;
-use veil_attest_core::x509::Certificate;
-use veil_cluster::Session;
-use veil_cluster::report::{Expectations, SignedReport, verify_report};
-use veil_node_attest::{Membership, TpmAppraiser};
-use veil_reference::{ReferenceValues, signing};
+use veil_cluster::report::{Expectations, NodeVerdict, SignedReport, verify_report};
+use veil_node_attest::Membership;
 
 use crate::clock::now;
 use crate::output::{EXIT_REJECTED, EXIT_UNUSABLE, Format};
-
-/// The owner's record of a cluster, kept in the workspace.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct WorkspaceRecord {
-    /// Control-plane address.
-    pub control_plane: String,
-    /// Cluster ID (hex).
-    pub cluster_id: String,
-    /// The control plane's AK (hex SHA-256 of its SPKI), proven by its EK at init.
-    pub control_plane_ak: String,
-    /// The control plane's TPM: SHA-256 of its EK certificate (hex).
-    pub control_plane_ek: String,
-    /// Whether the cluster is local (software TPM roots).
-    pub local: bool,
-}
+use crate::workspace::{attest_recorded, load};
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
@@ -53,45 +36,41 @@ fn read(p: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
 }
 
-pub(crate) struct Workspace {
-    pub(crate) record: WorkspaceRecord,
-    pub(crate) reference: ReferenceValues,
-    pub(crate) roots: Vec<Certificate>,
-    pub(crate) intermediates: Vec<Certificate>,
+/// One control plane's signed report, as `--save` writes it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedReport {
+    /// The control-plane node that signed it (its address in the workspace).
+    pub control_plane: String,
+    /// The report and its signature.
+    pub signed: SignedReport,
 }
 
-/// What the owner trusts, from the workspace.
-pub(crate) struct Trusted {
-    pub(crate) reference: ReferenceValues,
-    pub(crate) roots: Vec<Certificate>,
-    pub(crate) intermediates: Vec<Certificate>,
+/// Every control plane's report (`veil verify --save`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedReports {
+    /// The cluster (hex).
+    pub cluster_id: String,
+    /// One report per control-plane node.
+    pub reports: Vec<SavedReport>,
 }
 
-/// Loads the workspace's signed reference values (checking the signature) and TPM roots.
-pub(crate) fn load_trust(ws: &Path) -> anyhow::Result<Trusted> {
-    let body = read(&ws.join("reference-values.yaml"))?;
-    let sig = String::from_utf8(read(&ws.join("reference-values.yaml.sig"))?)?;
-    signing::verify(&read(&ws.join("reference.pub"))?, &body, &sig).context("reference values")?;
-    let reference = ReferenceValues::parse(&body)?;
-    let certs = Certificate::parse_many(&read(&ws.join("tpm-roots.pem"))?, "TPM roots")?;
-    let (roots, intermediates) = certs.into_iter().partition(Certificate::is_self_issued);
-    Ok(Trusted {
-        reference,
-        roots,
-        intermediates,
-    })
+/// The verdict on every control plane's report, as `--output json` prints it.
+#[derive(Debug, Serialize)]
+struct Verdict {
+    cluster_id: String,
+    fresh: bool,
+    control_planes: Vec<ControlPlaneVerdict>,
+    nodes: Vec<NodeVerdict>,
 }
 
-pub(crate) fn load(ws: &Path) -> anyhow::Result<Workspace> {
-    let record: WorkspaceRecord =
-        serde_json::from_slice(&read(&ws.join("workspace.json"))?).context("workspace.json")?;
-    let t = load_trust(ws)?;
-    Ok(Workspace {
-        record,
-        reference: t.reference,
-        roots: t.roots,
-        intermediates: t.intermediates,
-    })
+#[derive(Debug, Serialize)]
+struct ControlPlaneVerdict {
+    address: String,
+    ok: bool,
+    created_at: Option<i64>,
+    reason: String,
 }
 
 pub fn run(a: VerifyArgs) -> ExitCode {
@@ -105,15 +84,38 @@ pub fn run(a: VerifyArgs) -> ExitCode {
 }
 
 fn execute(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    let ws = load(&a.workspace)?;
+    let mut ws = load(&a.workspace)?;
     let cluster_id = decode_hex(&ws.record.cluster_id)?;
-    let cp_ak: [u8; 32] = decode_hex(&ws.record.control_plane_ak)?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("workspace: control_plane_ak is not 32 bytes"))?;
-    let (signed, nonce) = match &a.report {
+    let mut verdict = Verdict {
+        cluster_id: ws.record.cluster_id.clone(),
+        fresh: a.report.is_none(),
+        control_planes: Vec::new(),
+        nodes: Vec::new(),
+    };
+    let refuse_cp = |v: &mut Verdict, address: &str, reason: String| {
+        v.control_planes.push(ControlPlaneVerdict {
+            address: address.to_string(),
+            ok: false,
+            created_at: None,
+            reason: reason.clone(),
+        });
+        v.nodes.push(NodeVerdict {
+            node: address.to_string(),
+            role: "control-plane".into(),
+            tee: "-".into(),
+            ok: false,
+            reason,
+        });
+    };
+    // Every control plane's signed report (with the nonce it must carry, when live).
+    let mut reports: Vec<(String, SignedReport, Option<[u8; 32]>)> = Vec::new();
+    match &a.report {
         Some(file) => {
-            let s: SignedReport = serde_json::from_slice(&read(file)?).context("saved report")?;
-            (s, None)
+            let saved: SavedReports =
+                serde_json::from_slice(&read(file)?).context("saved report")?;
+            for r in saved.reports {
+                reports.push((r.control_plane, r.signed, None));
+            }
         }
         None => {
             let mut nonce = [0u8; 32];
@@ -123,55 +125,103 @@ fn execute(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let signed = rt.block_on(async {
-                let sock = tokio::net::TcpStream::connect(&ws.record.control_plane)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "cannot reach the control plane at {}",
-                            ws.record.control_plane
-                        )
-                    })?;
-                sock.set_nodelay(true)?;
-                let appraiser = TpmAppraiser {
-                    reference: ws.reference.clone(),
-                    role: "control-plane".into(),
-                    trusted_aks: Some(vec![cp_ak]),
-                    membership: Membership::Member(cluster_id.clone()),
-                    now: now(),
-                };
-                let mut s = Session::connect(sock, None, &appraiser).await?;
-                s.verify_endorsement(&ws.roots, &ws.intermediates, now())
-                    .await?;
-                anyhow::Ok(s.cluster_report(&nonce).await?)
-            });
-            match signed {
-                Ok(s) => (s, Some(nonce)),
-                Err(e) => {
-                    eprintln!("rejected: control plane: {e:#}");
-                    return Ok(ExitCode::from(EXIT_REJECTED));
+            for i in 0..ws.record.control_planes.len() {
+                let address = ws
+                    .record
+                    .control_planes
+                    .get(i)
+                    .map(|c| c.address.clone())
+                    .unwrap_or_default();
+                let got = rt.block_on(async {
+                    let mut at =
+                        attest_recorded(&ws, i, Membership::Member(cluster_id.clone())).await?;
+                    let signed = at.session.cluster_report(&nonce).await?;
+                    anyhow::Ok((at.ak, signed))
+                });
+                match got {
+                    Ok((ak, signed)) => {
+                        ws.record.prove_ak(i, ak);
+                        reports.push((address, signed, Some(nonce)));
+                    }
+                    Err(e) => refuse_cp(&mut verdict, &address, format!("{e:#}")),
                 }
             }
+            ws.record.save(&a.workspace)?;
         }
-    };
+    }
     if let Some(path) = &a.save {
-        std::fs::write(path, serde_json::to_vec_pretty(&signed)?)
+        let saved = SavedReports {
+            cluster_id: ws.record.cluster_id.clone(),
+            reports: reports
+                .iter()
+                .map(|(cp, signed, _)| SavedReport {
+                    control_plane: cp.clone(),
+                    signed: signed.clone(),
+                })
+                .collect(),
+        };
+        std::fs::write(path, serde_json::to_vec_pretty(&saved)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let exp = Expectations {
-        reference: ws.reference,
-        cluster_id,
-        control_plane_ak: cp_ak,
-        nonce,
-        now: now(),
-    };
-    let verdict = match verify_report(&signed, &exp) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("rejected: {e}");
-            return Ok(ExitCode::from(EXIT_REJECTED));
+    for (address, signed, nonce) in &reports {
+        let Some(rec) = ws
+            .record
+            .control_planes
+            .iter()
+            .find(|c| c.address == *address)
+        else {
+            refuse_cp(
+                &mut verdict,
+                address,
+                "the workspace records no control plane at this address".into(),
+            );
+            continue;
+        };
+        let aks = rec
+            .aks
+            .iter()
+            .map(|h| {
+                decode_hex(h)
+                    .ok()
+                    .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                    .with_context(|| format!("workspace: AK `{h}` is not 32 bytes of hex"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let exp = Expectations {
+            reference: ws.trust.reference.clone(),
+            cluster_id: cluster_id.clone(),
+            control_plane_aks: aks,
+            nonce: *nonce,
+            now: now(),
+        };
+        match verify_report(signed, &exp) {
+            Ok(v) => {
+                verdict.control_planes.push(ControlPlaneVerdict {
+                    address: address.clone(),
+                    ok: true,
+                    created_at: Some(v.created_at),
+                    reason: "report verified".into(),
+                });
+                for mut n in v.nodes {
+                    if n.node == "control-plane" {
+                        n.node = address.clone();
+                    }
+                    verdict.nodes.push(n);
+                }
+            }
+            Err(e) => {
+                if a.report.is_some() {
+                    // A saved report that is not what a control plane signed: rejected whole.
+                    eprintln!("rejected: report of {address}: {e}");
+                    return Ok(ExitCode::from(EXIT_REJECTED));
+                }
+                refuse_cp(&mut verdict, address, format!("report rejected: {e}"));
+            }
         }
-    };
+    }
+    let all_ok = verdict.nodes.iter().all(|n| n.ok)
+        && verdict.control_planes.iter().all(|c| c.ok)
+        && !verdict.control_planes.is_empty();
     match a.output {
         Format::Json => println!("{}", serde_json::to_string_pretty(&verdict)?),
         Format::Text => {
@@ -179,22 +229,31 @@ fn execute(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
                 println!("LOCAL CLUSTER (insecure local TPM roots)");
             }
             println!(
-                "cluster {}  report {} ({})",
+                "cluster {}  ({})",
                 verdict.cluster_id,
-                UnixTime(verdict.created_at),
-                if nonce.is_some() {
-                    "fresh: bound to this run's nonce"
+                if verdict.fresh {
+                    "live: every report bound to this run's nonce"
                 } else {
-                    "saved report: freshness as of its creation"
+                    "saved reports: freshness as of their creation"
                 }
             );
+            for c in &verdict.control_planes {
+                println!(
+                    "control plane {:<22} {}{}",
+                    c.address,
+                    if c.ok { "report verified" } else { "FAILED" },
+                    c.created_at
+                        .map(|t| format!(", made {}", UnixTime(t)))
+                        .unwrap_or_default()
+                );
+            }
             println!(
-                "{:<20} {:<14} {:<26} {:<9} REASON",
+                "{:<22} {:<14} {:<26} {:<9} REASON",
                 "NODE", "ROLE", "TEE", "VERDICT"
             );
             for n in &verdict.nodes {
                 println!(
-                    "{:<20} {:<14} {:<26} {:<9} {}",
+                    "{:<22} {:<14} {:<26} {:<9} {}",
                     n.node,
                     n.role,
                     n.tee,
@@ -204,7 +263,7 @@ fn execute(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if verdict.all_ok() {
+    Ok(if all_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_REJECTED)

@@ -175,6 +175,98 @@ fn mini_on_loopback_comes_up_verifies_and_goes() {
     down_leaves_nothing(&ws);
 }
 
+fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn two_control_planes_one_restarts_and_comes_back_then_all_restart_and_the_owner_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    let w = ws.display().to_string();
+    let (code, out, err) = veil(&[
+        "mini",
+        "up",
+        "--nodes",
+        "3",
+        "--control-plane",
+        "2",
+        "--workspace",
+        &w,
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.join("workspace.json")).unwrap()).unwrap();
+    let cps = record["control_planes"].as_array().unwrap();
+    assert_eq!(cps.len(), 2, "both control planes are enrolled: {record}");
+    assert_ne!(cps[0]["ek"], cps[1]["ek"]);
+    let (code, out, err) = veil(&["verify", "--workspace", &w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out.matches("report verified").count(), 2, "{out}");
+    let worker = ws.join("nodes/worker-0");
+    let key_check = status_of(&worker).unwrap().key_check.unwrap();
+    let cp_phase = |n: &str| {
+        status_of(&ws.join("nodes").join(n))
+            .map(|s| s.phase)
+            .unwrap_or_default()
+    };
+
+    // One control plane restarts: it takes the secrets back from its peer, no owner needed;
+    // the worker keeps its key throughout.
+    let (code, out, err) = veil(&["mini", "restart", "cp-0", "--workspace", &w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    wait_until("cp-0 to serve again from its peer", 30, || {
+        cp_phase("cp-0") == "serving"
+    });
+    let log = std::fs::read_to_string(ws.join("nodes/cp-0/agent.log")).unwrap();
+    assert!(log.contains("\"event\":\"secrets_from_peer\""), "{log}");
+    let (code, out, err) = veil(&["verify", "--workspace", &w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let fetched = status_of(&worker).unwrap().key_fetches;
+    wait_until("the worker to fetch its key again", 20, || {
+        status_of(&worker).is_some_and(|s| s.key_fetches > fetched + 1 && s.error.is_none())
+    });
+    assert_eq!(status_of(&worker).unwrap().key_check.unwrap(), key_check);
+
+    // Every control plane restarts: none serves, keys stop, verify fails.
+    for cp in ["cp-0", "cp-1"] {
+        let (code, out, err) = veil(&["mini", "restart", cp, "--workspace", &w]);
+        assert_eq!(code, 0, "{out}\n{err}");
+    }
+    wait_until("both to await recovery", 20, || {
+        cp_phase("cp-0") == "awaiting-recovery" && cp_phase("cp-1") == "awaiting-recovery"
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        cp_phase("cp-0"),
+        "awaiting-recovery",
+        "a control plane served without its secrets"
+    );
+    wait_until("the worker to notice", 20, || {
+        status_of(&worker).is_some_and(|s| s.error.is_some())
+    });
+    let (code, out, _) = veil(&["verify", "--workspace", &w]);
+    assert_eq!(code, 1, "{out}");
+    // The owner recovers: both serve, the worker gets the same key again.
+    let (code, out, err) = veil(&["recover", "--workspace", &w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    wait_until("both to serve", 20, || {
+        cp_phase("cp-0") == "serving" && cp_phase("cp-1") == "serving"
+    });
+    let fetched = status_of(&worker).unwrap().key_fetches;
+    wait_until("the worker to fetch its key again", 20, || {
+        status_of(&worker).is_some_and(|s| s.key_fetches > fetched && s.error.is_none())
+    });
+    assert_eq!(status_of(&worker).unwrap().key_check.unwrap(), key_check);
+    let (code, out, err) = veil(&["verify", "--workspace", &w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    down_leaves_nothing(&ws);
+}
+
 #[test]
 fn mini_up_join_refusals_and_down() {
     let tmp = tempfile::tempdir().unwrap();
@@ -259,8 +351,8 @@ fn mini_up_join_refusals_and_down() {
     // A worker whose configuration differs (same control plane, written differently: its
     // IPv4 address as one decimal number, which the resolver accepts).
     let (s, _) = rogue_worker(&ws, "rogue-config", &agent, |c| {
-        let addr: std::net::SocketAddrV4 = c.control_plane.parse().unwrap();
-        c.control_plane = format!("{}:{}", u32::from(*addr.ip()), addr.port());
+        let addr: std::net::SocketAddrV4 = c.control_planes[0].parse().unwrap();
+        c.control_planes = vec![format!("{}:{}", u32::from(*addr.ip()), addr.port())];
     });
     assert_ne!(s.phase, "joined");
     let e = s.error.unwrap();

@@ -1,17 +1,40 @@
 //! The cluster CA: its key is derived from the master secret (so it is the same after
-//! recovery), and it certifies each admitted node's own key.
+//! recovery, and on every control-plane node), and it certifies each admitted node's own key.
+//!
+//! A node certificate names the node (CN and DNS name = node ID) and carries, as URIs in its
+//! subject alternative names, the node's role (`urn:veil:role:<role>`) and the SHA-256 of the
+//! attestation key the node proved in its TPM at join (`urn:veil:ak-sha256:<hex>`). Any
+//! control-plane node holding the master secret can thus recognise a joined node from its
+//! certificate and a fresh quote by that AK, without a shared registry.
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SubjectPublicKeyInfo,
+    KeyUsagePurpose, SanType, SubjectPublicKeyInfo,
 };
+use veil_attest_core::UnixTime;
+use veil_attest_core::x509::{Certificate, verify_chain};
 use veil_keys::{ClusterSecrets, KeyId};
+
+const ROLE_URI: &str = "urn:veil:role:";
+const AK_URI: &str = "urn:veil:ak-sha256:";
+
+/// Who a valid node certificate names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// Node ID.
+    pub node_id: String,
+    /// Role it joined as.
+    pub role: String,
+    /// SHA-256 of the AK SPKI it proved at join.
+    pub ak_spki_sha256: [u8; 32],
+}
 
 /// A cluster CA ready to issue node certificates.
 pub struct ClusterCa {
     issuer: Issuer<'static, KeyPair>,
     cert_der: Vec<u8>,
+    cert: Certificate,
 }
 
 impl std::fmt::Debug for ClusterCa {
@@ -53,8 +76,11 @@ impl ClusterCa {
         let cert = params
             .self_signed(&key)
             .map_err(|e| format!("cluster CA certificate: {e}"))?;
+        let parsed = Certificate::from_der(cert.der(), "cluster CA certificate")
+            .map_err(|e| e.to_string())?;
         Ok(Self {
             cert_der: cert.der().to_vec(),
+            cert: parsed,
             issuer: Issuer::new(params, key),
         })
     }
@@ -64,19 +90,75 @@ impl ClusterCa {
         &self.cert_der
     }
 
-    /// Certifies a node's key (SubjectPublicKeyInfo DER) under its node ID.
-    pub fn issue(&self, node_id: &str, spki_der: &[u8]) -> Result<Vec<u8>, String> {
+    /// Certifies a node's key (SubjectPublicKeyInfo DER) under its node ID, with its role and
+    /// the AK it proved at join.
+    pub fn issue(&self, who: &NodeIdentity, spki_der: &[u8]) -> Result<Vec<u8>, String> {
         let spki =
             SubjectPublicKeyInfo::from_der(spki_der).map_err(|e| format!("node key: {e}"))?;
-        let mut p = CertificateParams::new(vec![node_id.to_string()]).map_err(|e| e.to_string())?;
+        let mut p = CertificateParams::new(vec![who.node_id.clone()]).map_err(|e| e.to_string())?;
+        for uri in [
+            format!("{ROLE_URI}{}", who.role),
+            format!("{AK_URI}{}", hex::encode(who.ak_spki_sha256)),
+        ] {
+            p.subject_alt_names.push(SanType::URI(
+                uri.try_into().map_err(|e: rcgen::Error| e.to_string())?,
+            ));
+        }
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, node_id);
+        dn.push(DnType::CommonName, who.node_id.as_str());
         p.distinguished_name = dn;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let cert = p
             .signed_by(&spki, &self.issuer)
             .map_err(|e| format!("node certificate: {e}"))?;
         Ok(cert.der().to_vec())
+    }
+
+    /// Checks a node certificate: issued by this CA, valid at `now`; returns whom it names.
+    pub fn verify(&self, cert_der: &[u8], now: UnixTime) -> Result<NodeIdentity, String> {
+        let cert =
+            Certificate::from_der(cert_der, "node certificate").map_err(|e| e.to_string())?;
+        verify_chain(&[&cert], std::slice::from_ref(&self.cert), now)
+            .map_err(|e| format!("node certificate: {e}"))?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert_der)
+            .map_err(|e| format!("node certificate: {e}"))?;
+        let mut uris = Vec::new();
+        if let Ok(Some(san)) = parsed.subject_alternative_name() {
+            for n in &san.value.general_names {
+                if let x509_parser::extensions::GeneralName::URI(u) = n {
+                    uris.push(*u);
+                }
+            }
+        }
+        let one = |prefix: &str| -> Result<&str, String> {
+            let mut found = uris.iter().filter_map(|u| u.strip_prefix(prefix));
+            match (found.next(), found.next()) {
+                (Some(v), None) => Ok(v),
+                (None, _) => Err(format!("node certificate: no `{prefix}` name")),
+                (Some(_), Some(_)) => Err(format!("node certificate: two `{prefix}` names")),
+            }
+        };
+        let role = one(ROLE_URI)?.to_string();
+        let ak = veil_attest_core::bytes::decode_hex(one(AK_URI)?)
+            .ok()
+            .and_then(|v| <[u8; 32]>::try_from(v).ok())
+            .ok_or("node certificate: the AK name is not 32 bytes of hex")?;
+        let node_id = cert
+            .subject()
+            .strip_prefix("CN=")
+            .filter(|id| id.starts_with("node-") && !id.contains([',', '=']))
+            .ok_or_else(|| {
+                format!(
+                    "node certificate: subject `{}` is not CN=node-…",
+                    cert.subject()
+                )
+            })?
+            .to_string();
+        Ok(NodeIdentity {
+            node_id,
+            role,
+            ak_spki_sha256: ak,
+        })
     }
 }
 
@@ -102,6 +184,50 @@ mod tests {
         assert_eq!(ca_key(&a), ca_key(&b));
         assert_ne!(ca_key(&a), ca_key(&c));
         assert!(format!("{a:?}").contains("redacted"));
-        assert!(a.issue("node-1", b"not a key").is_err());
+        let who = NodeIdentity {
+            node_id: "node-1".into(),
+            role: "worker".into(),
+            ak_spki_sha256: [7; 32],
+        };
+        assert!(a.issue(&who, b"not a key").is_err());
+    }
+
+    fn node_spki() -> Vec<u8> {
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair};
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).unwrap();
+        veil_attest_core::crypto::PublicKey::ec(
+            veil_attest_core::crypto::KeyType::EcP256,
+            kp.public_key().as_ref(),
+        )
+        .unwrap()
+        .spki_der()
+        .unwrap()
+    }
+
+    #[test]
+    fn node_certificates_name_the_node_role_and_ak_and_only_this_cluster_accepts_them() {
+        let now = UnixTime(1_900_000_000);
+        let who = NodeIdentity {
+            node_id: "node-0123456789ab".into(),
+            role: "worker".into(),
+            ak_spki_sha256: [7; 32],
+        };
+        let ca = ClusterCa::derive(&secrets(1)).unwrap();
+        let cert = ca.issue(&who, &node_spki()).unwrap();
+        // Another control plane of the same cluster (same master secret) recognises it.
+        let peer = ClusterCa::derive(&secrets(1)).unwrap();
+        assert_eq!(peer.verify(&cert, now).unwrap(), who);
+        // Another cluster's CA does not.
+        let other = ClusterCa::derive(&secrets(2)).unwrap();
+        let e = other.verify(&cert, now).unwrap_err();
+        assert!(e.contains("node certificate"), "{e}");
+        // Any altered byte breaks it.
+        let mut bad = cert.clone();
+        let i = bad.len() - 10;
+        bad[i] ^= 1;
+        assert!(ca.verify(&bad, now).is_err());
+        assert!(ca.verify(b"junk", now).is_err());
     }
 }

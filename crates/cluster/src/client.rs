@@ -8,6 +8,7 @@ use veil_attest_core::UnixTime;
 use veil_attest_core::x509::{Certificate, verify_chain};
 use veil_attest_tpm::Public;
 use veil_attest_tpm::credential::make_credential;
+use veil_keys::{ClusterSecrets, SecretBytes};
 use veil_node_attest::{TpmAppraiser, TpmAttester};
 
 use crate::proto::{Request, Response};
@@ -46,7 +47,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
 }
 
 /// What a node receives when it is admitted.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Joined {
     /// Its node ID.
     pub node_id: String,
@@ -58,6 +59,8 @@ pub struct Joined {
     pub node_cert: Vec<u8>,
     /// The cluster CA certificate (DER).
     pub ca_cert: Vec<u8>,
+    /// For a control-plane node: the cluster's secrets, to serve as its peers do.
+    pub control_plane: Option<ClusterSecrets>,
 }
 
 impl std::fmt::Debug for Joined {
@@ -66,6 +69,10 @@ impl std::fmt::Debug for Joined {
             .field("node_id", &self.node_id)
             .field("cluster_id", &hex::encode(&self.cluster_id))
             .field("state_key", &"<redacted>")
+            .field(
+                "control_plane",
+                &self.control_plane.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -241,8 +248,28 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
                 state_key,
                 node_cert,
                 ca_cert,
+                control_plane,
             } => {
                 let cid = unhex(&cluster_id)?;
+                let control_plane = match control_plane {
+                    None => None,
+                    Some(h) => {
+                        let mut master = unhex(&h.master)?;
+                        let salt: [u8; 32] = unhex(&h.salt)?.try_into().map_err(|_| {
+                            ClientError::Unexpected("handed-over salt: expected 32 bytes".into())
+                        })?;
+                        let master = SecretBytes::from_slice("master secret", &mut master)
+                            .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+                        let secrets = ClusterSecrets::new(master, salt);
+                        // The secrets must be those of the cluster the node is joining.
+                        if secrets.cluster_id().map(|c| c.0.to_vec()).ok() != Some(cid.clone()) {
+                            return Err(ClientError::Unexpected(
+                                "the handed-over secrets do not derive the cluster ID".into(),
+                            ));
+                        }
+                        Some(secrets)
+                    }
+                };
                 attester
                     .join_cluster(&cid)
                     .map_err(ClientError::Endorsement)?;
@@ -252,6 +279,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
                     state_key: unhex(&state_key)?,
                     node_cert: unhex(&node_cert)?,
                     ca_cert: unhex(&ca_cert)?,
+                    control_plane,
                 })
             }
             r => Err(unexpected(r)),
@@ -281,11 +309,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         }
     }
 
-    /// Node: fetches one of its keys.
-    pub async fn get_key(&mut self, key_id: &str) -> Result<Vec<u8>, ClientError> {
+    /// Node: fetches one of its keys, showing the node certificate it got at join.
+    pub async fn get_key(
+        &mut self,
+        key_id: &str,
+        node_cert: &[u8],
+    ) -> Result<Vec<u8>, ClientError> {
         match self
             .call(&Request::GetKey {
                 key_id: key_id.to_string(),
+                node_cert: hex::encode(node_cert),
             })
             .await?
         {

@@ -51,11 +51,30 @@ pub enum Request {
         /// 32-byte nonce (hex).
         nonce: String,
     },
-    /// A joined node asks for one of its keys.
+    /// A joined node asks for one of its keys, showing its node certificate (any
+    /// control-plane node of the cluster recognises it).
     GetKey {
         /// The key ID.
         key_id: String,
+        /// The node certificate the cluster CA issued at join (hex DER).
+        node_cert: String,
     },
+}
+
+/// The cluster's root secret, handed by a control-plane node to another it has attested.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandOver {
+    /// Master secret (hex, 32 bytes).
+    pub master: String,
+    /// Salt (hex, 32 bytes).
+    pub salt: String,
+}
+
+impl std::fmt::Debug for HandOver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandOver(<redacted>)")
+    }
 }
 
 /// A response from the control plane.
@@ -86,6 +105,10 @@ pub enum Response {
         node_cert: String,
         /// The cluster CA certificate (hex DER).
         ca_cert: String,
+        /// For a control-plane node only: the cluster's root secret, so it serves as its
+        /// peers do.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        control_plane: Option<HandOver>,
     },
     /// The control plane's TPM endorsement.
     Endorsement {

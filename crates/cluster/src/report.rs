@@ -75,8 +75,9 @@ pub struct Expectations {
     pub reference: ReferenceValues,
     /// The cluster.
     pub cluster_id: Vec<u8>,
-    /// The control plane's AK (recorded at init, after its EK proved it).
-    pub control_plane_ak: [u8; 32],
+    /// The AKs the control plane may have signed with (each proven to the owner in the TPM of
+    /// the control-plane node's recorded EK).
+    pub control_plane_aks: Vec<[u8; 32]>,
     /// The nonce the report must carry (`None` when re-verifying a saved report).
     pub nonce: Option<[u8; 32]>,
     /// Verification time.
@@ -153,7 +154,7 @@ pub fn verify_report(signed: &SignedReport, exp: &Expectations) -> Result<Cluste
     let cp = TpmAppraiser {
         reference: exp.reference.clone(),
         role: "control-plane".into(),
-        trusted_aks: Some(vec![exp.control_plane_ak]),
+        trusted_aks: Some(exp.control_plane_aks.clone()),
         membership: Membership::Member(exp.cluster_id.clone()),
         now: exp.now,
     };

@@ -21,7 +21,11 @@ use veil_node_attest::{Membership, NodeClaims, TpmAppraiser, TpmAttester};
 use veil_reference::ReferenceValues;
 use veil_reference::launch::cluster_pcr;
 
-use crate::proto::{Request, Response};
+use crate::ca::{ClusterCa, NodeIdentity};
+use crate::proto::{HandOver, Request, Response};
+
+/// The node certificate last verified on a connection (verified once per connection).
+type CertCache = Option<(Vec<u8>, NodeIdentity)>;
 
 /// What the control plane trusts.
 #[derive(Clone, Debug)]
@@ -79,6 +83,8 @@ const MAX_REFUSALS: usize = 64;
 #[derive(Debug, Default)]
 struct State {
     secrets: Option<ClusterSecrets>,
+    /// The cluster CA, derived from the secrets when they arrive.
+    ca: Option<Arc<ClusterCa>>,
     /// Recent refusals (since this control plane started), oldest first.
     refusals: Vec<Refusal>,
     cluster_id: Option<ClusterId>,
@@ -89,6 +95,13 @@ struct State {
 }
 
 impl State {
+    /// Takes the cluster's secrets (at init, recovery, or from a peer control plane).
+    fn hold(&mut self, secrets: ClusterSecrets) -> Result<(), String> {
+        self.ca = Some(Arc::new(ClusterCa::derive(&secrets)?));
+        self.secrets = Some(secrets);
+        Ok(())
+    }
+
     /// Keeps the last `MAX_REFUSALS` refusals, oldest first.
     fn record_refusal(&mut self, ak: Option<String>, reason: String) {
         if self.refusals.len() >= MAX_REFUSALS {
@@ -399,8 +412,41 @@ impl ControlPlane {
     pub fn forget_secrets(&self) {
         if let Ok(mut s) = self.state.lock() {
             s.secrets = None;
+            s.ca = None;
             s.pending.clear();
         }
+    }
+
+    /// Takes the cluster's secrets from a peer control-plane node this node has just joined
+    /// (its cluster PCR already holds the cluster ID). Refused if this node already serves,
+    /// or remembers another cluster.
+    pub fn adopt(&self, secrets: ClusterSecrets) -> Result<ClusterId, String> {
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| "internal error: state lock poisoned".to_string())?;
+        if st.secrets.is_some() {
+            return Err("this control plane already holds the cluster's secrets".into());
+        }
+        let cid = secrets.cluster_id().map_err(|e| e.to_string())?;
+        if let Some(mine) = st.cluster_id
+            && mine != cid
+        {
+            return Err(format!(
+                "the peer's secrets are for cluster {cid}; this node belongs to cluster {mine}"
+            ));
+        }
+        st.hold(secrets)?;
+        st.cluster_id = Some(cid);
+        st.pcr_bound = true;
+        self.persist(&st);
+        tracing::info!(event = "secrets_from_peer", cluster_id = %cid);
+        Ok(cid)
+    }
+
+    /// Whether this control plane holds the cluster's secrets (it can serve keys).
+    pub fn serving(&self) -> bool {
+        self.state.lock().is_ok_and(|s| s.secrets.is_some())
     }
 
     /// Serves connections on `listener` until the task is dropped.
@@ -453,13 +499,14 @@ impl ControlPlane {
         };
         bump(&self.metrics.connections);
         let peer = peer.claims;
+        let mut cert_cache: CertCache = None;
         loop {
             let frame = match read_frame(&mut tls).await {
                 Ok(f) => f,
                 Err(_) => return Ok(()), // the peer closed the connection
             };
             let response = match serde_json::from_slice::<Request>(&frame) {
-                Ok(req) => self.handle(req, peer.as_ref()),
+                Ok(req) => self.handle(req, peer.as_ref(), &mut cert_cache),
                 Err(e) => refused(format!("malformed request: {e}")),
             };
             match &response {
@@ -484,7 +531,12 @@ impl ControlPlane {
         }
     }
 
-    fn handle(&self, req: Request, peer: Option<&Appraised>) -> Response {
+    fn handle(
+        &self,
+        req: Request,
+        peer: Option<&Appraised>,
+        cert_cache: &mut CertCache,
+    ) -> Response {
         let Ok(mut st) = self.state.lock() else {
             return refused("internal error: state lock poisoned");
         };
@@ -505,8 +557,10 @@ impl ControlPlane {
                 if let Err(e) = self.attester.join_cluster(&cid.0) {
                     return refused(format!("cannot extend the cluster PCR: {e}"));
                 }
+                if let Err(e) = st.hold(secrets) {
+                    return refused(format!("init: {e}"));
+                }
                 tracing::info!(event = "cluster_initialised", cluster_id = %cid);
-                st.secrets = Some(secrets);
                 st.cluster_id = Some(cid);
                 st.pcr_bound = true;
                 self.persist(&st);
@@ -540,8 +594,10 @@ impl ControlPlane {
                     }
                     st.pcr_bound = true;
                 }
+                if let Err(e) = st.hold(secrets) {
+                    return refused(format!("recover: {e}"));
+                }
                 tracing::info!(event = "cluster_recovered", cluster_id = %cid);
-                st.secrets = Some(secrets);
                 Response::Cluster {
                     cluster_id: cid.to_string(),
                 }
@@ -574,7 +630,8 @@ impl ControlPlane {
                         "activate: wrong credential secret: the AK is not in the TPM of that EK",
                     );
                 }
-                let (Some(secrets), Some(cid)) = (&st.secrets, st.cluster_id) else {
+                let (Some(secrets), Some(ca), Some(cid)) = (&st.secrets, &st.ca, st.cluster_id)
+                else {
                     return unavailable("the control plane awaits recovery");
                 };
                 let state_key =
@@ -582,16 +639,21 @@ impl ControlPlane {
                         Ok(k) => k,
                         Err(e) => return refused(e.to_string()),
                     };
-                let issued = crate::ca::ClusterCa::derive(secrets).and_then(|ca| {
-                    Ok((
-                        ca.issue(&pending.node_id, &pending.node_key)?,
-                        ca.cert_der().to_vec(),
-                    ))
-                });
-                let (node_cert, ca_cert) = match issued {
+                let who = NodeIdentity {
+                    node_id: pending.node_id.clone(),
+                    role: pending.role.clone(),
+                    ak_spki_sha256: p.claims.ak_spki_sha256,
+                };
+                let node_cert = match ca.issue(&who, &pending.node_key) {
                     Ok(v) => v,
                     Err(e) => return refused(format!("activate: {e}")),
                 };
+                let ca_cert = ca.cert_der().to_vec();
+                // Another control-plane node serves as this one does: it gets the root secret.
+                let control_plane = (pending.role == "control-plane").then(|| HandOver {
+                    master: hex::encode(secrets.master().expose()),
+                    salt: hex::encode(secrets.salt()),
+                });
                 let set = p
                     .roles
                     .iter()
@@ -612,15 +674,21 @@ impl ControlPlane {
                 self.persist(&st);
                 tracing::info!(event = "node_joined", node = %pending.node_id, role = %pending.role);
                 tracing::info!(event = "key_released", node = %pending.node_id, key_id = %format!("node/{}/state", pending.node_id));
+                if control_plane.is_some() {
+                    tracing::info!(event = "master_secret_handed_over", node = %pending.node_id);
+                }
                 Response::Joined {
                     node_id: pending.node_id,
                     cluster_id: cid.to_string(),
                     state_key: hex::encode(state_key.expose()),
                     node_cert: hex::encode(node_cert),
                     ca_cert: hex::encode(ca_cert),
+                    control_plane,
                 }
             }
-            Request::GetKey { key_id } => self.get_key(&st, peer, &key_id),
+            Request::GetKey { key_id, node_cert } => {
+                self.get_key(&st, peer, &key_id, &node_cert, cert_cache)
+            }
             Request::ClusterReport { nonce } => {
                 let Some(cid) = st.cluster_id else {
                     return unavailable("report: the cluster is not initialised");
@@ -781,20 +849,43 @@ impl ControlPlane {
         }
     }
 
-    fn get_key(&self, st: &State, peer: Option<&Appraised>, key_id: &str) -> Response {
+    fn get_key(
+        &self,
+        st: &State,
+        peer: Option<&Appraised>,
+        key_id: &str,
+        node_cert: &str,
+        cert_cache: &mut CertCache,
+    ) -> Response {
         let Some(p) = peer else {
             return refused("get_key: the caller is not attested");
         };
-        let (Some(secrets), Some(cid)) = (&st.secrets, st.cluster_id) else {
+        let (Some(secrets), Some(ca), Some(cid)) = (&st.secrets, &st.ca, st.cluster_id) else {
             return unavailable("get_key: the control plane awaits recovery (veil recover)");
         };
-        let Some(node) = st
-            .nodes
-            .values()
-            .find(|n| n.ak_spki_sha256 == p.claims.ak_spki_sha256)
-        else {
-            return refused("get_key: the caller's attestation key belongs to no joined node");
+        // The node certificate says which node this is; the AK it names must be the one
+        // that attested this connection.
+        let Ok(cert) = decode_hex(node_cert) else {
+            return refused("get_key: node_cert is not hex");
         };
+        let node = match cert_cache {
+            Some((der, who)) if *der == cert => who.clone(),
+            _ => match ca.verify(&cert, now()) {
+                Ok(who) => {
+                    *cert_cache = Some((cert, who.clone()));
+                    who
+                }
+                Err(e) => return refused(format!("get_key: {e}")),
+            },
+        };
+        if node.ak_spki_sha256 != p.claims.ak_spki_sha256 {
+            return refused(format!(
+                "get_key: the node certificate of {} names AK {}, but AK {} attested this connection",
+                node.node_id,
+                hex::encode(node.ak_spki_sha256.get(..6).unwrap_or_default()),
+                hex::encode(p.claims.ak_spki_sha256.get(..6).unwrap_or_default())
+            ));
+        }
         let want = hex::encode(cluster_pcr(veil_attest_tpm::HashAlg::Sha256, Some(&cid.0)));
         if p.claims.cluster_pcr.as_deref() != Some(want.as_str()) {
             return refused("get_key: the caller's cluster PCR does not hold this cluster's ID");

@@ -154,7 +154,7 @@ async fn init_join_keys_refusals_and_recovery() {
     );
     // An unattested caller gets no key.
     assert!(
-        matches!(owner.get_key("node/node-000000000000/state").await, Err(ClientError::Refused(r)) if r.contains("not attested"))
+        matches!(owner.get_key("node/node-000000000000/state", b"").await, Err(ClientError::Refused(r)) if r.contains("not attested"))
     );
 
     // Two workers join; each gets its own state key, as derived from the master secret.
@@ -207,21 +207,49 @@ async fn init_join_keys_refusals_and_recovery() {
     assert_eq!(cp.nodes().len(), 2);
 
     // Keys: a node gets its own, never another node's; it cannot join twice.
+    let (c1, c2) = (j1.node_cert.clone(), j2.node_cert.clone());
     let mut s1 = session(addr, Some(&w1), &cp_app).await.unwrap();
     assert_eq!(
-        s1.get_key(&format!("node/{id1}/state")).await.unwrap(),
+        s1.get_key(&format!("node/{id1}/state"), &c1).await.unwrap(),
         key1
     );
     assert_eq!(
-        s1.get_key(&format!("node/{id1}/disk-2")).await.unwrap(),
+        s1.get_key(&format!("node/{id1}/disk-2"), &c1)
+            .await
+            .unwrap(),
         derive_other(&secrets, &id1, "disk-2")
     );
-    let e = s1.get_key(&format!("node/{id2}/state")).await.unwrap_err();
+    let e = s1
+        .get_key(&format!("node/{id2}/state"), &c1)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&e, ClientError::Refused(r) if r.contains("does not belong")),
         "{e}"
     );
-    let e = s1.get_key("cluster/etcd").await.unwrap_err();
+    // Showing another node's certificate does not make w1 that node: the certificate names
+    // w2's AK, and w1's AK attested this connection.
+    let e = s1
+        .get_key(&format!("node/{id2}/state"), &c2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("attested this connection")),
+        "{e}"
+    );
+    // A forged certificate (one altered byte) is refused.
+    let mut forged = c1.clone();
+    let n = forged.len();
+    forged[n - 20] ^= 1;
+    let e = s1
+        .get_key(&format!("node/{id1}/state"), &forged)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("node certificate")),
+        "{e}"
+    );
+    let e = s1.get_key("cluster/etcd", &c1).await.unwrap_err();
     assert!(
         matches!(&e, ClientError::Refused(r) if r.contains("does not belong")),
         "{e}"
@@ -312,7 +340,7 @@ async fn init_join_keys_refusals_and_recovery() {
     let exp = veil_cluster::report::Expectations {
         reference: refs.clone(),
         cluster_id: cid.0.to_vec(),
-        control_plane_ak: owner.peer_ak(),
+        control_plane_aks: vec![owner.peer_ak()],
         nonce: Some(nonce),
         now: now(),
     };
@@ -346,7 +374,7 @@ async fn init_join_keys_refusals_and_recovery() {
     let e = veil_cluster::report::verify_report(
         &signed,
         &veil_cluster::report::Expectations {
-            control_plane_ak: [0; 32],
+            control_plane_aks: vec![[0; 32]],
             ..exp.clone()
         },
     )
@@ -358,7 +386,7 @@ async fn init_join_keys_refusals_and_recovery() {
     let e = session(addr, Some(&w1), &cp_app)
         .await
         .unwrap()
-        .get_key(&format!("node/{id1}/state"))
+        .get_key(&format!("node/{id1}/state"), &c1)
         .await
         .unwrap_err();
     assert!(
@@ -377,9 +405,60 @@ async fn init_join_keys_refusals_and_recovery() {
     );
     let mut s1 = session(addr, Some(&w1), &cp_app).await.unwrap();
     assert_eq!(
-        s1.get_key(&format!("node/{id1}/state")).await.unwrap(),
+        s1.get_key(&format!("node/{id1}/state"), &c1).await.unwrap(),
         key1
     );
+
+    // A second control-plane node joins: it alone (not a worker) is handed the root secret,
+    // and then serves the workers' keys from their certificates, with no shared registry.
+    assert!(j1.control_plane.is_none() && j2.control_plane.is_none());
+    let cp2_node = boot(&dir.path().join("cp2"), &ca, &cp_launch, None);
+    let j = session(addr, Some(&cp2_node), &cp_app)
+        .await
+        .unwrap()
+        .join(&cp2_node.attester, "control-plane", &node_key())
+        .await
+        .unwrap();
+    let handed = j
+        .control_plane
+        .expect("a control-plane node gets the secrets");
+    assert_eq!(handed.cluster_id().unwrap(), cid);
+    let cp2 = Arc::new(ControlPlane::new(
+        Trust {
+            reference: refs.clone(),
+            ek_roots: roots.clone(),
+            ek_intermediates: issuer.clone(),
+            local_roots: true,
+        },
+        cp2_node.attester.clone(),
+    ));
+    assert_eq!(cp2.adopt(handed.clone()).unwrap(), cid);
+    assert!(cp2.serving());
+    assert!(cp2.adopt(handed).is_err(), "adopted twice");
+    let listener2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr2 = listener2.local_addr().unwrap();
+    tokio::spawn(cp2.clone().serve(listener2));
+    let mut at_cp2 = session(addr2, Some(&w1), &cp_app).await.unwrap();
+    assert_eq!(
+        at_cp2
+            .get_key(&format!("node/{id1}/state"), &c1)
+            .await
+            .unwrap(),
+        key1
+    );
+    let e = at_cp2
+        .get_key(&format!("node/{id2}/state"), &c2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("attested this connection")),
+        "{e}"
+    );
+    // A control plane of another cluster adopts nothing from this one's peers.
+    let other = ClusterSecrets::new(SecretBytes::from_slice("m", &mut [0x77; 32]).unwrap(), salt);
+    cp2.forget_secrets();
+    let e = cp2.adopt(other).unwrap_err();
+    assert!(e.contains("belongs to cluster"), "{e}");
 }
 
 /// A fresh node key (SubjectPublicKeyInfo DER) for the cluster CA to certify.

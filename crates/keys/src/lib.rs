@@ -178,6 +178,12 @@ impl ClusterSecrets {
         self.expand(format!("veil/v1/key/{}", id.as_str()).as_bytes())
     }
 
+    /// The master secret itself: only to hand it to the owner's tools or to another attested
+    /// control-plane node of the same cluster.
+    pub fn master(&self) -> &SecretBytes {
+        &self.master
+    }
+
     /// The salt (public).
     pub fn salt(&self) -> [u8; 32] {
         self.salt
