@@ -1,20 +1,25 @@
 //! Attested TLS.
 //!
-//! A TLS 1.3 connection (rustls, mutual, ephemeral self-signed certificates) followed, inside the
-//! encrypted channel, by an exchange of attestation evidence that is bound to this connection:
+//! TLS 1.3 (rustls, mutual) where each side's certificate carries its attestation evidence,
+//! made for this connection:
 //!
-//! 1. each side sends a fresh 32-byte nonce (`Hello`);
-//! 2. each attesting side produces evidence whose report data is
-//!    `SHA-512("veil-atls-v1\0" ‖ exporter ‖ verifier's nonce ‖ SHA-256(own TLS SPKI))`, where
-//!    `exporter` is the RFC 8446 keying-material exporter of this session (label
-//!    `EXPORTER-veil-attested-tls`), unique to the handshake;
-//! 3. each verifying side recomputes that value from its own view of the session and the peer's
-//!    certificate, and appraises the evidence against it.
+//! 1. before TLS, each side sends a hello in the clear: a fresh 32-byte nonce and whether it
+//!    attests and whether it requires the peer's evidence;
+//! 2. each attesting side makes evidence whose report data is
+//!    `SHA-512("veil-atls-v2\0" ‖ verifier's nonce ‖ attester's nonce ‖ SHA-256(own TLS SPKI))`
+//!    and puts it in the self-signed certificate of its TLS key (extension [`EVIDENCE_OID`]);
+//! 3. the TLS 1.3 handshake runs with those certificates: each side's CertificateVerify
+//!    proves it holds the key the evidence names;
+//! 4. each verifying side appraises the evidence in the peer's certificate against the value
+//!    it computes from its own nonce, the peer's nonce and the peer certificate's key, and the
+//!    two sides exchange verdicts inside TLS, so a refused peer learns why and no request is
+//!    served before both verdicts are in.
 //!
-//! Evidence therefore cannot be replayed (fresh nonce), relayed into another session (the
-//! exporter differs on each leg of a man in the middle), or moved to another TLS key (the SPKI
-//! hash). What evidence is and how it is appraised is pluggable ([`Attester`], [`Appraiser`]):
-//! a TPM quote for Veil nodes, SNP/TDX reports elsewhere.
+//! Evidence therefore cannot be replayed (the verifier's nonce is fresh), relayed into another
+//! connection or moved to another TLS key (a man in the middle cannot sign the handshake with
+//! the key the evidence names, and evidence copied into a certificate of its own key binds the
+//! wrong key). What evidence is and how it is appraised is pluggable ([`Attester`],
+//! [`Appraiser`]): a TPM quote for Veil nodes, SNP/TDX reports elsewhere.
 
 mod protocol;
 mod tls;
@@ -23,4 +28,4 @@ pub use protocol::{
     Appraiser, AtlsError, Attester, BindingInput, Peer, binding, client, read_frame, server,
     server_optional, write_frame,
 };
-pub use tls::{Identity, client_config, server_config};
+pub use tls::{EVIDENCE_OID, EVIDENCE_OID_DOTTED, Identity, client_config, server_config};

@@ -1,4 +1,4 @@
-//! The attestation exchange that follows the TLS handshake.
+//! Attested TLS: nonces in the clear, evidence in the certificates, verdicts inside TLS.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,11 +8,9 @@ use sha2::{Digest, Sha512};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::tls::{Identity, client_config, server_config, spki_sha256};
+use crate::tls::{Identity, client_config, evidence_of, server_config, spki_sha256};
 
-/// Exporter label of the channel binding.
-pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-veil-attested-tls";
-const DOMAIN: &[u8] = b"veil-atls-v1\0";
+const DOMAIN: &[u8] = b"veil-atls-v2\0";
 const MAX_FRAME: u32 = 1 << 20;
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 const FLAG_ATTESTS: u8 = 1;
@@ -68,14 +66,15 @@ pub trait Appraiser: Send + Sync {
     fn appraise(&self, evidence: &[u8], report_data: &[u8; 64]) -> Result<Self::Claims, String>;
 }
 
-/// The inputs of the channel binding.
+/// The inputs of the binding of evidence to a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BindingInput {
-    /// The session's exported keying material.
-    pub exporter: [u8; 32],
-    /// The verifier's nonce.
+    /// The verifier's fresh nonce (its hello).
     pub verifier_nonce: [u8; 32],
-    /// SHA-256 of the attester's TLS SubjectPublicKeyInfo.
+    /// The attester's own nonce (its hello): the evidence belongs to this pair of hellos.
+    pub attester_nonce: [u8; 32],
+    /// SHA-256 of the attester's TLS SubjectPublicKeyInfo: the key that must then sign this
+    /// TLS 1.3 handshake (CertificateVerify).
     pub attester_spki_sha256: [u8; 32],
 }
 
@@ -83,8 +82,8 @@ pub struct BindingInput {
 pub fn binding(input: &BindingInput) -> [u8; 64] {
     Sha512::new()
         .chain_update(DOMAIN)
-        .chain_update(input.exporter)
         .chain_update(input.verifier_nonce)
+        .chain_update(input.attester_nonce)
         .chain_update(input.attester_spki_sha256)
         .finalize()
         .into()
@@ -132,100 +131,152 @@ pub async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>, Atls
     Ok(body)
 }
 
-struct Session {
-    exporter: [u8; 32],
-    own_spki: [u8; 32],
-    peer_spki: [u8; 32],
+/// One side's hello: a fresh nonce and what it does.
+#[derive(Clone, Copy)]
+struct Hello {
+    nonce: [u8; 32],
+    flags: u8,
 }
 
-async fn exchange<S, A>(
-    stream: &mut S,
-    session: &Session,
-    attester: Option<&dyn Attester>,
-    appraiser: Option<&A>,
-    required: bool,
-) -> Result<Option<A::Claims>, AtlsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    A: Appraiser + ?Sized,
-{
+/// Exchanges hellos in the clear, before TLS: each side learns the nonce its evidence must
+/// bind before it makes its certificate. (A man in the middle who alters a nonce only makes
+/// the evidence fail to bind.)
+async fn hellos<IO: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut IO,
+    attests: bool,
+    requires: bool,
+) -> Result<(Hello, Hello), AtlsError> {
     let mut nonce = [0u8; 32];
     SystemRandom::new()
         .fill(&mut nonce)
         .map_err(|_| AtlsError::Protocol("no randomness for the nonce".into()))?;
     let mut flags = 0u8;
-    if attester.is_some() {
+    if attests {
         flags |= FLAG_ATTESTS;
     }
-    if appraiser.is_some() {
+    if requires {
         flags |= FLAG_REQUIRES;
     }
-    let mut hello = nonce.to_vec();
-    hello.push(flags);
-    write_frame(stream, &hello).await?;
-    let peer_hello = read_frame(stream).await?;
-    let (peer_nonce, peer_flags) = match peer_hello.as_slice() {
-        [n @ .., f] if n.len() == 32 => {
-            let mut a = [0u8; 32];
-            a.copy_from_slice(n);
-            (a, *f)
-        }
-        other => {
-            return Err(AtlsError::Protocol(format!(
-                "hello: expected 33 bytes, found {}",
-                other.len()
-            )));
-        }
-    };
-    let peer_attests = peer_flags & FLAG_ATTESTS != 0;
-    if appraiser.is_some() && !peer_attests && required {
-        return Err(AtlsError::NoEvidence);
+    let mut out = [0u8; 33];
+    if let Some((f, n)) = out.split_last_mut() {
+        n.copy_from_slice(&nonce);
+        *f = flags;
     }
+    io.write_all(&out).await?;
+    io.flush().await?;
+    let mut peer = [0u8; 33];
+    io.read_exact(&mut peer).await?;
+    let (peer_flags, peer_nonce) = peer
+        .split_last()
+        .ok_or_else(|| AtlsError::Protocol("hello: empty".into()))?;
+    if peer_flags & !(FLAG_ATTESTS | FLAG_REQUIRES) != 0 {
+        return Err(AtlsError::Protocol(format!(
+            "hello: unknown flags {peer_flags:#04x} (expected a combination of 0x01 and 0x02)"
+        )));
+    }
+    let mut n = [0u8; 32];
+    n.copy_from_slice(peer_nonce);
+    Ok((
+        Hello { nonce, flags },
+        Hello {
+            nonce: n,
+            flags: *peer_flags,
+        },
+    ))
+}
 
-    // Evidence goes to a peer that asks for it; an empty frame otherwise.
+/// Our certificate for this connection: with evidence bound to the peer's nonce, our nonce
+/// and our TLS key when the peer asked for evidence and we attest.
+fn own_certificate(
+    id: &Identity,
+    attester: Option<&dyn Attester>,
+    own: Hello,
+    peer: Hello,
+) -> Result<rustls::pki_types::CertificateDer<'static>, AtlsError> {
     let evidence = match attester {
-        Some(a) if peer_flags & FLAG_REQUIRES != 0 => {
+        Some(a) if peer.flags & FLAG_REQUIRES != 0 => {
             let rd = binding(&BindingInput {
-                exporter: session.exporter,
-                verifier_nonce: peer_nonce,
-                attester_spki_sha256: session.own_spki,
+                verifier_nonce: peer.nonce,
+                attester_nonce: own.nonce,
+                attester_spki_sha256: id.spki_sha256(),
             });
-            blocking(|| a.attest(&rd)).map_err(AtlsError::Attester)?
+            Some(blocking(|| a.attest(&rd)).map_err(AtlsError::Attester)?)
         }
-        _ => Vec::new(),
+        _ => None,
     };
-    write_frame(stream, &evidence).await?;
-    let peer_evidence = read_frame(stream).await?;
-    let verdict = match appraiser {
-        None => Ok(None),
-        Some(_) if !peer_attests && !required => Ok(None),
-        Some(_) if peer_evidence.is_empty() => Err(AtlsError::NoEvidence),
-        Some(a) => {
+    id.certificate(evidence.as_deref())
+}
+
+/// After the handshake: appraises the evidence in the peer's certificate (bound to our nonce,
+/// the peer's nonce and the key that signed the handshake), then each side tells the other
+/// its verdict, so a refused peer learns why.
+async fn conclude<S, A>(
+    tls: &mut S,
+    view: PeerView,
+    own: Hello,
+    peer: Hello,
+    appraiser: Option<&A>,
+    required: bool,
+) -> Result<Peer<A::Claims>, AtlsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    A: Appraiser + ?Sized,
+{
+    let PeerView {
+        spki_sha256: peer_spki,
+        evidence,
+    } = view;
+    let peer_attests = peer.flags & FLAG_ATTESTS != 0;
+    let verdict = match (appraiser, evidence) {
+        (None, _) => Ok(None),
+        (Some(_), None) if !peer_attests && !required => Ok(None),
+        (Some(_), None) => Err(AtlsError::NoEvidence),
+        (Some(a), Some(ev)) => {
             let expected = binding(&BindingInput {
-                exporter: session.exporter,
-                verifier_nonce: nonce,
-                attester_spki_sha256: session.peer_spki,
+                verifier_nonce: own.nonce,
+                attester_nonce: peer.nonce,
+                attester_spki_sha256: peer_spki,
             });
-            a.appraise(&peer_evidence, &expected)
+            a.appraise(&ev, &expected)
                 .map(Some)
                 .map_err(AtlsError::Refused)
         }
     };
-    // Each side tells the other its verdict, so a refused peer learns why (and an accepted one
-    // knows the connection is usable).
     let mut frame = vec![u8::from(verdict.is_ok())];
     if let Err(e) = &verdict {
         frame.extend_from_slice(e.to_string().as_bytes());
     }
-    write_frame(stream, &frame).await?;
+    write_frame(tls, &frame).await?;
     let claims = verdict?;
-    let peer_verdict = read_frame(stream).await?;
+    let peer_verdict = read_frame(tls).await?;
     match peer_verdict.split_first() {
-        Some((1, _)) => Ok(claims),
+        Some((1, _)) => Ok(Peer {
+            claims,
+            spki_sha256: peer_spki,
+        }),
         Some((0, reason)) => Err(AtlsError::RefusedByPeer(
             String::from_utf8_lossy(reason).into_owned(),
         )),
         _ => Err(AtlsError::Protocol("verdict: malformed frame".into())),
+    }
+}
+
+/// What the handshake showed of the peer: its TLS key and the evidence its certificate carries.
+struct PeerView {
+    spki_sha256: [u8; 32],
+    evidence: Option<Vec<u8>>,
+}
+
+impl PeerView {
+    fn of(conn: &rustls::CommonState) -> Result<Self, AtlsError> {
+        let cert = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| AtlsError::Tls("the peer presented no certificate".into()))?;
+        Ok(Self {
+            spki_sha256: spki_sha256(cert)?,
+            evidence: evidence_of(cert)?,
+        })
     }
 }
 
@@ -238,52 +289,20 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-fn session_of(
-    conn: &rustls::CommonState,
-    export: impl FnOnce(&mut [u8; 32]) -> Result<(), rustls::Error>,
-    own_spki: [u8; 32],
-) -> Result<Session, AtlsError> {
-    let mut exporter = [0u8; 32];
-    export(&mut exporter).map_err(|e| AtlsError::Tls(format!("exporter: {e}")))?;
-    let peer = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .ok_or_else(|| AtlsError::Tls("the peer presented no certificate".into()))?;
-    Ok(Session {
-        exporter,
-        own_spki,
-        peer_spki: spki_sha256(peer)?,
-    })
+/// Runs `f` within the exchange timeout.
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<T, AtlsError>>,
+) -> Result<T, AtlsError> {
+    tokio::time::timeout(EXCHANGE_TIMEOUT, f)
+        .await
+        .map_err(|_| AtlsError::Timeout(EXCHANGE_TIMEOUT))?
 }
 
-/// Runs the exchange on an established TLS stream, within the exchange timeout.
-async fn attest_over<S, A>(
-    tls: &mut S,
-    session: &Session,
-    attester: Option<&dyn Attester>,
-    appraiser: Option<&A>,
-    required: bool,
-) -> Result<Peer<A::Claims>, AtlsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    A: Appraiser + ?Sized,
-{
-    let claims = tokio::time::timeout(
-        EXCHANGE_TIMEOUT,
-        exchange(tls, session, attester, appraiser, required),
-    )
-    .await
-    .map_err(|_| AtlsError::Timeout(EXCHANGE_TIMEOUT))??;
-    Ok(Peer {
-        claims,
-        spki_sha256: session.peer_spki,
-    })
-}
-
-/// Connects as a client over `io`: TLS 1.3 with `id`, then the attestation exchange. The
-/// client attests if `attester` is given and appraises the server if `appraiser` is given.
+/// Connects as a client over `io`: hellos, then TLS 1.3 with `id`'s key and a certificate
+/// carrying the client's evidence (if it attests and the server asks), then verdicts. The
+/// client appraises the server if `appraiser` is given.
 pub async fn client<IO, A>(
-    io: IO,
+    mut io: IO,
     id: &Identity,
     attester: Option<&dyn Attester>,
     appraiser: Option<&A>,
@@ -292,30 +311,29 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
     A: Appraiser + ?Sized,
 {
-    let connector = TlsConnector::from(Arc::new(client_config(id)?));
-    let name = rustls::pki_types::ServerName::try_from("veil-atls")
-        .map_err(|e| AtlsError::Tls(e.to_string()))?;
-    let mut tls = connector
-        .connect(name, io)
-        .await
-        .map_err(|e| AtlsError::Tls(e.to_string()))?;
-    let session = {
-        let (_, conn) = tls.get_ref();
-        session_of(
-            conn,
-            |out| {
-                conn.export_keying_material(out, EXPORTER_LABEL, None)
-                    .map(|_| ())
-            },
-            id.spki_sha256(),
-        )?
-    };
-    let peer = attest_over(&mut tls, &session, attester, appraiser, true).await?;
-    Ok((tls, peer))
+    timed(async move {
+        let (own, peer) = hellos(&mut io, attester.is_some(), appraiser.is_some()).await?;
+        if appraiser.is_some() && peer.flags & FLAG_ATTESTS == 0 {
+            return Err(AtlsError::NoEvidence);
+        }
+        let cert = own_certificate(id, attester, own, peer)?;
+        let connector = TlsConnector::from(Arc::new(client_config(id, cert)?));
+        let name = rustls::pki_types::ServerName::try_from("veil-atls")
+            .map_err(|e| AtlsError::Tls(e.to_string()))?;
+        let mut tls = connector
+            .connect(name, io)
+            .await
+            .map_err(|e| AtlsError::Tls(e.to_string()))?;
+        let view = PeerView::of(tls.get_ref().1)?;
+        let p = conclude(&mut tls, view, own, peer, appraiser, true).await?;
+        Ok((tls, p))
+    })
+    .await
 }
 
-/// Accepts a client over `io`: TLS 1.3 with `id` (client certificate required), then the
-/// attestation exchange. With an `appraiser`, the client must attest.
+/// Accepts a client over `io`: hellos, then TLS 1.3 with `id`'s key and a certificate carrying
+/// the server's evidence (if it attests and the client asks; a client certificate is
+/// required), then verdicts. With an `appraiser`, the client must attest.
 pub async fn server<IO, A>(
     io: IO,
     id: &Identity,
@@ -345,7 +363,7 @@ where
 }
 
 async fn server_impl<IO, A>(
-    io: IO,
+    mut io: IO,
     id: &Identity,
     attester: Option<&dyn Attester>,
     appraiser: Option<&A>,
@@ -355,22 +373,20 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
     A: Appraiser + ?Sized,
 {
-    let acceptor = TlsAcceptor::from(Arc::new(server_config(id)?));
-    let mut tls = acceptor
-        .accept(io)
-        .await
-        .map_err(|e| AtlsError::Tls(e.to_string()))?;
-    let session = {
-        let (_, conn) = tls.get_ref();
-        session_of(
-            conn,
-            |out| {
-                conn.export_keying_material(out, EXPORTER_LABEL, None)
-                    .map(|_| ())
-            },
-            id.spki_sha256(),
-        )?
-    };
-    let peer = attest_over(&mut tls, &session, attester, appraiser, required).await?;
-    Ok((tls, peer))
+    timed(async move {
+        let (own, peer) = hellos(&mut io, attester.is_some(), appraiser.is_some()).await?;
+        if appraiser.is_some() && required && peer.flags & FLAG_ATTESTS == 0 {
+            return Err(AtlsError::NoEvidence);
+        }
+        let cert = own_certificate(id, attester, own, peer)?;
+        let acceptor = TlsAcceptor::from(Arc::new(server_config(id, cert)?));
+        let mut tls = acceptor
+            .accept(io)
+            .await
+            .map_err(|e| AtlsError::Tls(e.to_string()))?;
+        let view = PeerView::of(tls.get_ref().1)?;
+        let p = conclude(&mut tls, view, own, peer, appraiser, required).await?;
+        Ok((tls, p))
+    })
+    .await
 }

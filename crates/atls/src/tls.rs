@@ -1,5 +1,6 @@
-//! TLS configuration: ephemeral identities and verifiers that accept any certificate whose key
-//! proves possession in the handshake; trust comes from the attestation that follows.
+//! TLS configuration: ephemeral identities whose self-signed certificates carry attestation
+//! evidence in an extension, and verifiers that accept any certificate whose key proves
+//! possession in the handshake; trust comes from appraising that evidence right after it.
 
 use std::sync::Arc;
 
@@ -12,12 +13,28 @@ use sha2::{Digest, Sha256};
 
 use crate::protocol::AtlsError;
 
-/// An ephemeral TLS identity: a fresh ECDSA P-256 key and a self-signed certificate.
-#[derive(Debug)]
+/// The X.509 extension that carries attestation evidence in a certificate (the extnValue is
+/// the evidence bytes as the [`crate::Attester`] produced them). An unregistered, experimental
+/// arc, as other attested-TLS implementations use; not critical, so ordinary TLS stacks
+/// ignore it.
+pub const EVIDENCE_OID: &[u64] = &[1, 3, 9901, 1, 1];
+/// [`EVIDENCE_OID`] in dotted form.
+pub const EVIDENCE_OID_DOTTED: &str = "1.3.9901.1.1";
+
+/// An ephemeral TLS identity: a fresh ECDSA P-256 key, certified by itself once per connection
+/// (so that the certificate can carry evidence made for that connection).
 pub struct Identity {
-    pub(crate) cert: CertificateDer<'static>,
-    pub(crate) key: PrivatePkcs8KeyDer<'static>,
+    key: rcgen::KeyPair,
+    pkcs8: PrivatePkcs8KeyDer<'static>,
     spki_sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("spki_sha256", &self.spki_sha256)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Identity {
@@ -25,17 +42,36 @@ impl Identity {
     pub fn generate() -> Result<Self, AtlsError> {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| AtlsError::Tls(format!("key generation: {e}")))?;
-        let params = rcgen::CertificateParams::new(vec!["veil-atls".to_string()])
+        let mut id = Self {
+            pkcs8: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            key,
+            spki_sha256: [0; 32],
+        };
+        // Hashed exactly as a peer hashes it: from the certificate.
+        id.spki_sha256 = spki_sha256(&id.certificate(None)?)?;
+        Ok(id)
+    }
+
+    /// A self-signed certificate for this identity's key, carrying `evidence` (if any) in the
+    /// [`EVIDENCE_OID`] extension.
+    pub fn certificate(
+        &self,
+        evidence: Option<&[u8]>,
+    ) -> Result<CertificateDer<'static>, AtlsError> {
+        let mut params = rcgen::CertificateParams::new(vec!["veil-atls".to_string()])
             .map_err(|e| AtlsError::Tls(format!("certificate: {e}")))?;
+        if let Some(ev) = evidence {
+            params
+                .custom_extensions
+                .push(rcgen::CustomExtension::from_oid_content(
+                    EVIDENCE_OID,
+                    ev.to_vec(),
+                ));
+        }
         let cert = params
-            .self_signed(&key)
+            .self_signed(&self.key)
             .map_err(|e| AtlsError::Tls(format!("certificate: {e}")))?;
-        let spki_sha256 = spki_sha256(cert.der())?;
-        Ok(Self {
-            cert: cert.der().clone(),
-            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
-            spki_sha256,
-        })
+        Ok(cert.der().clone())
     }
 
     /// SHA-256 of this identity's SubjectPublicKeyInfo.
@@ -44,8 +80,15 @@ impl Identity {
     }
 
     pub(crate) fn key_der(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(self.key.clone_key())
+        PrivateKeyDer::Pkcs8(self.pkcs8.clone_key())
     }
+}
+
+/// The evidence a peer certificate carries (`None` if it has no evidence extension).
+pub(crate) fn evidence_of(cert: &CertificateDer<'_>) -> Result<Option<Vec<u8>>, AtlsError> {
+    let c = veil_attest_core::x509::Certificate::from_der(cert.as_ref(), "peer TLS certificate")
+        .map_err(|e| AtlsError::Tls(e.to_string()))?;
+    Ok(c.extension(EVIDENCE_OID_DOTTED).map(|e| e.value.clone()))
 }
 
 /// SHA-256 of the SubjectPublicKeyInfo of a DER certificate.
@@ -171,26 +214,32 @@ impl ClientCertVerifier for AttestedPeer {
 }
 
 /// The client TLS configuration of an attested connection (TLS 1.3 only, client certificate
-/// `id`, any server certificate whose key signs the handshake).
-pub fn client_config(id: &Identity) -> Result<rustls::ClientConfig, AtlsError> {
+/// `cert` for `id`'s key, any server certificate whose key signs the handshake).
+pub fn client_config(
+    id: &Identity,
+    cert: CertificateDer<'static>,
+) -> Result<rustls::ClientConfig, AtlsError> {
     let provider = provider();
     rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| AtlsError::Tls(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AttestedPeer { provider }))
-        .with_client_auth_cert(vec![id.cert.clone()], id.key_der())
+        .with_client_auth_cert(vec![cert], id.key_der())
         .map_err(|e| AtlsError::Tls(e.to_string()))
 }
 
-/// The server TLS configuration of an attested connection (TLS 1.3 only, certificate `id`,
-/// a client certificate required).
-pub fn server_config(id: &Identity) -> Result<rustls::ServerConfig, AtlsError> {
+/// The server TLS configuration of an attested connection (TLS 1.3 only, certificate `cert`
+/// for `id`'s key, a client certificate required).
+pub fn server_config(
+    id: &Identity,
+    cert: CertificateDer<'static>,
+) -> Result<rustls::ServerConfig, AtlsError> {
     let provider = provider();
     rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| AtlsError::Tls(e.to_string()))?
         .with_client_cert_verifier(Arc::new(AttestedPeer { provider }))
-        .with_single_cert(vec![id.cert.clone()], id.key_der())
+        .with_single_cert(vec![cert], id.key_der())
         .map_err(|e| AtlsError::Tls(e.to_string()))
 }

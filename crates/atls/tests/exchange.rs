@@ -212,22 +212,22 @@ async fn evidence_from_an_untrusted_attester_is_refused() {
 #[test]
 fn binding_depends_on_every_input() {
     let base = BindingInput {
-        exporter: [1; 32],
-        verifier_nonce: [2; 32],
+        verifier_nonce: [1; 32],
+        attester_nonce: [2; 32],
         attester_spki_sha256: [3; 32],
     };
     let b = binding(&base);
     assert_ne!(
         b,
         binding(&BindingInput {
-            exporter: [9; 32],
+            verifier_nonce: [9; 32],
             ..base
         })
     );
     assert_ne!(
         b,
         binding(&BindingInput {
-            verifier_nonce: [9; 32],
+            attester_nonce: [9; 32],
             ..base
         })
     );
@@ -240,15 +240,6 @@ fn binding_depends_on_every_input() {
     );
 }
 
-async fn frame<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).await.unwrap();
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).await.unwrap();
-    body
-}
-
 async fn send<S: tokio::io::AsyncWrite + Unpin>(s: &mut S, body: &[u8]) {
     use tokio::io::AsyncWriteExt;
     s.write_all(&(body.len() as u32).to_be_bytes())
@@ -258,11 +249,25 @@ async fn send<S: tokio::io::AsyncWrite + Unpin>(s: &mut S, body: &[u8]) {
     s.flush().await.unwrap();
 }
 
+async fn raw_hello(s: &mut TcpStream) -> [u8; 33] {
+    use tokio::io::AsyncReadExt;
+    let mut h = [0u8; 33];
+    s.read_exact(&mut h).await.unwrap();
+    h
+}
+
+async fn send_raw(s: &mut TcpStream, body: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(body).await.unwrap();
+    s.flush().await.unwrap();
+}
+
 #[tokio::test]
-async fn evidence_relayed_from_another_session_is_refused() {
-    // A man in the middle terminates the client's TLS session and opens its own to a genuine
-    // node, forwarding the client's nonce so the node's evidence carries it; the evidence is
-    // still bound to the other session's exporter and the node's TLS key.
+async fn evidence_relayed_from_another_connection_is_refused() {
+    // A man in the middle relays the client's hello to a genuine node so the node's evidence
+    // carries the client's nonce, then presents that evidence to the client in a certificate
+    // of its own key (it cannot sign the handshake with the node's key): the evidence names
+    // the node's key, not the one that signed this handshake.
     let node_tee = SoftTee::new();
     let node_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let node_addr = node_listener.local_addr().unwrap();
@@ -278,29 +283,36 @@ async fn evidence_relayed_from_another_session_is_refused() {
     let mitm_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mitm_addr = mitm_listener.local_addr().unwrap();
     let mitm = tokio::spawn(async move {
-        let (sock, _) = mitm_listener.accept().await.unwrap();
-        let id = Identity::generate().unwrap();
-        let acceptor =
-            tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_config(&id).unwrap()));
-        let mut to_client = acceptor.accept(sock).await.unwrap();
-        let upstream = TcpStream::connect(node_addr).await.unwrap();
+        let (mut to_client, _) = mitm_listener.accept().await.unwrap();
+        let mut upstream = TcpStream::connect(node_addr).await.unwrap();
+        let client_hello = raw_hello(&mut to_client).await;
+        let mut hello = client_hello[..32].to_vec();
+        hello.push(2); // "I require your evidence", with the client's nonce
+        send_raw(&mut upstream, &hello).await;
+        let node_hello = raw_hello(&mut upstream).await;
+        send_raw(&mut to_client, &node_hello).await; // "I attest", with the node's nonce
+        let own = Identity::generate().unwrap();
         let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
-            client_config(&Identity::generate().unwrap()).unwrap(),
+            client_config(&own, own.certificate(None).unwrap()).unwrap(),
         ));
         let name = rustls::pki_types::ServerName::try_from("veil-atls").unwrap();
         let mut to_node = connector.connect(name, upstream).await.unwrap();
-        let client_hello = frame(&mut to_client).await;
-        let mut hello = client_hello[..32].to_vec();
-        hello.push(2); // "I require your evidence", with the client's nonce
-        send(&mut to_node, &hello).await;
-        let node_hello = frame(&mut to_node).await;
-        let mut hello = node_hello[..32].to_vec();
-        hello.push(1); // "I attest"
-        send(&mut to_client, &hello).await;
-        send(&mut to_node, &[]).await;
-        let node_evidence = frame(&mut to_node).await;
-        send(&mut to_client, &node_evidence).await;
-        let _ = frame(&mut to_client).await;
+        let node_cert = to_node.get_ref().1.peer_certificates().unwrap()[0].clone();
+        let evidence = veil_attest_core::x509::Certificate::from_der(node_cert.as_ref(), "node")
+            .unwrap()
+            .extension(EVIDENCE_OID_DOTTED)
+            .expect("the node's certificate carries evidence")
+            .value
+            .clone();
+        send(&mut to_node, &[1]).await;
+        let cert = own.certificate(Some(&evidence)).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+            server_config(&own, cert).unwrap(),
+        ));
+        let mut tls = acceptor.accept(to_client).await.unwrap();
+        send(&mut tls, &[1]).await;
+        let mut buf = [0u8; 64];
+        let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await;
     });
     let sock = TcpStream::connect(mitm_addr).await.unwrap();
     let id = Identity::generate().unwrap();
@@ -316,5 +328,53 @@ async fn evidence_relayed_from_another_session_is_refused() {
     // The node did attest (to the man in the middle): the refusal is the binding's doing.
     assert_eq!(node_tee.recorded.lock().unwrap().len(), 1);
     let _ = mitm.await;
+    let _ = node.await;
+}
+
+#[tokio::test]
+async fn evidence_travels_in_the_certificate() {
+    // A plain TLS client (no Veil protocol beyond the hello) sees the node's evidence in the
+    // node's certificate, bound to its own nonce, the node's nonce and the certificate's key.
+    let tee = SoftTee::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let node = {
+        let tee = tee.clone();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let id = Identity::generate().unwrap();
+            let _ =
+                server::<_, TrustedTee>(sock, &id, Some(tee.as_ref() as &dyn Attester), None).await;
+        })
+    };
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    let mut hello = vec![7u8; 32];
+    hello.push(2);
+    send_raw(&mut sock, &hello).await;
+    let node_hello = raw_hello(&mut sock).await;
+    assert_eq!(node_hello[32], 1, "the node says it attests");
+    let own = Identity::generate().unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        client_config(&own, own.certificate(None).unwrap()).unwrap(),
+    ));
+    let name = rustls::pki_types::ServerName::try_from("veil-atls").unwrap();
+    let tls = connector.connect(name, sock).await.unwrap();
+    let der = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let cert = veil_attest_core::x509::Certificate::from_der(der.as_ref(), "node").unwrap();
+    let ext = cert.extension(EVIDENCE_OID_DOTTED).unwrap();
+    assert!(!ext.critical);
+    let spki = cert.public_key().unwrap().spki_der().unwrap();
+    let mut node_nonce = [0u8; 32];
+    node_nonce.copy_from_slice(&node_hello[..32]);
+    let expected = binding(&BindingInput {
+        verifier_nonce: [7; 32],
+        attester_nonce: node_nonce,
+        attester_spki_sha256: <sha2::Sha256 as sha2::Digest>::digest(&spki).into(),
+    });
+    assert_eq!(
+        TrustedTee(tee.public()).appraise(&ext.value, &expected),
+        Ok("trusted-tee")
+    );
+    drop(tls);
     let _ = node.await;
 }
