@@ -255,7 +255,9 @@ fn up(
         }
         Err(e) => {
             // Leave nothing running; keep the files (the agents' logs say what went wrong).
-            stop_all(&state);
+            if let Err(stop) = stop_all(&state) {
+                eprintln!("warning: {stop:#}");
+            }
             let _ = std::fs::remove_file(ws.join("mini.json"));
             Err(e.context(format!(
                 "the local cluster did not come up; its processes are stopped, its logs are in {}/nodes",
@@ -440,8 +442,8 @@ fn start_cluster(
     Ok(cid)
 }
 
-/// Stops every agent and TPM of `state` and removes its namespaces and bridge.
-fn stop_all(state: &MiniState) {
+/// Stops every agent and TPM of `state` and removes its namespaces, links and bridge.
+fn stop_all(state: &MiniState) -> anyhow::Result<()> {
     for n in &state.nodes {
         if n.pid != 0 && alive(n.pid) {
             let _ = Command::new("kill").arg(n.pid.to_string()).status();
@@ -469,10 +471,9 @@ fn stop_all(state: &MiniState) {
                 }
             }
         }
-        if let Err(e) = lan.destroy(&all) {
-            eprintln!("warning: {e}");
-        }
+        lan.destroy(&all)?;
     }
+    Ok(())
 }
 
 fn load(ws: &Path) -> anyhow::Result<MiniState> {
@@ -613,7 +614,7 @@ fn restart(ws: &Path, name: &str) -> anyhow::Result<ExitCode> {
 
 fn down(ws: &Path) -> anyhow::Result<ExitCode> {
     let state = load(ws)?;
-    stop_all(&state);
+    stop_all(&state).context("the local cluster's network could not be removed")?;
     if let Some(alive) = state.nodes.iter().find(|n| alive(n.pid)) {
         bail!(
             "agent {} (pid {}) did not stop; {} is left in place",

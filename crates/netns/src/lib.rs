@@ -261,10 +261,26 @@ impl Lan {
                 first.get_or_insert(e);
             }
         }
+        // A deleted namespace takes its veth ends with it only when the kernel gets round to
+        // it; delete the host ends now (which removes both ends at once).
+        for link in links_with_prefix(&format!("vh{}", self.id))? {
+            if let Err(e) = ip(&["link", "del", &link]) {
+                if link_exists(&link) {
+                    first.get_or_insert(e);
+                }
+            }
+        }
         if link_exists(&self.bridge())
             && let Err(e) = ip(&["link", "del", &self.bridge()])
         {
             first.get_or_insert(e);
+        }
+        let left = links_with_prefix(&format!("vh{}", self.id))?;
+        if !left.is_empty() || link_exists(&self.bridge()) {
+            first.get_or_insert(NetnsError::Invalid(format!(
+                "links of LAN {} are still present: {left:?}",
+                self.id
+            )));
         }
         first.map_or(Ok(()), Err)
     }
@@ -276,6 +292,16 @@ fn disable_ipv6(netns: Option<&str>, link: &str) -> Result<(), NetnsError> {
         None => run("sysctl", &["-qw", &key]).map(|_| ()),
         Some(ns) => ip(&["netns", "exec", ns, "sysctl", "-qw", &key]).map(|_| ()),
     }
+}
+
+/// The host links whose names start with `prefix`.
+pub fn links_with_prefix(prefix: &str) -> Result<Vec<String>, NetnsError> {
+    Ok(ip(&["-o", "link", "show"])?
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_string())
+        .filter(|name| name.starts_with(prefix))
+        .collect())
 }
 
 /// Whether a link of this name exists in the host namespace.
