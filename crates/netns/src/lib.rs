@@ -264,10 +264,10 @@ impl Lan {
         // A deleted namespace takes its veth ends with it only when the kernel gets round to
         // it; delete the host ends now (which removes both ends at once).
         for link in links_with_prefix(&format!("vh{}", self.id))? {
-            if let Err(e) = ip(&["link", "del", &link]) {
-                if link_exists(&link) {
-                    first.get_or_insert(e);
-                }
+            if let Err(e) = ip(&["link", "del", &link])
+                && link_exists(&link)
+            {
+                first.get_or_insert(e);
             }
         }
         if link_exists(&self.bridge())
