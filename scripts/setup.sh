@@ -2,7 +2,7 @@
 # Installs what building and testing Veil needs on a fresh Debian machine. Idempotent.
 set -euo pipefail
 
-apt_packages=(build-essential cmake pkg-config ca-certificates curl openssl procps iproute2 swtpm swtpm-tools tpm2-tools libtss2-dev)
+apt_packages=(build-essential cmake pkg-config ca-certificates curl openssl procps iproute2 iputils-ping tcpdump wireguard-tools iperf3 nftables swtpm swtpm-tools tpm2-tools libtss2-dev)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,7 +4,8 @@
 //! chosen so that it collides with no address already on the host), and one network namespace
 //! per node, joined to the bridge by a veth pair whose node end is `eth0`. The host keeps
 //! `10.213.S.1` so the owner's tools reach the nodes; node `i` gets `10.213.S.(10 + i)`.
-//! IPv6 is off on every link so only the traffic the cluster sends crosses them.
+//! IPv6 and multicast are off on every link so only the traffic the cluster sends (and ARP)
+//! crosses them.
 //!
 //! [`run_in`] runs a closure on a thread that has entered a namespace: sockets it opens and
 //! processes it spawns live in that namespace (namespaces are per thread, and a child inherits
@@ -144,8 +145,20 @@ impl Lan {
             )));
         }
         let bridge = format!("vb{id}");
-        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        // Without multicast snooping the bridge joins no group (224.0.0.106) to report.
+        ip(&[
+            "link",
+            "add",
+            &bridge,
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
         let lan = (|| {
+            // No multicast (IGMP reports) either: only what the cluster sends crosses the
+            // LAN. Set before any address exists, or the host joins groups and says so.
+            ip(&["link", "set", &bridge, "multicast", "off"])?;
             for attempt in 0..64u64 {
                 let used = subnets_in_use()?;
                 let start = (random().wrapping_add(attempt) % 254) as u8;
@@ -226,6 +239,7 @@ impl Lan {
                 "link", "add", &host_link, "type", "veth", "peer", "name", &peer, "netns", &netns,
             ])?;
             disable_ipv6(None, &host_link)?;
+            ip(&["link", "set", &host_link, "multicast", "off"])?;
             ip(&["link", "set", &host_link, "master", &self.bridge(), "up"])?;
             ip(&["-n", &netns, "link", "set", &peer, "name", "eth0"])?;
             ip(&[
@@ -237,6 +251,7 @@ impl Lan {
                 "dev",
                 "eth0",
             ])?;
+            ip(&["-n", &netns, "link", "set", "eth0", "multicast", "off"])?;
             ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
             Ok(())
         })();

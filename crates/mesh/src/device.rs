@@ -1,0 +1,421 @@
+//! The WireGuard device: TUN ⇄ boringtun's Noise core ⇄ UDP, one thread per direction and one
+//! for timers.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use tun_rs::{InterruptEvent, SyncDevice};
+
+use crate::{MeshError, MeshKey};
+
+/// Room for one WireGuard datagram (MTU-sized packet + 32 bytes of WireGuard overhead).
+const BUF: usize = 65_536;
+const TIMER_TICK: Duration = Duration::from_millis(250);
+const KEEPALIVE_SECS: u16 = 25;
+
+/// How a node's mesh device is set up.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// TUN interface name (unique on the host: at most 15 bytes).
+    pub interface: String,
+    /// The node's mesh address.
+    pub address: Ipv4Addr,
+    /// Prefix length of the mesh network.
+    pub prefix: u8,
+    /// Where the UDP socket listens (the node's own address and the mesh port).
+    pub listen: SocketAddr,
+    /// MTU of the TUN interface (1420 leaves room for WireGuard over a 1500-byte link).
+    pub mtu: u16,
+}
+
+/// One peer of the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Its WireGuard public key.
+    pub public_key: [u8; 32],
+    /// Where it listens.
+    pub endpoint: SocketAddr,
+    /// Its mesh address: the only inner source accepted from it, the only inner destination
+    /// sent to it.
+    pub mesh_address: Ipv4Addr,
+}
+
+/// Counters of a device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Inner bytes sent into the mesh.
+    pub tx_bytes: u64,
+    /// Inner bytes received from the mesh and delivered.
+    pub rx_bytes: u64,
+    /// Completed handshakes.
+    pub handshakes: u64,
+    /// Packets dropped: no peer for the destination, unknown sender, or a source address that
+    /// is not the sending peer's.
+    pub dropped: u64,
+    /// Peers in the current set.
+    pub peers: u64,
+}
+
+struct Peer {
+    config: PeerConfig,
+    /// The index boringtun was given (its receiver indices are `index << 8 | n`).
+    index: u32,
+    tunn: Mutex<Tunn>,
+    endpoint: Mutex<SocketAddr>,
+}
+
+#[derive(Default)]
+struct Peers {
+    by_index: HashMap<u32, Arc<Peer>>,
+    by_key: HashMap<[u8; 32], Arc<Peer>>,
+    by_address: HashMap<Ipv4Addr, Arc<Peer>>,
+}
+
+struct Shared {
+    secret: StaticSecret,
+    public: PublicKey,
+    tun: SyncDevice,
+    udp: UdpSocket,
+    peers: RwLock<Peers>,
+    next_index: Mutex<u32>,
+    stop: AtomicBool,
+    interrupt: InterruptEvent,
+    tx_bytes: AtomicU64,
+    rx_bytes: AtomicU64,
+    handshakes: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// A running mesh device; stopped (threads joined, TUN removed) on drop.
+pub struct Device {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    public: [u8; 32],
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("public", &crate::encode_key(&self.public))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Device {
+    /// Creates the TUN interface (in the calling thread's network namespace), opens the UDP
+    /// socket and starts the device with no peers.
+    pub fn start(config: &DeviceConfig, key: MeshKey) -> Result<Self, MeshError> {
+        let tun_err = |source| MeshError::Tun {
+            name: config.interface.clone(),
+            source,
+        };
+        let tun = tun_rs::DeviceBuilder::new()
+            .name(config.interface.clone())
+            .mtu(config.mtu)
+            .ipv4(config.address, config.prefix, None)
+            .build_sync()
+            .map_err(tun_err)?;
+        let udp = UdpSocket::bind(config.listen).map_err(|source| MeshError::Udp {
+            addr: config.listen.to_string(),
+            source,
+        })?;
+        udp.set_read_timeout(Some(TIMER_TICK))
+            .map_err(|source| MeshError::Udp {
+                addr: config.listen.to_string(),
+                source,
+            })?;
+        let interrupt = InterruptEvent::new().map_err(tun_err)?;
+        let secret = key.secret().clone();
+        let public = PublicKey::from(&secret);
+        let shared = Arc::new(Shared {
+            secret,
+            public,
+            tun,
+            udp,
+            peers: RwLock::new(Peers::default()),
+            next_index: Mutex::new(1),
+            stop: AtomicBool::new(false),
+            interrupt,
+            tx_bytes: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+            handshakes: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        let mut threads = Vec::new();
+        for (name, f) in [
+            ("mesh-tun", tun_loop as fn(&Shared)),
+            ("mesh-udp", udp_loop),
+            ("mesh-timers", timer_loop),
+        ] {
+            let s = shared.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(name.into())
+                    .spawn(move || f(&s))
+                    .map_err(tun_err)?,
+            );
+        }
+        tracing::info!(interface = %config.interface, address = %config.address, listen = %config.listen, public_key = %crate::encode_key(&public.to_bytes()), "mesh device up");
+        Ok(Self {
+            public: public.to_bytes(),
+            shared,
+            threads,
+        })
+    }
+
+    /// This node's public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public
+    }
+
+    /// Replaces the peer set. Peers that stay keep their sessions; peers that leave are cut
+    /// off at once (their sessions are dropped with them).
+    pub fn set_peers(&self, peers: &[PeerConfig]) -> Result<(), MeshError> {
+        let mut seen_keys = std::collections::HashSet::new();
+        let mut seen_addrs = std::collections::HashSet::new();
+        for p in peers {
+            if p.public_key == self.public {
+                return Err(MeshError::Peers(
+                    "this node's own key is in its peer set".into(),
+                ));
+            }
+            if !seen_keys.insert(p.public_key) {
+                return Err(MeshError::Peers(format!(
+                    "key {} appears twice",
+                    crate::encode_key(&p.public_key)
+                )));
+            }
+            if !seen_addrs.insert(p.mesh_address) {
+                return Err(MeshError::Peers(format!(
+                    "mesh address {} appears twice",
+                    p.mesh_address
+                )));
+            }
+        }
+        let mut table = self
+            .shared
+            .peers
+            .write()
+            .map_err(|_| MeshError::Peers("peer table poisoned".into()))?;
+        let mut next = Peers::default();
+        for p in peers {
+            let kept = table
+                .by_key
+                .get(&p.public_key)
+                .filter(|old| old.config == *p)
+                .cloned();
+            let peer = match kept {
+                Some(old) => old,
+                None => {
+                    let mut n = self
+                        .shared
+                        .next_index
+                        .lock()
+                        .map_err(|_| MeshError::Peers("index poisoned".into()))?;
+                    let index = *n;
+                    *n = n.wrapping_add(1) & 0x00ff_ffff;
+                    Arc::new(Peer {
+                        tunn: Mutex::new(Tunn::new(
+                            self.shared.secret.clone(),
+                            PublicKey::from(p.public_key),
+                            None,
+                            Some(KEEPALIVE_SECS),
+                            index,
+                            None,
+                        )),
+                        endpoint: Mutex::new(p.endpoint),
+                        config: p.clone(),
+                        index,
+                    })
+                }
+            };
+            next.by_index.insert(peer.index, peer.clone());
+            next.by_key.insert(p.public_key, peer.clone());
+            next.by_address.insert(p.mesh_address, peer);
+        }
+        *table = next;
+        Ok(())
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> Stats {
+        let s = &self.shared;
+        Stats {
+            tx_bytes: s.tx_bytes.load(Relaxed),
+            rx_bytes: s.rx_bytes.load(Relaxed),
+            handshakes: s.handshakes.load(Relaxed),
+            dropped: s.dropped.load(Relaxed),
+            peers: s.peers.read().map(|p| p.by_key.len() as u64).unwrap_or(0),
+        }
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Relaxed);
+        let _ = self.shared.interrupt.trigger();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn send(shared: &Shared, to: SocketAddr, packet: &[u8]) {
+    if let Err(e) = shared.udp.send_to(packet, to) {
+        tracing::debug!(%to, error = %e, "mesh: send failed");
+    }
+}
+
+/// TUN → peers: each packet goes, encrypted, to the peer whose mesh address is its destination.
+fn tun_loop(shared: &Shared) {
+    let mut buf = vec![0u8; BUF];
+    let mut out = vec![0u8; BUF];
+    while !shared.stop.load(Relaxed) {
+        let n = match shared.tun.recv_intr(&mut buf, &shared.interrupt) {
+            Ok(n) => n,
+            Err(_) if shared.stop.load(Relaxed) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "mesh: TUN read failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let Some(packet) = buf.get(..n) else { continue };
+        let peer = match Tunn::dst_address(packet) {
+            Some(IpAddr::V4(dst)) => shared
+                .peers
+                .read()
+                .ok()
+                .and_then(|p| p.by_address.get(&dst).cloned()),
+            _ => None,
+        };
+        let Some(peer) = peer else {
+            shared.dropped.fetch_add(1, Relaxed);
+            continue;
+        };
+        let endpoint = peer.endpoint.lock().map(|e| *e).ok();
+        let Ok(mut tunn) = peer.tunn.lock() else {
+            continue;
+        };
+        match tunn.encapsulate(packet, &mut out) {
+            TunnResult::WriteToNetwork(p) => {
+                shared.tx_bytes.fetch_add(n as u64, Relaxed);
+                if let Some(to) = endpoint {
+                    send(shared, to, p);
+                }
+            }
+            TunnResult::Err(e) => tracing::debug!(error = ?e, "mesh: encapsulate failed"),
+            _ => {}
+        }
+    }
+}
+
+/// Peers → TUN: authenticated, decrypted packets whose source is the sending peer's address.
+fn udp_loop(shared: &Shared) {
+    let mut buf = vec![0u8; BUF];
+    let mut out = vec![0u8; BUF];
+    while !shared.stop.load(Relaxed) {
+        let (n, from) = match shared.udp.recv_from(&mut buf) {
+            Ok(v) => v,
+            Err(_) => continue, // timeout: check the stop flag
+        };
+        let Some(datagram) = buf.get(..n) else {
+            continue;
+        };
+        let Some(peer) = find_peer(shared, datagram) else {
+            shared.dropped.fetch_add(1, Relaxed);
+            continue;
+        };
+        let is_response = matches!(
+            Tunn::parse_incoming_packet(datagram),
+            Ok(Packet::HandshakeResponse(_))
+        );
+        let Ok(mut tunn) = peer.tunn.lock() else {
+            continue;
+        };
+        let mut result = tunn.decapsulate(Some(from.ip()), datagram, &mut out);
+        if is_response && !matches!(result, TunnResult::Err(_)) {
+            shared.handshakes.fetch_add(1, Relaxed);
+        }
+        loop {
+            match result {
+                TunnResult::WriteToNetwork(p) => {
+                    send(shared, from, p);
+                    if matches!(
+                        Tunn::parse_incoming_packet(p),
+                        Ok(Packet::HandshakeResponse(_))
+                    ) {
+                        shared.handshakes.fetch_add(1, Relaxed);
+                    }
+                    // Packets queued while the handshake ran go out now.
+                    result = tunn.decapsulate(None, &[], &mut out);
+                    continue;
+                }
+                TunnResult::WriteToTunnelV4(p, src) => {
+                    if src == peer.config.mesh_address {
+                        if let Ok(mut e) = peer.endpoint.lock() {
+                            *e = from; // roaming: the last authenticated address
+                        }
+                        shared.rx_bytes.fetch_add(p.len() as u64, Relaxed);
+                        if let Err(e) = shared.tun.send(p) {
+                            tracing::debug!(error = %e, "mesh: TUN write failed");
+                        }
+                    } else {
+                        shared.dropped.fetch_add(1, Relaxed);
+                    }
+                }
+                TunnResult::WriteToTunnelV6(..) => {
+                    shared.dropped.fetch_add(1, Relaxed);
+                }
+                TunnResult::Done => {}
+                TunnResult::Err(e) => tracing::debug!(error = ?e, %from, "mesh: packet refused"),
+            }
+            break;
+        }
+    }
+}
+
+/// The peer a datagram is from: by the static key inside a handshake initiation (which only
+/// a holder of our private key can read), by receiver index otherwise.
+fn find_peer(shared: &Shared, datagram: &[u8]) -> Option<Arc<Peer>> {
+    let peers = shared.peers.read().ok()?;
+    match Tunn::parse_incoming_packet(datagram).ok()? {
+        Packet::HandshakeInit(h) => {
+            let half = parse_handshake_anon(&shared.secret, &shared.public, &h).ok()?;
+            peers.by_key.get(&half.peer_static_public).cloned()
+        }
+        Packet::HandshakeResponse(h) => peers.by_index.get(&(h.receiver_idx >> 8)).cloned(),
+        Packet::PacketCookieReply(c) => peers.by_index.get(&(c.receiver_idx >> 8)).cloned(),
+        Packet::PacketData(d) => peers.by_index.get(&(d.receiver_idx >> 8)).cloned(),
+    }
+}
+
+/// Handshake retries, rekeying and keepalives.
+fn timer_loop(shared: &Shared) {
+    let mut out = vec![0u8; BUF];
+    while !shared.stop.load(Relaxed) {
+        std::thread::sleep(TIMER_TICK);
+        let peers: Vec<Arc<Peer>> = match shared.peers.read() {
+            Ok(p) => p.by_key.values().cloned().collect(),
+            Err(_) => continue,
+        };
+        for peer in peers {
+            let endpoint = peer.endpoint.lock().map(|e| *e).ok();
+            let Ok(mut tunn) = peer.tunn.lock() else {
+                continue;
+            };
+            if let TunnResult::WriteToNetwork(p) = tunn.update_timers(&mut out)
+                && let Some(to) = endpoint
+            {
+                send(shared, to, p);
+            }
+        }
+    }
+}

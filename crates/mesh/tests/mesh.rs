@@ -1,0 +1,226 @@
+//! The mesh data plane on real namespaces, veths, TUN devices and packet captures (needs root,
+//! as `veil mini` does for namespaces).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use veil_mesh::{Device, DeviceConfig, MeshKey, PeerConfig};
+use veil_netns::{Attached, Lan, run_in};
+
+const PORT: u16 = 51820;
+
+fn mesh_addr(lan: &Lan, i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 215, lan.subnet, 1 + i)
+}
+
+/// Starts a mesh device inside `node`'s namespace.
+fn device(lan: &Lan, node: &Attached, i: u8, key: MeshKey) -> Device {
+    let cfg = DeviceConfig {
+        interface: "veil0".into(),
+        address: mesh_addr(lan, i),
+        prefix: 24,
+        listen: SocketAddr::from((node.addr, PORT)),
+        mtu: 1420,
+    };
+    run_in(&node.netns, || Device::start(&cfg, key))
+        .unwrap()
+        .unwrap()
+}
+
+fn peer(lan: &Lan, node: &Attached, i: u8, key: [u8; 32]) -> PeerConfig {
+    PeerConfig {
+        public_key: key,
+        endpoint: SocketAddr::from((node.addr, PORT)),
+        mesh_address: mesh_addr(lan, i),
+    }
+}
+
+fn ping(netns: &str, to: Ipv4Addr, count: u32) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", netns, "ping", "-q", "-c"])
+        .arg(count.to_string())
+        .args(["-W", "2", "-i", "0.2"])
+        .arg(to.to_string())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Sends `payload` over TCP from `from`'s namespace to `to:port` in `server`'s namespace and
+/// returns what the server received.
+fn tcp_stream(from: &str, server: &str, to: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+    let listener = run_in(server, || TcpListener::bind((to, port)).unwrap()).unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let payload = payload.to_vec();
+    run_in(from, move || {
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::from((to, port)), Duration::from_secs(5))
+                .unwrap();
+        s.write_all(&payload).unwrap();
+    })
+    .unwrap();
+    reader.join().unwrap()
+}
+
+struct Capture {
+    child: std::process::Child,
+    file: std::path::PathBuf,
+}
+
+fn capture(link: &str, file: std::path::PathBuf) -> Capture {
+    let child = Command::new("tcpdump")
+        .args(["-i", link, "--immediate-mode", "-U", "-s", "0", "-w"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tcpdump (scripts/setup.sh installs it)");
+    std::thread::sleep(Duration::from_millis(500));
+    Capture { child, file }
+}
+
+impl Capture {
+    /// Stops the capture; returns its raw bytes and one summary line per packet.
+    fn finish(mut self) -> (Vec<u8>, Vec<String>) {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let raw = std::fs::read(&self.file).unwrap();
+        let out = Command::new("tcpdump")
+            .args(["-nn", "-r"])
+            .arg(&self.file)
+            .output()
+            .unwrap();
+        let lines = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect();
+        (raw, lines)
+    }
+}
+
+#[test]
+fn nodes_reach_each_other_only_over_wireguard_and_strangers_and_removed_nodes_get_nothing() {
+    veil_netns::supported().expect("these tests need root and iproute2");
+    let tmp = tempfile::tempdir().unwrap();
+    let lan = Lan::create(&veil_netns::new_id()).unwrap();
+    let a = lan.attach("a", 0).unwrap();
+    let b = lan.attach("b", 1).unwrap();
+    let c = lan.attach("c", 2).unwrap();
+    let (ka, kb) = (MeshKey::generate(), MeshKey::generate());
+    let (pa, pb) = (ka.public(), kb.public());
+    let da = device(&lan, &a, 0, ka);
+    let db = device(&lan, &b, 1, kb);
+    da.set_peers(&[peer(&lan, &b, 1, pb)]).unwrap();
+    db.set_peers(&[peer(&lan, &a, 0, pa)]).unwrap();
+
+    // Ping and a TCP stream with a canary, while the veth of node a is captured.
+    let cap = capture(&a.host_link, tmp.path().join("a.pcap"));
+    assert!(
+        ping(&a.netns, mesh_addr(&lan, 1), 3),
+        "a cannot ping b over the mesh"
+    );
+    let canary = b"VEIL-CANARY-7f3a9c-plaintext-must-not-cross-the-wire".repeat(2000);
+    let got = tcp_stream(&a.netns, &b.netns, mesh_addr(&lan, 1), 7001, &canary);
+    assert_eq!(got, canary, "the stream arrived altered");
+    let (raw, lines) = cap.finish();
+    assert!(lines.len() > 20, "the capture saw too little: {lines:?}");
+    for l in lines.iter().filter(|l| !l.contains(" ARP, ")) {
+        assert!(
+            l.contains(&format!(".{PORT} > ")) && l.contains(": UDP"),
+            "something other than WireGuard crossed the wire: {l}"
+        );
+    }
+    assert!(
+        !raw.windows(11).any(|w| w == b"VEIL-CANARY"),
+        "the plaintext canary crossed the wire"
+    );
+    assert!(da.stats().handshakes + db.stats().handshakes >= 1);
+    assert!(db.stats().rx_bytes >= canary.len() as u64);
+
+    // A stranger with a well-formed key that no attested node has in its peer set: it knows
+    // a's key and endpoint, and sends; not one packet reaches a's TUN.
+    let stranger = device(&lan, &c, 2, MeshKey::generate());
+    stranger.set_peers(&[peer(&lan, &a, 0, pa)]).unwrap();
+    let rx_before = da.stats().rx_bytes;
+    assert!(
+        !ping(&c.netns, mesh_addr(&lan, 0), 3),
+        "a stranger reached a"
+    );
+    assert_eq!(
+        da.stats().rx_bytes,
+        rx_before,
+        "a accepted a stranger's packet"
+    );
+    assert!(
+        da.stats().dropped > 0,
+        "a did not even see the stranger's handshakes"
+    );
+
+    // b is removed from a's peer set: it is cut off at once, both ways.
+    da.set_peers(&[]).unwrap();
+    let rx_before = da.stats().rx_bytes;
+    assert!(
+        !ping(&b.netns, mesh_addr(&lan, 0), 3),
+        "a removed node reached a"
+    );
+    assert!(
+        !ping(&a.netns, mesh_addr(&lan, 1), 2),
+        "a still sends to a removed node"
+    );
+    assert_eq!(da.stats().rx_bytes, rx_before);
+    assert_eq!(da.stats().peers, 0);
+
+    drop((da, db, stranger));
+    lan.destroy(&[a.netns, b.netns, c.netns]).unwrap();
+}
+
+#[test]
+fn peer_sets_are_checked() {
+    // No namespace needed: the checks run before anything is touched.
+    let k = MeshKey::generate();
+    let me = k.public();
+    let p = |key: [u8; 32], last: u8| PeerConfig {
+        public_key: key,
+        endpoint: SocketAddr::from(([127, 0, 0, 1], PORT)),
+        mesh_address: Ipv4Addr::new(10, 215, 0, last),
+    };
+    // A device is needed to call set_peers; use a namespace only if we can.
+    veil_netns::supported().expect("these tests need root and iproute2");
+    let lan = Lan::create(&veil_netns::new_id()).unwrap();
+    let a = lan.attach("a", 0).unwrap();
+    let d = device(&lan, &a, 0, k);
+    let other = MeshKey::generate().public();
+    let e = d.set_peers(&[p(me, 2)]).unwrap_err().to_string();
+    assert!(e.contains("own key"), "{e}");
+    let e = d
+        .set_peers(&[p(other, 2), p(other, 3)])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("appears twice"), "{e}");
+    let e = d
+        .set_peers(&[p(other, 2), p(MeshKey::generate().public(), 2)])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("10.215.0.2 appears twice"), "{e}");
+    assert_eq!(d.stats().peers, 0, "a refused set changed the peers");
+    drop(d);
+    lan.destroy(&[a.netns]).unwrap();
+}
