@@ -23,6 +23,12 @@ fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
+# A standard userspace WireGuard peer for the mesh's interoperability test and baseline.
+if ! command -v boringtun-cli >/dev/null 2>&1; then
+  echo "setup: installing boringtun-cli" >&2
+  cargo install --locked boringtun-cli@0.7.1
+fi
+
 if [ "${VEIL_SETUP_FUZZ:-1}" = 1 ] && ! cargo fuzz --version >/dev/null 2>&1; then
   echo "setup: installing cargo-fuzz" >&2
   cargo install --locked cargo-fuzz@0.13.1

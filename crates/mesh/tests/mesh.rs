@@ -224,3 +224,119 @@ fn peer_sets_are_checked() {
     drop(d);
     lan.destroy(&[a.netns]).unwrap();
 }
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn interoperates_with_a_standard_wireguard_peer() {
+    // Node b runs boringtun-cli configured with Debian's `wg`, as any WireGuard peer would be.
+    veil_netns::supported().expect("these tests need root and iproute2");
+    let tmp = tempfile::tempdir().unwrap();
+    let lan = Lan::create(&veil_netns::new_id()).unwrap();
+    let a = lan.attach("a", 0).unwrap();
+    let b = lan.attach("b", 1).unwrap();
+    let wg_if = format!("wgt{}", lan.id);
+    let b_secret = run(Command::new("wg").arg("genkey"));
+    let key_file = tmp.path().join("b.key");
+    std::fs::write(&key_file, &b_secret).unwrap();
+    let b_public = {
+        use std::io::Write as _;
+        let mut child = Command::new("wg")
+            .arg("pubkey")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b_secret.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let mut bt = Command::new("ip")
+        .args(["netns", "exec", &b.netns, "boringtun-cli", "--foreground"])
+        .args(["--disable-drop-privileges", "--log"])
+        .arg(tmp.path().join("boringtun.log"))
+        .arg(&wg_if)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("boringtun-cli (scripts/setup.sh installs it)");
+    let sock = format!("/var/run/wireguard/{wg_if}.sock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::path::Path::new(&sock).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "boringtun-cli did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ka = MeshKey::generate();
+    let pa = ka.public_base64();
+    let da = device(&lan, &a, 0, ka);
+    da.set_peers(&[peer(&lan, &b, 1, veil_mesh::decode_key(&b_public).unwrap())])
+        .unwrap();
+    run(Command::new("ip")
+        .args(["netns", "exec", &b.netns, "wg", "set", &wg_if])
+        .args([
+            "private-key",
+            &key_file.display().to_string(),
+            "listen-port",
+            &PORT.to_string(),
+            "peer",
+            &pa,
+            "endpoint",
+            &format!("{}:{PORT}", a.addr),
+            "allowed-ips",
+            &format!("{}/32", mesh_addr(&lan, 0)),
+        ]));
+    run(Command::new("ip").args([
+        "-n",
+        &b.netns,
+        "addr",
+        "add",
+        &format!("{}/24", mesh_addr(&lan, 1)),
+        "dev",
+        &wg_if,
+    ]));
+    run(Command::new("ip").args(["-n", &b.netns, "link", "set", &wg_if, "mtu", "1420", "up"]));
+
+    // Both directions: our device starts the handshake, then the standard peer does.
+    assert!(
+        ping(&a.netns, mesh_addr(&lan, 1), 3),
+        "veil-mesh → boringtun-cli failed"
+    );
+    assert!(
+        ping(&b.netns, mesh_addr(&lan, 0), 3),
+        "boringtun-cli → veil-mesh failed"
+    );
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let got = tcp_stream(&b.netns, &a.netns, mesh_addr(&lan, 0), 7002, &payload);
+    assert_eq!(got, payload);
+    let shown = run(Command::new("ip").args(["netns", "exec", &b.netns, "wg", "show", &wg_if]));
+    // The standard peer counts what it exchanged with our device (bytes both ways).
+    assert!(
+        shown.contains("transfer:")
+            && shown.contains("received")
+            && !shown.contains(" 0 B received"),
+        "{shown}"
+    );
+    assert!(da.stats().rx_bytes >= payload.len() as u64);
+
+    let _ = bt.kill();
+    let _ = bt.wait();
+    drop(da);
+    lan.destroy(&[a.netns, b.netns]).unwrap();
+    let _ = std::fs::remove_file(&sock);
+}
