@@ -22,8 +22,9 @@ use veil_attest_tpm as tpm;
 #[command(about = "Veil benchmarks")]
 struct Args {
     /// What to measure: `attest` (evidence verification), `atls` (attested TLS handshakes
-    /// between software-TPM nodes) or `cluster` (join latency, key requests).
-    #[arg(value_parser = ["attest", "atls", "cluster"])]
+    /// between software-TPM nodes), `cluster` (join latency, key requests) or `mesh`
+    /// (throughput between nodes over the WireGuard mesh, against boringtun-cli; needs root).
+    #[arg(value_parser = ["attest", "atls", "cluster", "mesh"])]
     suite: String,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3.0)]
@@ -68,6 +69,7 @@ fn line(what: &str, ours: f64, base: Option<(&str, f64)>, goal: &str) {
 
 mod atls;
 mod cluster;
+mod mesh;
 
 fn main() -> Result<()> {
     let a = Args::parse();
@@ -76,6 +78,9 @@ fn main() -> Result<()> {
     }
     if a.suite == "cluster" {
         return cluster::run(a.seconds);
+    }
+    if a.suite == "mesh" {
+        return mesh::run(a.seconds);
     }
     let v = &a.vectors.clone().unwrap_or_else(veil_testvectors::dir);
     if !v.join("INDEX.md").exists() {
