@@ -1,5 +1,12 @@
 //! The WireGuard device: TUN ⇄ boringtun's Noise core ⇄ UDP, one thread per direction and one
 //! for timers.
+//!
+//! Per-packet system calls are what make userspace WireGuard slow, so both directions batch:
+//! - out: the TUN device has offloads on (virtio-net header), so one read returns a whole TCP
+//!   super-segment, which is split into MTU-sized packets, each encrypted into its own
+//!   WireGuard datagram, and the datagrams for one peer leave in one `sendmsg` with UDP GSO;
+//! - in: UDP GRO hands over many datagrams per `recvmsg`; each is authenticated and decrypted,
+//!   and the packets are coalesced (GRO) into as few TUN writes as possible.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -8,15 +15,26 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::AsRawFd;
+
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
-use tun_rs::{InterruptEvent, SyncDevice};
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg, sendmsg, setsockopt,
+    sockopt,
+};
+use tun_rs::{GROTable, IDEAL_BATCH_SIZE, InterruptEvent, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use crate::{MeshError, MeshKey};
 
 /// Room for one WireGuard datagram (MTU-sized packet + 32 bytes of WireGuard overhead).
 const BUF: usize = 65_536;
+/// Room for one packet (an MTU of up to 1500 plus WireGuard's 32 bytes, rounded up).
+const SLOT: usize = 1600;
+/// Most datagrams in one UDP GSO send (the kernel's limit is 64 segments and 64 KiB).
+const GSO_MAX: usize = 40;
 const TIMER_TICK: Duration = Duration::from_millis(250);
 const KEEPALIVE_SECS: u16 = 25;
 
@@ -120,6 +138,7 @@ impl Device {
             .name(config.interface.clone())
             .mtu(config.mtu)
             .ipv4(config.address, config.prefix, None)
+            .offload(true)
             .build_sync()
             .map_err(tun_err)?;
         let udp = UdpSocket::bind(config.listen).map_err(|source| MeshError::Udp {
@@ -131,6 +150,10 @@ impl Device {
                 addr: config.listen.to_string(),
                 source,
             })?;
+        // Receive coalesced datagrams when the kernel can (a hint: without it, one at a time).
+        if let Err(e) = setsockopt(&udp, sockopt::UdpGroSegment, &true) {
+            tracing::debug!(error = %e, "mesh: no UDP GRO");
+        }
         let interrupt = InterruptEvent::new().map_err(tun_err)?;
         let secret = key.secret().clone();
         let public = PublicKey::from(&secret);
@@ -273,12 +296,47 @@ fn send(shared: &Shared, to: SocketAddr, packet: &[u8]) {
     }
 }
 
+/// Sends equal-sized datagrams (the last may be shorter) to one peer in one system call.
+fn send_batch(shared: &Shared, to: SocketAddr, datagrams: &[&[u8]]) {
+    match datagrams {
+        [] => {}
+        [one] => send(shared, to, one),
+        [first, ..] => {
+            let (SocketAddr::V4(v4), Ok(seg)) = (to, u16::try_from(first.len())) else {
+                datagrams.iter().for_each(|d| send(shared, to, d));
+                return;
+            };
+            let iov: Vec<IoSlice<'_>> = datagrams.iter().map(|d| IoSlice::new(d)).collect();
+            let addr = SockaddrIn::from(v4);
+            let gso = [ControlMessage::UdpGsoSegments(&seg)];
+            if let Err(e) = sendmsg(
+                shared.udp.as_raw_fd(),
+                &iov,
+                &gso,
+                MsgFlags::empty(),
+                Some(&addr),
+            ) {
+                tracing::debug!(%to, error = %e, "mesh: GSO send failed; sending one by one");
+                datagrams.iter().for_each(|d| send(shared, to, d));
+            }
+        }
+    }
+}
+
 /// TUN → peers: each packet goes, encrypted, to the peer whose mesh address is its destination.
 fn tun_loop(shared: &Shared) {
-    let mut buf = vec![0u8; BUF];
-    let mut out = vec![0u8; BUF];
+    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
+    let mut bufs = vec![vec![0u8; SLOT]; IDEAL_BATCH_SIZE];
+    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    let mut out = vec![0u8; IDEAL_BATCH_SIZE * SLOT];
     while !shared.stop.load(Relaxed) {
-        let n = match shared.tun.recv_intr(&mut buf, &shared.interrupt) {
+        let n = match shared.tun.recv_multiple_intr(
+            &mut original,
+            &mut bufs,
+            &mut sizes,
+            0,
+            &shared.interrupt,
+        ) {
             Ok(n) => n,
             Err(_) if shared.stop.load(Relaxed) => return,
             Err(e) => {
@@ -287,97 +345,181 @@ fn tun_loop(shared: &Shared) {
                 continue;
             }
         };
-        let Some(packet) = buf.get(..n) else { continue };
-        let peer = match Tunn::dst_address(packet) {
-            Some(IpAddr::V4(dst)) => shared
-                .peers
-                .read()
-                .ok()
-                .and_then(|p| p.by_address.get(&dst).cloned()),
-            _ => None,
-        };
-        let Some(peer) = peer else {
-            shared.dropped.fetch_add(1, Relaxed);
-            continue;
-        };
-        let endpoint = peer.endpoint.lock().map(|e| *e).ok();
-        let Ok(mut tunn) = peer.tunn.lock() else {
-            continue;
-        };
-        match tunn.encapsulate(packet, &mut out) {
-            TunnResult::WriteToNetwork(p) => {
-                shared.tx_bytes.fetch_add(n as u64, Relaxed);
-                if let Some(to) = endpoint {
-                    send(shared, to, p);
+        // Encrypt every packet into its slot of `out`, then send runs of datagrams that go to
+        // the same peer and have the same size as one GSO batch.
+        let mut made: Vec<(SocketAddr, std::ops::Range<usize>)> = Vec::with_capacity(n);
+        let peers = shared.peers.read().ok();
+        let mut current: Option<(Arc<Peer>, SocketAddr)> = None;
+        for (i, (buf, size)) in bufs.iter().zip(&sizes).take(n).enumerate() {
+            let Some(packet) = buf.get(..*size) else {
+                continue;
+            };
+            let dst = match Tunn::dst_address(packet) {
+                Some(IpAddr::V4(dst)) => dst,
+                _ => {
+                    shared.dropped.fetch_add(1, Relaxed);
+                    continue;
+                }
+            };
+            let same = current
+                .as_ref()
+                .is_some_and(|(p, _)| p.config.mesh_address == dst);
+            if !same {
+                let Some(peer) = peers.as_ref().and_then(|p| p.by_address.get(&dst).cloned())
+                else {
+                    shared.dropped.fetch_add(1, Relaxed);
+                    continue;
+                };
+                let Ok(endpoint) = peer.endpoint.lock().map(|e| *e) else {
+                    continue;
+                };
+                current = Some((peer, endpoint));
+            }
+            let Some((peer, endpoint)) = current.as_ref() else {
+                continue;
+            };
+            let Some(slot) = out.get_mut(i * SLOT..(i + 1) * SLOT) else {
+                continue;
+            };
+            let Ok(mut tunn) = peer.tunn.lock() else {
+                continue;
+            };
+            match tunn.encapsulate(packet, slot) {
+                TunnResult::WriteToNetwork(p) => {
+                    shared.tx_bytes.fetch_add(*size as u64, Relaxed);
+                    made.push((*endpoint, i * SLOT..i * SLOT + p.len()));
+                }
+                TunnResult::Err(e) => tracing::debug!(error = ?e, "mesh: encapsulate failed"),
+                _ => {}
+            }
+        }
+        drop(peers);
+        let mut k = 0;
+        while let Some((to, first)) = made.get(k) {
+            let size = first.len();
+            let mut run: Vec<&[u8]> = Vec::new();
+            while let Some((t, r)) = made.get(k) {
+                if t != to || r.len() > size || run.len() >= GSO_MAX {
+                    break;
+                }
+                if let Some(d) = out.get(r.clone()) {
+                    run.push(d);
+                }
+                k += 1;
+                if r.len() < size {
+                    break; // a shorter datagram ends a GSO batch
                 }
             }
-            TunnResult::Err(e) => tracing::debug!(error = ?e, "mesh: encapsulate failed"),
-            _ => {}
+            send_batch(shared, *to, &run);
         }
     }
 }
 
-/// Peers → TUN: authenticated, decrypted packets whose source is the sending peer's address.
+/// Peers → TUN: authenticated, decrypted packets whose source is the sending peer's address,
+/// coalesced into as few TUN writes as possible.
 fn udp_loop(shared: &Shared) {
     let mut buf = vec![0u8; BUF];
-    let mut out = vec![0u8; BUF];
+    let mut bufs: Vec<Vec<u8>> = (0..IDEAL_BATCH_SIZE)
+        .map(|_| Vec::with_capacity(BUF))
+        .collect();
+    let mut gro = GROTable::default();
+    let mut reply = vec![0u8; SLOT];
+    let mut cmsg = nix::cmsg_space!(i32);
     while !shared.stop.load(Relaxed) {
-        let (n, from) = match shared.udp.recv_from(&mut buf) {
-            Ok(v) => v,
-            Err(_) => continue, // timeout: check the stop flag
-        };
-        let Some(datagram) = buf.get(..n) else {
-            continue;
-        };
-        let Some(peer) = find_peer(shared, datagram) else {
-            shared.dropped.fetch_add(1, Relaxed);
-            continue;
-        };
-        let is_response = matches!(
-            Tunn::parse_incoming_packet(datagram),
-            Ok(Packet::HandshakeResponse(_))
-        );
-        let Ok(mut tunn) = peer.tunn.lock() else {
-            continue;
-        };
-        let mut result = tunn.decapsulate(Some(from.ip()), datagram, &mut out);
-        if is_response && !matches!(result, TunnResult::Err(_)) {
-            shared.handshakes.fetch_add(1, Relaxed);
-        }
-        loop {
-            match result {
-                TunnResult::WriteToNetwork(p) => {
-                    send(shared, from, p);
-                    if matches!(
-                        Tunn::parse_incoming_packet(p),
-                        Ok(Packet::HandshakeResponse(_))
-                    ) {
-                        shared.handshakes.fetch_add(1, Relaxed);
-                    }
-                    // Packets queued while the handshake ran go out now.
-                    result = tunn.decapsulate(None, &[], &mut out);
-                    continue;
+        let (len, from, seg) = {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            match recvmsg::<SockaddrIn>(
+                shared.udp.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::empty(),
+            ) {
+                Ok(m) => {
+                    let seg = m.cmsgs().ok().and_then(|mut c| {
+                        c.find_map(|c| match c {
+                            ControlMessageOwned::UdpGroSegments(s) => usize::try_from(s).ok(),
+                            _ => None,
+                        })
+                    });
+                    let Some(from) = m
+                        .address
+                        .map(|a| SocketAddr::from(std::net::SocketAddrV4::from(a)))
+                    else {
+                        continue;
+                    };
+                    (m.bytes, from, seg.unwrap_or(m.bytes))
                 }
-                TunnResult::WriteToTunnelV4(p, src) => {
-                    if src == peer.config.mesh_address {
-                        if let Ok(mut e) = peer.endpoint.lock() {
-                            *e = from; // roaming: the last authenticated address
+                Err(_) => continue, // timeout: check the stop flag
+            }
+        };
+        let mut ready = 0usize;
+        let data = buf.get(..len).unwrap_or_default();
+        for datagram in data.chunks(seg.max(1)) {
+            let Some(peer) = find_peer(shared, datagram) else {
+                shared.dropped.fetch_add(1, Relaxed);
+                continue;
+            };
+            let is_response = matches!(
+                Tunn::parse_incoming_packet(datagram),
+                Ok(Packet::HandshakeResponse(_))
+            );
+            let Ok(mut tunn) = peer.tunn.lock() else {
+                continue;
+            };
+            let Some(slot) = bufs.get_mut(ready) else {
+                break;
+            };
+            slot.resize(VIRTIO_NET_HDR_LEN + SLOT, 0);
+            let dst = slot.get_mut(VIRTIO_NET_HDR_LEN..).unwrap_or_default();
+            let mut result = tunn.decapsulate(Some(from.ip()), datagram, dst);
+            if is_response && !matches!(result, TunnResult::Err(_)) {
+                shared.handshakes.fetch_add(1, Relaxed);
+            }
+            loop {
+                match result {
+                    TunnResult::WriteToNetwork(p) => {
+                        if matches!(
+                            Tunn::parse_incoming_packet(p),
+                            Ok(Packet::HandshakeResponse(_))
+                        ) {
+                            shared.handshakes.fetch_add(1, Relaxed);
                         }
-                        shared.rx_bytes.fetch_add(p.len() as u64, Relaxed);
-                        if let Err(e) = shared.tun.send(p) {
-                            tracing::debug!(error = %e, "mesh: TUN write failed");
+                        send(shared, from, p);
+                        // Packets queued while the handshake ran go out now.
+                        result = tunn.decapsulate(None, &[], &mut reply);
+                        continue;
+                    }
+                    TunnResult::WriteToTunnelV4(p, src) => {
+                        let n = p.len();
+                        if src == peer.config.mesh_address {
+                            if let Ok(mut e) = peer.endpoint.lock() {
+                                *e = from; // roaming: the last authenticated address
+                            }
+                            shared.rx_bytes.fetch_add(n as u64, Relaxed);
+                            slot.truncate(VIRTIO_NET_HDR_LEN + n);
+                            ready += 1;
+                        } else {
+                            shared.dropped.fetch_add(1, Relaxed);
                         }
-                    } else {
+                    }
+                    TunnResult::WriteToTunnelV6(..) => {
                         shared.dropped.fetch_add(1, Relaxed);
                     }
+                    TunnResult::Done => {}
+                    TunnResult::Err(e) => {
+                        tracing::debug!(error = ?e, %from, "mesh: packet refused");
+                    }
                 }
-                TunnResult::WriteToTunnelV6(..) => {
-                    shared.dropped.fetch_add(1, Relaxed);
-                }
-                TunnResult::Done => {}
-                TunnResult::Err(e) => tracing::debug!(error = ?e, %from, "mesh: packet refused"),
+                break;
             }
-            break;
+        }
+        if ready > 0
+            && let Some(batch) = bufs.get_mut(..ready)
+            && let Err(e) = shared
+                .tun
+                .send_multiple(&mut gro, batch, VIRTIO_NET_HDR_LEN)
+        {
+            tracing::debug!(error = %e, "mesh: TUN write failed");
         }
     }
 }
