@@ -11,8 +11,10 @@
 //! Keys are made inside the node ([`MeshKey::generate`]); only the public key leaves it.
 
 mod device;
+mod strict;
 
 pub use device::{Device, DeviceConfig, PeerConfig, Stats};
+pub use strict::{StrictPolicy, TABLE as STRICT_TABLE};
 
 use boringtun::x25519::{PublicKey, StaticSecret};
 
@@ -42,6 +44,9 @@ pub enum MeshError {
     /// A peer set is inconsistent.
     #[error("peer set: {0}")]
     Peers(String),
+    /// Strict mode could not be installed.
+    #[error("strict mode: {0}")]
+    Strict(String),
 }
 
 /// A node's WireGuard static key pair; the secret never leaves the node.

@@ -340,3 +340,72 @@ fn interoperates_with_a_standard_wireguard_peer() {
     lan.destroy(&[a.netns, b.netns]).unwrap();
     let _ = std::fs::remove_file(&sock);
 }
+
+#[test]
+fn strict_mode_drops_plaintext_between_nodes_even_with_the_mesh_down() {
+    veil_netns::supported().expect("these tests need root and iproute2");
+    let tmp = tempfile::tempdir().unwrap();
+    let lan = Lan::create(&veil_netns::new_id()).unwrap();
+    let a = lan.attach("a", 0).unwrap();
+    let b = lan.attach("b", 1).unwrap();
+    let (ka, kb) = (MeshKey::generate(), MeshKey::generate());
+    let (pa, pb) = (ka.public(), kb.public());
+    let da = device(&lan, &a, 0, ka);
+    let db = device(&lan, &b, 1, kb);
+    da.set_peers(&[peer(&lan, &b, 1, pb)]).unwrap();
+    db.set_peers(&[peer(&lan, &a, 0, pa)]).unwrap();
+    let policy = veil_mesh::StrictPolicy {
+        lan: Ipv4Addr::new(10, 213, lan.subnet, 0),
+        prefix: 24,
+        wireguard_port: PORT,
+        tls_ports: vec![7443],
+    };
+    for n in [&a, &b] {
+        run_in(&n.netns, || policy.apply()).unwrap().unwrap();
+    }
+    // Plaintext straight to b's LAN address is dropped; the mesh still works.
+    let listener = run_in(&b.netns, || TcpListener::bind((b.addr, 7003)).unwrap()).unwrap();
+    let direct = run_in(&a.netns, || {
+        TcpStream::connect_timeout(&SocketAddr::from((b.addr, 7003)), Duration::from_secs(1))
+    })
+    .unwrap();
+    assert!(
+        direct.is_err(),
+        "plaintext TCP crossed between nodes in strict mode"
+    );
+    drop(listener);
+    assert!(
+        ping(&a.netns, mesh_addr(&lan, 1), 2),
+        "strict mode broke the mesh"
+    );
+
+    // The mesh interface goes down: nothing plaintext leaves a for b, by any address.
+    run(Command::new("ip").args(["-n", &a.netns, "link", "set", "veil0", "down"]));
+    let cap = capture(&a.host_link, tmp.path().join("down.pcap"));
+    assert!(!ping(&a.netns, mesh_addr(&lan, 1), 2));
+    assert!(
+        !ping(&a.netns, b.addr, 2),
+        "plaintext ICMP crossed between nodes"
+    );
+    let (_, lines) = cap.finish();
+    let leaked: Vec<&String> = lines.iter().filter(|l| !l.contains(" ARP, ")).collect();
+    assert!(leaked.is_empty(), "packets left node a: {leaked:?}");
+    let counters = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &a.netns,
+        "nft",
+        "list",
+        "table",
+        "inet",
+        veil_mesh::STRICT_TABLE,
+    ]));
+    assert!(
+        counters
+            .lines()
+            .any(|l| l.contains("drop") && !l.contains("packets 0 ")),
+        "strict mode dropped nothing: {counters}"
+    );
+    drop((da, db));
+    lan.destroy(&[a.netns, b.netns]).unwrap();
+}
