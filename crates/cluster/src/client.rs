@@ -61,6 +61,8 @@ pub struct Joined {
     pub ca_cert: Vec<u8>,
     /// For a control-plane node: the cluster's secrets, to serve as its peers do.
     pub control_plane: Option<ClusterSecrets>,
+    /// Its mesh address, if it joined with a mesh key.
+    pub mesh_address: Option<std::net::Ipv4Addr>,
 }
 
 impl std::fmt::Debug for Joined {
@@ -211,6 +213,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         role: &str,
         node_key: &[u8],
     ) -> Result<Joined, ClientError> {
+        self.join_mesh(attester, role, node_key, None).await
+    }
+
+    /// Like [`Session::join`], also registering the node's mesh identity (WireGuard public
+    /// key and endpoint); the control plane assigns its mesh address.
+    pub async fn join_mesh(
+        &mut self,
+        attester: &TpmAttester,
+        role: &str,
+        node_key: &[u8],
+        mesh: Option<crate::proto::MeshJoin>,
+    ) -> Result<Joined, ClientError> {
         let endorsement = attester
             .with_tpm(|t| {
                 Ok::<_, veil_tpm_device::TpmDeviceError>((t.ek_certificate()?, t.load_ek()?))
@@ -223,6 +237,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
                 ek_cert: hex::encode(&endorsement.0),
                 ek_public: hex::encode(&endorsement.1),
                 node_key: hex::encode(node_key),
+                mesh,
             })
             .await?;
         let (id_object, encrypted_secret) = match challenge {
@@ -249,7 +264,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
                 node_cert,
                 ca_cert,
                 control_plane,
+                mesh_address,
             } => {
+                let mesh_address = match mesh_address {
+                    None => None,
+                    Some(a) => Some(a.parse().map_err(|e| {
+                        ClientError::Unexpected(format!("mesh address `{a}`: {e}"))
+                    })?),
+                };
                 let cid = unhex(&cluster_id)?;
                 let control_plane = match control_plane {
                     None => None,
@@ -280,6 +302,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
                     node_cert: unhex(&node_cert)?,
                     ca_cert: unhex(&ca_cert)?,
                     control_plane,
+                    mesh_address,
                 })
             }
             r => Err(unexpected(r)),
@@ -305,6 +328,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
             Response::Report { report, evidence } => {
                 Ok(crate::report::SignedReport { report, evidence })
             }
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Node: the current mesh peer set (every other attested, joined node).
+    pub async fn mesh_peers(
+        &mut self,
+        node_cert: &[u8],
+    ) -> Result<Vec<crate::proto::MeshPeer>, ClientError> {
+        match self
+            .call(&Request::MeshPeers {
+                node_cert: hex::encode(node_cert),
+            })
+            .await?
+        {
+            Response::MeshPeers { peers } => Ok(peers),
             r => Err(unexpected(r)),
         }
     }

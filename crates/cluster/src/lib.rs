@@ -13,9 +13,10 @@
 
 pub mod ca;
 mod client;
+pub mod mesh;
 pub mod proto;
 pub mod report;
 mod service;
 
 pub use client::{ClientError, Joined, Session};
-pub use service::{ControlPlane, NodeRecord, Refusal, Trust, spki_sha256};
+pub use service::{ControlPlane, NodeMesh, NodeRecord, Refusal, Trust, spki_sha256};

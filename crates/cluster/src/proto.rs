@@ -31,6 +31,10 @@ pub enum Request {
         ek_public: String,
         /// The node's own key to certify (hex SubjectPublicKeyInfo DER).
         node_key: String,
+        /// The node's mesh (WireGuard) public key and endpoint, made inside the node; sent
+        /// over the connection its evidence was just appraised on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mesh: Option<MeshJoin>,
     },
     /// A joining node returns the secret its TPM recovered from the credential.
     Activate {
@@ -51,6 +55,11 @@ pub enum Request {
         /// 32-byte nonce (hex).
         nonce: String,
     },
+    /// A joined node asks for the current mesh peer set (re-attested, like a key request).
+    MeshPeers {
+        /// Its node certificate (hex DER).
+        node_cert: String,
+    },
     /// A joined node asks for one of its keys, showing its node certificate (any
     /// control-plane node of the cluster recognises it).
     GetKey {
@@ -59,6 +68,30 @@ pub enum Request {
         /// The node certificate the cluster CA issued at join (hex DER).
         node_cert: String,
     },
+}
+
+/// A joining node's mesh identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshJoin {
+    /// WireGuard public key (base64).
+    pub public_key: String,
+    /// Where its mesh device listens (IP:port).
+    pub endpoint: String,
+}
+
+/// One peer of the mesh.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshPeer {
+    /// Node ID (`control-plane` for the serving control plane's own device).
+    pub node_id: String,
+    /// WireGuard public key (base64).
+    pub public_key: String,
+    /// Where its mesh device listens.
+    pub endpoint: String,
+    /// Its mesh address.
+    pub address: String,
 }
 
 /// The cluster's root secret, handed by a control-plane node to another it has attested.
@@ -109,6 +142,14 @@ pub enum Response {
         /// peers do.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         control_plane: Option<HandOver>,
+        /// The node's address on the mesh, if it joined with a mesh key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mesh_address: Option<String>,
+    },
+    /// The mesh peers of the asking node: every other attested, joined node.
+    MeshPeers {
+        /// The peers.
+        peers: Vec<MeshPeer>,
     },
     /// The control plane's TPM endorsement.
     Endorsement {

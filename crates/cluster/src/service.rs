@@ -57,7 +57,24 @@ pub struct NodeRecord {
     pub set: String,
     /// When it joined.
     pub joined_at: UnixTime,
+    /// Its place in the mesh, if it joined with a mesh key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<NodeMesh>,
 }
+
+/// A node's mesh identity, as the control plane recorded it at join.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeMesh {
+    /// WireGuard public key (base64).
+    pub public_key: String,
+    /// Where its mesh device listens.
+    pub endpoint: String,
+    /// Its mesh address.
+    pub address: std::net::Ipv4Addr,
+}
+
+/// How long a node stays in others' peer sets after it last re-attested.
+const MESH_FRESH_SECS: i64 = 10;
 
 #[derive(Debug)]
 struct Pending {
@@ -65,6 +82,7 @@ struct Pending {
     role: String,
     secret: [u8; 32],
     node_key: Vec<u8>,
+    mesh: Option<(String, String)>,
 }
 
 /// A node refused (at the attested connection or at join), for the cluster report.
@@ -92,6 +110,11 @@ struct State {
     pcr_bound: bool,
     nodes: BTreeMap<String, NodeRecord>,
     pending: HashMap<[u8; 32], Pending>,
+    /// The mesh network (addresses are allocated in it) and this control plane's own place.
+    mesh_net: Option<(std::net::Ipv4Addr, u8)>,
+    own_mesh: Option<NodeMesh>,
+    /// When each node last re-attested successfully (seconds since the epoch).
+    last_seen: HashMap<String, i64>,
 }
 
 impl State {
@@ -444,6 +467,46 @@ impl ControlPlane {
         Ok(cid)
     }
 
+    /// Puts this control plane's own node in the mesh: addresses are allocated in
+    /// `network/prefix`, and this node takes the first (`.1`). Returns its address.
+    pub fn enable_mesh(
+        &self,
+        network: std::net::Ipv4Addr,
+        prefix: u8,
+        public_key: String,
+        endpoint: String,
+    ) -> Result<std::net::Ipv4Addr, String> {
+        let address = crate::mesh::first_host(network, prefix)?;
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| "internal error: state lock poisoned".to_string())?;
+        st.mesh_net = Some((network, prefix));
+        st.own_mesh = Some(NodeMesh {
+            public_key,
+            endpoint,
+            address,
+        });
+        Ok(address)
+    }
+
+    /// The mesh peers of this control plane's own node: every node that joined with a mesh
+    /// key and re-attested recently.
+    pub fn own_mesh_peers(&self) -> Vec<crate::proto::MeshPeer> {
+        self.state
+            .lock()
+            .map(|st| {
+                crate::mesh::peers(
+                    None,
+                    &st.nodes,
+                    &st.last_seen,
+                    now().0 - MESH_FRESH_SECS,
+                    None,
+                )
+            })
+            .unwrap_or_default()
+    }
+
     /// Whether this control plane holds the cluster's secrets (it can serve keys).
     pub fn serving(&self) -> bool {
         self.state.lock().is_ok_and(|s| s.secrets.is_some())
@@ -607,8 +670,14 @@ impl ControlPlane {
                 ek_cert,
                 ek_public,
                 node_key,
+                mesh,
             } => {
-                let r = self.join(&mut st, peer, &role, &ek_cert, &ek_public, &node_key);
+                let r = self.join(
+                    &mut st,
+                    peer,
+                    (&role, &ek_cert, &ek_public, &node_key),
+                    mesh.as_ref(),
+                );
                 if let Response::Refused { reason } = &r {
                     st.record_refusal(
                         peer.map(|p| hex::encode(p.claims.ak_spki_sha256)),
@@ -660,6 +729,21 @@ impl ControlPlane {
                     .find(|(r, _)| *r == pending.role)
                     .map(|(_, s)| s.clone())
                     .unwrap_or_default();
+                let mesh = match (&pending.mesh, st.mesh_net) {
+                    (Some((key, endpoint)), Some(net)) => {
+                        match crate::mesh::allocate(net, &st.nodes, &pending.node_id) {
+                            Ok(address) => Some(NodeMesh {
+                                public_key: key.clone(),
+                                endpoint: endpoint.clone(),
+                                address,
+                            }),
+                            Err(e) => return refused(format!("activate: mesh: {e}")),
+                        }
+                    }
+                    _ => None,
+                };
+                let mesh_address = mesh.as_ref().map(|m| m.address.to_string());
+                st.last_seen.insert(pending.node_id.clone(), now().0);
                 st.nodes.insert(
                     pending.node_id.clone(),
                     NodeRecord {
@@ -669,6 +753,7 @@ impl ControlPlane {
                         join_evidence: p.claims.evidence.clone(),
                         set,
                         joined_at: now(),
+                        mesh,
                     },
                 );
                 self.persist(&st);
@@ -684,10 +769,29 @@ impl ControlPlane {
                     node_cert: hex::encode(node_cert),
                     ca_cert: hex::encode(ca_cert),
                     control_plane,
+                    mesh_address,
                 }
             }
             Request::GetKey { key_id, node_cert } => {
-                self.get_key(&st, peer, &key_id, &node_cert, cert_cache)
+                let r = self.get_key(&st, peer, &key_id, &node_cert, cert_cache);
+                self.seen(&mut st, &r, cert_cache);
+                r
+            }
+            Request::MeshPeers { node_cert } => {
+                let node = match self.authenticate(&st, peer, &node_cert, cert_cache, "mesh") {
+                    Ok(n) => n,
+                    Err(r) => return r,
+                };
+                st.last_seen.insert(node.node_id.clone(), now().0);
+                Response::MeshPeers {
+                    peers: crate::mesh::peers(
+                        st.own_mesh.as_ref(),
+                        &st.nodes,
+                        &st.last_seen,
+                        now().0 - MESH_FRESH_SECS,
+                        Some(&node.node_id),
+                    ),
+                }
             }
             Request::ClusterReport { nonce } => {
                 let Some(cid) = st.cluster_id else {
@@ -767,10 +871,8 @@ impl ControlPlane {
         &self,
         st: &mut State,
         peer: Option<&Appraised>,
-        role: &str,
-        ek_cert: &str,
-        ek_public: &str,
-        node_key: &str,
+        (role, ek_cert, ek_public, node_key): (&str, &str, &str, &str),
+        mesh: Option<&crate::proto::MeshJoin>,
     ) -> Response {
         let Some(p) = peer else {
             return refused("join: the caller is not attested");
@@ -832,6 +934,13 @@ impl ControlPlane {
             Ok(k) if veil_attest_core::x509::public_key_from_spki(&k).is_ok() => k,
             _ => return refused("join: node_key is not a SubjectPublicKeyInfo"),
         };
+        let mesh = match mesh {
+            None => None,
+            Some(m) => match crate::mesh::check_join(m) {
+                Ok(()) => Some((m.public_key.clone(), m.endpoint.clone())),
+                Err(e) => return refused(format!("join: mesh: {e}")),
+            },
+        };
         let node_id = node_id(&cert);
         tracing::info!(event = "join_challenge", node = %node_id, role, cluster_id = %cid);
         st.pending.insert(
@@ -841,12 +950,75 @@ impl ControlPlane {
                 role: role.to_string(),
                 secret,
                 node_key,
+                mesh,
             },
         );
         Response::Challenge {
             id_object: hex::encode(made.id_object),
             encrypted_secret: hex::encode(made.encrypted_secret),
         }
+    }
+
+    /// Records that the node behind a successful key request re-attested just now.
+    fn seen(&self, st: &mut State, r: &Response, cert_cache: &CertCache) {
+        if let (Response::Key { .. }, Some((_, who))) = (r, cert_cache) {
+            st.last_seen.insert(who.node_id.clone(), now().0);
+        }
+    }
+
+    /// Who a joined node is: fresh evidence on this connection (cluster PCR = this cluster,
+    /// measurements of its role) and a node certificate of this cluster's CA naming the AK
+    /// that attested the connection.
+    fn authenticate(
+        &self,
+        st: &State,
+        peer: Option<&Appraised>,
+        node_cert: &str,
+        cert_cache: &mut CertCache,
+        op: &str,
+    ) -> Result<NodeIdentity, Response> {
+        let Some(p) = peer else {
+            return Err(refused(format!("{op}: the caller is not attested")));
+        };
+        let (Some(ca), Some(cid)) = (&st.ca, st.cluster_id) else {
+            return Err(unavailable(format!(
+                "{op}: the control plane awaits recovery (veil recover)"
+            )));
+        };
+        let Ok(cert) = decode_hex(node_cert) else {
+            return Err(refused(format!("{op}: node_cert is not hex")));
+        };
+        let node = match cert_cache {
+            Some((der, who)) if *der == cert => who.clone(),
+            _ => match ca.verify(&cert, now()) {
+                Ok(who) => {
+                    *cert_cache = Some((cert, who.clone()));
+                    who
+                }
+                Err(e) => return Err(refused(format!("{op}: {e}"))),
+            },
+        };
+        if node.ak_spki_sha256 != p.claims.ak_spki_sha256 {
+            return Err(refused(format!(
+                "{op}: the node certificate of {} names AK {}, but AK {} attested this connection",
+                node.node_id,
+                hex::encode(node.ak_spki_sha256.get(..6).unwrap_or_default()),
+                hex::encode(p.claims.ak_spki_sha256.get(..6).unwrap_or_default())
+            )));
+        }
+        let want = hex::encode(cluster_pcr(veil_attest_tpm::HashAlg::Sha256, Some(&cid.0)));
+        if p.claims.cluster_pcr.as_deref() != Some(want.as_str()) {
+            return Err(refused(format!(
+                "{op}: the caller's cluster PCR does not hold this cluster's ID"
+            )));
+        }
+        if !p.roles.iter().any(|(r, _)| *r == node.role) {
+            return Err(refused(format!(
+                "{op}: the caller no longer matches the reference values of role `{}`",
+                node.role
+            )));
+        }
+        Ok(node)
     }
 
     fn get_key(
@@ -857,45 +1029,13 @@ impl ControlPlane {
         node_cert: &str,
         cert_cache: &mut CertCache,
     ) -> Response {
-        let Some(p) = peer else {
-            return refused("get_key: the caller is not attested");
+        let node = match self.authenticate(st, peer, node_cert, cert_cache, "get_key") {
+            Ok(n) => n,
+            Err(r) => return r,
         };
-        let (Some(secrets), Some(ca), Some(cid)) = (&st.secrets, &st.ca, st.cluster_id) else {
+        let Some(secrets) = &st.secrets else {
             return unavailable("get_key: the control plane awaits recovery (veil recover)");
         };
-        // The node certificate says which node this is; the AK it names must be the one
-        // that attested this connection.
-        let Ok(cert) = decode_hex(node_cert) else {
-            return refused("get_key: node_cert is not hex");
-        };
-        let node = match cert_cache {
-            Some((der, who)) if *der == cert => who.clone(),
-            _ => match ca.verify(&cert, now()) {
-                Ok(who) => {
-                    *cert_cache = Some((cert, who.clone()));
-                    who
-                }
-                Err(e) => return refused(format!("get_key: {e}")),
-            },
-        };
-        if node.ak_spki_sha256 != p.claims.ak_spki_sha256 {
-            return refused(format!(
-                "get_key: the node certificate of {} names AK {}, but AK {} attested this connection",
-                node.node_id,
-                hex::encode(node.ak_spki_sha256.get(..6).unwrap_or_default()),
-                hex::encode(p.claims.ak_spki_sha256.get(..6).unwrap_or_default())
-            ));
-        }
-        let want = hex::encode(cluster_pcr(veil_attest_tpm::HashAlg::Sha256, Some(&cid.0)));
-        if p.claims.cluster_pcr.as_deref() != Some(want.as_str()) {
-            return refused("get_key: the caller's cluster PCR does not hold this cluster's ID");
-        }
-        if !p.roles.iter().any(|(r, _)| *r == node.role) {
-            return refused(format!(
-                "get_key: the caller no longer matches the reference values of role `{}`",
-                node.role
-            ));
-        }
         let id = match KeyId::parse(key_id) {
             Ok(k) => k,
             Err(e) => return refused(format!("get_key: {e}")),
