@@ -969,6 +969,8 @@ impl ControlPlane {
     /// Who a joined node is: fresh evidence on this connection (cluster PCR = this cluster,
     /// measurements of its role) and a node certificate of this cluster's CA naming the AK
     /// that attested the connection.
+    // The refusal is the response itself, sent once per request: not worth boxing.
+    #[allow(clippy::result_large_err)]
     fn authenticate(
         &self,
         st: &State,
