@@ -27,6 +27,12 @@ use veil_node_attest::{Membership, TpmAppraiser, TpmAttester};
 use veil_reference::{ReferenceValues, signing};
 use veil_tpm_device::{AkKind, NodeTpm};
 
+pub mod mesh;
+pub use mesh::{MeshSettings, MeshStatus, StrictSettings};
+
+/// The UDP port of every node's mesh device.
+pub const MESH_PORT: u16 = 51820;
+
 /// The agent's configuration (it is measured: any change changes PCR 9).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +67,9 @@ pub struct AgentConfig {
     /// Where to serve Prometheus metrics (control plane; `GET /metrics`).
     #[serde(default)]
     pub metrics: Option<String>,
+    /// The node-to-node mesh (absent: none).
+    #[serde(default)]
+    pub mesh: Option<MeshSettings>,
 }
 
 impl AgentConfig {
@@ -70,10 +79,14 @@ impl AgentConfig {
     /// control-plane node listens) is not measured.
     pub fn measured(&self) -> Vec<u8> {
         format!(
-            "role: {}\ncontrol_planes: {}\ntpm_roots_local: {}\n",
+            "role: {}\ncontrol_planes: {}\ntpm_roots_local: {}\n{}",
             self.role,
             self.control_planes.join(","),
-            self.tpm_roots_local
+            self.tpm_roots_local,
+            self.mesh
+                .as_ref()
+                .map(|m| format!("{}\n", m.measured()))
+                .unwrap_or_default()
         )
         .into_bytes()
     }
@@ -107,6 +120,9 @@ pub struct Status {
     /// Key check value of the state key (first 8 bytes of its SHA-256): shows the key is the
     /// same after recovery without revealing it.
     pub key_check: Option<String>,
+    /// The node's mesh device, once up.
+    #[serde(default)]
+    pub mesh: Option<MeshStatus>,
 }
 
 fn key_check(key: &[u8]) -> String {
@@ -221,13 +237,40 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     attester_for_peers,
                 ));
             }
+            let device = match &cfg.mesh {
+                None => None,
+                Some(m) => {
+                    m.apply_strict(MESH_PORT)?;
+                    let (net, prefix) = m.network()?;
+                    let key = veil_mesh::MeshKey::generate();
+                    let address = cp
+                        .enable_mesh(net, prefix, key.public_base64(), m.endpoint.clone())
+                        .map_err(anyhow::Error::msg)?;
+                    Some((Arc::new(m.start(key, address)?), address))
+                }
+            };
             if let Some(addr) = &cfg.metrics {
                 let l = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("cannot listen on {addr}"))?;
-                tokio::spawn(serve_metrics(l, cp.clone()));
+                tokio::spawn(serve_metrics(
+                    l,
+                    cp.clone(),
+                    device.as_ref().map(|(d, _)| d.clone()),
+                ));
             }
             loop {
+                if let Some((d, address)) = &device {
+                    // The control plane's own node: peers are the fresh nodes it admitted.
+                    if let Err(e) = d.set_peers(&mesh::peer_configs(&cp.own_mesh_peers())) {
+                        tracing::warn!(error = %e, "mesh: peer set refused");
+                    }
+                    let ms = mesh::status(d, *address);
+                    if status.mesh.as_ref() != Some(&ms) {
+                        status.mesh = Some(ms);
+                        write_status(&cfg.state_dir, &status);
+                    }
+                }
                 let cid = cp.cluster_id().map(|c| c.to_string());
                 let phase = match (&cid, cp.serving()) {
                     (_, true) => "serving",
@@ -356,15 +399,30 @@ async fn worker(
 ) -> anyhow::Result<()> {
     // The node's own key, certified by the cluster CA at join; it never leaves the agent.
     let node_key = node_key()?;
+    // Its mesh key, made here; only the public half goes to the control plane.
+    let mut mesh_key = match &cfg.mesh {
+        Some(m) => {
+            m.apply_strict(MESH_PORT)?;
+            Some(veil_mesh::MeshKey::generate())
+        }
+        None => None,
+    };
+    let mesh_join = cfg
+        .mesh
+        .as_ref()
+        .zip(mesh_key.as_ref())
+        .map(|(m, k)| m.join(k));
     // Join, retrying while no control plane is up or initialised yet.
-    let (node_id, cluster_id, check, node_cert) = loop {
+    let (node_id, cluster_id, check, node_cert, mesh_address) = loop {
         let attempt = async {
             // The control plane must already belong to a cluster: learn which from its answer.
             let mut s =
                 connect_any(&cfg.control_planes, &reference, Membership::Any, &attester).await?;
             // Secrets go only to a control plane whose AK is in a genuine TPM.
             s.verify_endorsement(&roots.0, &roots.1, now()).await?;
-            let joined = s.join(&attester, &cfg.role, &node_key).await?;
+            let joined = s
+                .join_mesh(&attester, &cfg.role, &node_key, mesh_join.clone())
+                .await?;
             // Certificates are public; the key behind the node certificate stays in memory.
             std::fs::write(cfg.state_dir.join("node.crt.der"), &joined.node_cert)?;
             std::fs::write(cfg.state_dir.join("cluster-ca.crt.der"), &joined.ca_cert)?;
@@ -373,6 +431,7 @@ async fn worker(
                 joined.cluster_id,
                 key_check(&joined.state_key),
                 joined.node_cert,
+                joined.mesh_address,
             ))
         };
         match attempt.await {
@@ -397,6 +456,11 @@ async fn worker(
     status.cluster_id = Some(hex::encode(&cluster_id));
     write_status(&cfg.state_dir, &status);
     tracing::info!(node_id = %node_id, "joined");
+    let device = match (&cfg.mesh, mesh_key.take(), mesh_address) {
+        (Some(m), Some(k), Some(address)) => Some((m.start(k, address)?, address)),
+        (Some(_), _, None) => bail!("the control plane assigned no mesh address"),
+        _ => None,
+    };
     // Re-attest periodically and fetch the state key again, showing the node certificate:
     // any control-plane node keeps serving keys only to nodes that still match the
     // reference values.
@@ -415,6 +479,10 @@ async fn worker(
             if key_check(&key) != check {
                 anyhow::bail!("the control plane served a different state key");
             }
+            if let Some((d, _)) = &device {
+                let peers = s.mesh_peers(&node_cert).await?;
+                d.set_peers(&mesh::peer_configs(&peers))?;
+            }
             anyhow::Ok(())
         }
         .await;
@@ -425,23 +493,76 @@ async fn worker(
             }
             Err(e) => status.error = Some(format!("{e:#}")),
         }
+        if let Some((d, address)) = &device {
+            status.mesh = Some(mesh::status(d, *address));
+        }
         write_status(&cfg.state_dir, &status);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
+/// The mesh device's counters in the Prometheus text format.
+fn mesh_metrics(s: &veil_mesh::Stats) -> String {
+    let mut out = String::new();
+    for (name, help, kind, value) in [
+        (
+            "veil_mesh_tx_bytes_total",
+            "Inner bytes sent into the mesh.",
+            "counter",
+            s.tx_bytes,
+        ),
+        (
+            "veil_mesh_rx_bytes_total",
+            "Inner bytes received from the mesh.",
+            "counter",
+            s.rx_bytes,
+        ),
+        (
+            "veil_mesh_handshakes_total",
+            "Completed WireGuard handshakes.",
+            "counter",
+            s.handshakes,
+        ),
+        (
+            "veil_mesh_dropped_total",
+            "Packets dropped: unknown peer or address.",
+            "counter",
+            s.dropped,
+        ),
+        (
+            "veil_mesh_peers",
+            "Peers in the current set.",
+            "gauge",
+            s.peers,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    }
+    out
+}
+
 /// A minimal HTTP/1.1 responder for Prometheus scrapes: any request gets the metrics.
-async fn serve_metrics(listener: tokio::net::TcpListener, cp: Arc<ControlPlane>) {
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    cp: Arc<ControlPlane>,
+    device: Option<Arc<veil_mesh::Device>>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
         let cp = cp.clone();
+        let device = device.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let _ = sock.read(&mut buf).await;
-            let body = cp.metrics_text();
+            let mut body = cp.metrics_text();
+            if let Some(d) = &device {
+                body.push_str(&mesh_metrics(&d.stats()));
+            }
             let resp = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
@@ -485,6 +606,7 @@ mod tests {
             role: "worker".into(),
             control_planes: vec!["127.0.0.1:1".into()],
             listen: None,
+            mesh: None,
             tcti: "swtpm:port=2321".into(),
             event_log: "log".into(),
             reference_values: "r".into(),

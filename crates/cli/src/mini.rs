@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
-use veil_agent::{AgentConfig, Status};
+use veil_agent::{AgentConfig, MeshSettings, Status, StrictSettings};
 use veil_netns::Lan;
 use veil_reference::launch::Launch;
 use veil_reference::{MeasurementSet, ReferenceValues, signing};
@@ -362,6 +362,16 @@ fn start_cluster(
             metrics: (role == "control-plane")
                 .then(|| port(NETNS_METRICS_PORT).map(|p| format!("{addr}:{p}")))
                 .transpose()?,
+            // In namespaces, nodes talk over the attested WireGuard mesh, in strict mode.
+            mesh: state.lan.as_ref().map(|lan| MeshSettings {
+                network: format!("10.215.{}.0/24", lan.subnet),
+                endpoint: format!("{addr}:{}", veil_agent::MESH_PORT),
+                interface: "veil0".into(),
+                strict: Some(StrictSettings {
+                    lan: format!("10.213.{}.0/24", lan.subnet),
+                    tls_ports: vec![NETNS_CP_PORT, NETNS_METRICS_PORT],
+                }),
+            }),
         };
         std::fs::write(dir.join("agent.yaml"), serde_norway::to_string(&cfg)?)?;
         state.nodes.push(MiniNode {
@@ -493,26 +503,37 @@ fn alive(pid: u32) -> bool {
 fn print_nodes(state: &MiniState) {
     match &state.lan {
         Some(lan) => println!(
-            "network: a namespace per node on bridge vb{} (10.213.{}.0/24)",
-            lan.id, lan.subnet
+            "network: a namespace per node on bridge vb{} (10.213.{}.0/24); WireGuard mesh 10.215.{}.0/24, strict mode",
+            lan.id, lan.subnet, lan.subnet
         ),
-        None => println!("network: host loopback"),
+        None => println!("network: host loopback (no mesh)"),
     }
     println!(
-        "{:<10} {:<14} {:<14} {:<8} {:<10} {:<20} KEY FETCHES",
-        "NODE", "ROLE", "ADDRESS", "AGENT", "PHASE", "NODE ID"
+        "{:<10} {:<14} {:<14} {:<8} {:<10} {:<20} {:<6} MESH",
+        "NODE", "ROLE", "ADDRESS", "AGENT", "PHASE", "NODE ID", "KEYS"
     );
     for n in &state.nodes {
         let s = read_status(&n.dir).unwrap_or_default();
+        let mesh = s
+            .mesh
+            .as_ref()
+            .map(|m| {
+                format!(
+                    "{} peers {} handshakes {} tx {} rx {}",
+                    m.address, m.peers, m.handshakes, m.tx_bytes, m.rx_bytes
+                )
+            })
+            .unwrap_or_else(|| "-".into());
         println!(
-            "{:<10} {:<14} {:<14} {:<8} {:<10} {:<20} {}",
+            "{:<10} {:<14} {:<14} {:<8} {:<10} {:<20} {:<6} {}",
             n.name,
             n.role,
             n.addr,
             if alive(n.pid) { "running" } else { "stopped" },
             s.phase,
             s.node_id.unwrap_or_else(|| "-".into()),
-            s.key_fetches
+            s.key_fetches,
+            mesh
         );
     }
 }

@@ -35,19 +35,43 @@ fn status_of(dir: &Path) -> Option<Status> {
 }
 
 /// Starts an extra worker on the local cluster's workspace, measured with the given agent
-/// bytes and configuration; returns its final status after it tried to join.
+/// bytes and configuration; returns its final status after it tried to join. On a cluster
+/// with namespaces it gets a namespace of its own on the cluster's LAN, like any node.
 fn rogue_worker(
     ws: &Path,
     name: &str,
     agent_bytes: &[u8],
     tweak: impl FnOnce(&mut AgentConfig),
 ) -> (Status, u32) {
+    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(50);
     let dir = ws.join("nodes").join(name);
     std::fs::create_dir_all(&dir).unwrap();
     LocalCa::at(&ws.join("tpm-ca"))
         .manufacture(&dir.join("tpm"))
         .unwrap();
-    let tpm = SwTpm::start(&dir.join("tpm")).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.join("mini.json")).unwrap()).unwrap();
+    let home = state["lan"].as_object().map(|lan| {
+        let lan = veil_netns::Lan {
+            id: lan["id"].as_str().unwrap().into(),
+            subnet: lan["subnet"].as_u64().unwrap() as u8,
+        };
+        let index = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lan.attach(name, index).unwrap()
+    });
+    let netns = home.as_ref().map(|h| h.netns.clone());
+    let in_node = |f: &mut (dyn FnMut() + Send)| match &netns {
+        Some(ns) => veil_netns::run_in(ns, f).unwrap(),
+        None => f(),
+    };
+    let mut tpm = None;
+    in_node(&mut || {
+        tpm = Some(match &netns {
+            Some(_) => SwTpm::start_on(&dir.join("tpm"), 2321).unwrap(),
+            None => SwTpm::start(&dir.join("tpm")).unwrap(),
+        })
+    });
+    let tpm = tpm.unwrap();
     let template: AgentConfig =
         serde_norway::from_slice(&std::fs::read(ws.join("nodes/worker-0/agent.yaml")).unwrap())
             .unwrap();
@@ -58,6 +82,9 @@ fn rogue_worker(
         state_dir: dir.clone(),
         ..template
     };
+    if let (Some(m), Some(h)) = (cfg.mesh.as_mut(), &home) {
+        m.endpoint = format!("{}:{}", h.addr, veil_agent::MESH_PORT);
+    }
     tweak(&mut cfg);
     std::fs::write(
         dir.join("agent.yaml"),
@@ -66,19 +93,24 @@ fn rogue_worker(
     .unwrap();
     let image = std::fs::read(ws.join("node-image.txt")).unwrap();
     let launch = Launch::measure(agent_bytes, &cfg.measured(), &image);
-    {
+    let mut child = None;
+    in_node(&mut || {
         let mut t = NodeTpm::open(&cfg.tcti).unwrap();
         for c in &launch.components {
             t.extend(c.pcr, &c.sha1.0, &c.sha256.0).unwrap();
         }
-    }
-    std::fs::write(&cfg.event_log, launch.event_log().to_bytes()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_veil-agent"))
-        .arg("--config")
-        .arg(dir.join("agent.yaml"))
-        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
-        .spawn()
-        .unwrap();
+        drop(t);
+        std::fs::write(&cfg.event_log, launch.event_log().to_bytes()).unwrap();
+        child = Some(
+            Command::new(env!("CARGO_BIN_EXE_veil-agent"))
+                .arg("--config")
+                .arg(dir.join("agent.yaml"))
+                .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+    });
+    let mut child = child.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(s) = status_of(&dir)
@@ -95,7 +127,12 @@ fn rogue_worker(
     let pid = child.id();
     let _ = child.kill();
     let _ = child.wait();
-    drop(tpm);
+    // Its TPM listens inside its namespace: `mini down` removes both.
+    if netns.is_none() {
+        drop(tpm);
+    } else {
+        tpm.detach();
+    }
     (status, pid)
 }
 
@@ -144,6 +181,121 @@ fn down_leaves_nothing(ws: &Path) {
         let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
         let links = String::from_utf8_lossy(&links.stdout);
         assert!(!links.contains(&id), "links left behind:\n{links}");
+    }
+}
+
+fn ns_of(ws: &Path, node: &str) -> (String, String, String) {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.join("mini.json")).unwrap()).unwrap();
+    let n = state["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == node)
+        .unwrap();
+    let id = state["lan"]["id"].as_str().unwrap();
+    let index = state["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|m| m["name"] == node)
+        .unwrap();
+    (
+        n["netns"].as_str().unwrap().to_string(),
+        n["addr"].as_str().unwrap().to_string(),
+        format!("vh{id}{index}"),
+    )
+}
+
+fn mesh_checks(ws: &Path) {
+    use std::io::{Read, Write};
+    let mesh_of = |n: &str| status_of(&ws.join("nodes").join(n)).and_then(|s| s.mesh);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !["cp-0", "worker-0", "worker-1"]
+        .iter()
+        .all(|n| mesh_of(n).is_some_and(|m| m.peers == 2))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "peer sets never completed: {:?}",
+            ["cp-0", "worker-0", "worker-1"].map(mesh_of)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ns0, _, veth0) = ns_of(ws, "worker-0");
+    let (ns1, lan1, _) = ns_of(ws, "worker-1");
+    let mesh1: std::net::Ipv4Addr = mesh_of("worker-1").unwrap().address.parse().unwrap();
+    let pcap = ws.join("worker-0.pcap");
+    let mut dump = Command::new("tcpdump")
+        .args(["-i", &veth0, "--immediate-mode", "-U", "-s", "0", "-w"])
+        .arg(&pcap)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let ping = Command::new("ip")
+        .args([
+            "netns", "exec", &ns0, "ping", "-q", "-c", "3", "-i", "0.2", "-W", "2",
+        ])
+        .arg(mesh1.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "worker-0 cannot ping worker-1 over the mesh"
+    );
+    let canary = b"VEIL-MINI-CANARY-0c1d".repeat(5000);
+    let listener =
+        veil_netns::run_in(&ns1, || std::net::TcpListener::bind((mesh1, 7100)).unwrap()).unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let sent = canary.clone();
+    veil_netns::run_in(&ns0, move || {
+        let mut s = std::net::TcpStream::connect((mesh1, 7100)).unwrap();
+        s.write_all(&sent).unwrap();
+    })
+    .unwrap();
+    assert_eq!(reader.join().unwrap(), canary);
+    // Strict mode: plaintext straight to worker-1's LAN address does not get through.
+    let lan1: std::net::Ipv4Addr = lan1.parse().unwrap();
+    let direct = veil_netns::run_in(&ns0, move || {
+        std::net::TcpStream::connect_timeout(&(lan1, 7100).into(), Duration::from_secs(1))
+    })
+    .unwrap();
+    assert!(direct.is_err(), "plaintext crossed between nodes");
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill")
+        .args(["-INT", &dump.id().to_string()])
+        .status();
+    let _ = dump.wait();
+    let raw = std::fs::read(&pcap).unwrap();
+    assert!(
+        !raw.windows(16).any(|w| w == b"VEIL-MINI-CANARY"),
+        "the canary crossed the wire in plaintext"
+    );
+    let text = Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(&pcap)
+        .output()
+        .unwrap();
+    let lines: Vec<String> = String::from_utf8_lossy(&text.stdout)
+        .lines()
+        .filter(|l| !l.contains(" ARP, "))
+        .map(String::from)
+        .collect();
+    assert!(lines.len() > 20, "the capture saw too little: {lines:?}");
+    for l in &lines {
+        let wireguard = l.contains(".51820 > ") && l.contains(": UDP");
+        let attested_tls = l.contains(".7443 > ") || l.contains(".7443: ");
+        assert!(
+            wireguard || attested_tls,
+            "not WireGuard or attested TLS: {l}"
+        );
     }
 }
 
@@ -336,6 +488,11 @@ fn mini_up_join_refusals_and_down() {
         cp_log.contains("\"event\":\"key_released\""),
         "no audit event for released keys"
     );
+
+    // The mesh: every node has the other two as peers, worker-0 reaches worker-1 over it,
+    // the wire carries only WireGuard (and the attested TLS of the control plane), and
+    // strict mode drops plaintext to a node's LAN address.
+    mesh_checks(&ws);
 
     // A worker whose agent binary was modified: refused, PCR 8 named.
     let agent = std::fs::read(env!("CARGO_BIN_EXE_veil-agent")).unwrap();

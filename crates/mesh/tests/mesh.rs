@@ -120,7 +120,7 @@ impl Capture {
 fn nodes_reach_each_other_only_over_wireguard_and_strangers_and_removed_nodes_get_nothing() {
     veil_netns::supported().expect("these tests need root and iproute2");
     let tmp = tempfile::tempdir().unwrap();
-    let lan = Lan::create(&veil_netns::new_id()).unwrap();
+    let lan = veil_netns::LanGuard(Lan::create(&veil_netns::new_id()).unwrap());
     let a = lan.attach("a", 0).unwrap();
     let b = lan.attach("b", 1).unwrap();
     let c = lan.attach("c", 2).unwrap();
@@ -189,7 +189,6 @@ fn nodes_reach_each_other_only_over_wireguard_and_strangers_and_removed_nodes_ge
     assert_eq!(da.stats().peers, 0);
 
     drop((da, db, stranger));
-    lan.destroy(&[a.netns, b.netns, c.netns]).unwrap();
 }
 
 #[test]
@@ -204,7 +203,7 @@ fn peer_sets_are_checked() {
     };
     // A device is needed to call set_peers; use a namespace only if we can.
     veil_netns::supported().expect("these tests need root and iproute2");
-    let lan = Lan::create(&veil_netns::new_id()).unwrap();
+    let lan = veil_netns::LanGuard(Lan::create(&veil_netns::new_id()).unwrap());
     let a = lan.attach("a", 0).unwrap();
     let d = device(&lan, &a, 0, k);
     let other = MeshKey::generate().public();
@@ -222,7 +221,6 @@ fn peer_sets_are_checked() {
     assert!(e.contains("10.215.0.2 appears twice"), "{e}");
     assert_eq!(d.stats().peers, 0, "a refused set changed the peers");
     drop(d);
-    lan.destroy(&[a.netns]).unwrap();
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -240,7 +238,7 @@ fn interoperates_with_a_standard_wireguard_peer() {
     // Node b runs boringtun-cli configured with Debian's `wg`, as any WireGuard peer would be.
     veil_netns::supported().expect("these tests need root and iproute2");
     let tmp = tempfile::tempdir().unwrap();
-    let lan = Lan::create(&veil_netns::new_id()).unwrap();
+    let lan = veil_netns::LanGuard(Lan::create(&veil_netns::new_id()).unwrap());
     let a = lan.attach("a", 0).unwrap();
     let b = lan.attach("b", 1).unwrap();
     let wg_if = format!("wgt{}", lan.id);
@@ -337,7 +335,6 @@ fn interoperates_with_a_standard_wireguard_peer() {
     let _ = bt.kill();
     let _ = bt.wait();
     drop(da);
-    lan.destroy(&[a.netns, b.netns]).unwrap();
     let _ = std::fs::remove_file(&sock);
 }
 
@@ -345,7 +342,7 @@ fn interoperates_with_a_standard_wireguard_peer() {
 fn strict_mode_drops_plaintext_between_nodes_even_with_the_mesh_down() {
     veil_netns::supported().expect("these tests need root and iproute2");
     let tmp = tempfile::tempdir().unwrap();
-    let lan = Lan::create(&veil_netns::new_id()).unwrap();
+    let lan = veil_netns::LanGuard(Lan::create(&veil_netns::new_id()).unwrap());
     let a = lan.attach("a", 0).unwrap();
     let b = lan.attach("b", 1).unwrap();
     let (ka, kb) = (MeshKey::generate(), MeshKey::generate());
@@ -407,5 +404,4 @@ fn strict_mode_drops_plaintext_between_nodes_even_with_the_mesh_down() {
         "strict mode dropped nothing: {counters}"
     );
     drop((da, db));
-    lan.destroy(&[a.netns, b.netns]).unwrap();
 }

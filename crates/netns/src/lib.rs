@@ -301,6 +301,35 @@ impl Lan {
     }
 }
 
+/// A LAN that is destroyed, with every namespace named after it, when dropped (for tests and
+/// benchmarks that must leave nothing behind even when they fail).
+#[derive(Debug)]
+pub struct LanGuard(pub Lan);
+
+impl Drop for LanGuard {
+    fn drop(&mut self) {
+        let prefix = self.0.netns_name("");
+        let all: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Err(e) = self.0.destroy(&all) {
+            eprintln!("warning: LAN {}: {e}", self.0.id);
+        }
+    }
+}
+
+impl std::ops::Deref for LanGuard {
+    type Target = Lan;
+    fn deref(&self) -> &Lan {
+        &self.0
+    }
+}
+
 fn disable_ipv6(netns: Option<&str>, link: &str) -> Result<(), NetnsError> {
     let key = format!("net.ipv6.conf.{link}.disable_ipv6=1");
     match netns {
