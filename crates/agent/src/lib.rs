@@ -491,7 +491,17 @@ async fn worker(
                 status.key_fetches += 1;
                 status.error = None;
             }
-            Err(e) => status.error = Some(format!("{e:#}")),
+            Err(e) => {
+                // Refused (removed, or no longer matching the reference values): this node
+                // leaves the mesh too, rather than keep talking to peers on an old set.
+                if e.to_string().contains("refused by the control plane")
+                    && let Some((d, _)) = &device
+                    && let Err(e) = d.set_peers(&[])
+                {
+                    tracing::warn!(error = %e, "mesh: cannot clear the peer set");
+                }
+                status.error = Some(format!("{e:#}"));
+            }
         }
         if let Some((d, address)) = &device {
             status.mesh = Some(mesh::status(d, *address));

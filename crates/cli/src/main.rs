@@ -9,6 +9,7 @@ mod clock;
 mod init;
 mod measurements;
 mod mini;
+mod node;
 mod output;
 mod recover;
 mod verify;
@@ -46,6 +47,9 @@ enum Command {
     /// After every control-plane node restarted: resupply the master secret from the
     /// workspace to the (re-attested) control plane.
     Recover(recover::RecoverArgs),
+    /// Manage the nodes of a running cluster.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Compute, sign and verify reference values (expected measurements per node role).
     #[command(subcommand)]
     Measurements(measurements::MeasurementsCommand),
@@ -70,5 +74,6 @@ fn main() -> ExitCode {
         Command::Verify(a) => verify::run(a),
         Command::Recover(a) => recover::run(a),
         Command::Init(a) => init::run(a),
+        Command::Node(cmd) => node::run(cmd),
     }
 }

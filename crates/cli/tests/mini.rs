@@ -633,5 +633,41 @@ fn mini_up_join_refusals_and_down() {
     assert_eq!(code, 0);
     assert!(out.contains("cp-0") && out.contains("running"), "{out}");
 
+    // The owner removes worker-1: within seconds it is out of every peer set, gets no key,
+    // and cannot exchange a packet with worker-0 over the mesh.
+    let mesh_of = |n: &str| status_of(&ws.join("nodes").join(n)).and_then(|s| s.mesh);
+    let w1 = status_of(&ws.join("nodes/worker-1")).unwrap();
+    let w1_id = w1.node_id.unwrap();
+    let w0_mesh = mesh_of("worker-0").unwrap().address;
+    let (code, out, err) = veil(&["node", "remove", &w1_id, "--workspace", &w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mesh_of("worker-0").is_none_or(|m| m.peers != 1)
+        || status_of(&ws.join("nodes/worker-1"))
+            .and_then(|s| s.error)
+            .is_none_or(|e| !e.contains("removed"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "worker-1 was not cut off: worker-0 {:?}, worker-1 {:?}",
+            mesh_of("worker-0"),
+            status_of(&ws.join("nodes/worker-1")).and_then(|s| s.error)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ns1, _, _) = ns_of(&ws, "worker-1");
+    let ping = Command::new("ip")
+        .args([
+            "netns", "exec", &ns1, "ping", "-q", "-c", "2", "-W", "1", &w0_mesh,
+        ])
+        .output()
+        .unwrap();
+    assert!(!ping.status.success(), "a removed node reached worker-0");
+    assert_eq!(
+        mesh_of("worker-1").unwrap().peers,
+        0,
+        "a removed node kept its peers"
+    );
+
     down_leaves_nothing(&ws);
 }

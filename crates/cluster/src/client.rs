@@ -332,6 +332,27 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         }
     }
 
+    /// Owner: removes a node (the MAC is [`crate::owner::command_mac`] of
+    /// `remove-node <node_id>` at `at`); returns whether this control plane had admitted it.
+    pub async fn remove_node(
+        &mut self,
+        node_id: &str,
+        at: i64,
+        mac: &[u8; 32],
+    ) -> Result<bool, ClientError> {
+        match self
+            .call(&Request::RemoveNode {
+                node_id: node_id.to_string(),
+                at,
+                mac: hex::encode(mac),
+            })
+            .await?
+        {
+            Response::Removed { known, .. } => Ok(known),
+            r => Err(unexpected(r)),
+        }
+    }
+
     /// Node: the current mesh peer set (every other attested, joined node).
     pub async fn mesh_peers(
         &mut self,

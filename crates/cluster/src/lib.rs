@@ -14,6 +14,7 @@
 pub mod ca;
 mod client;
 pub mod mesh;
+pub mod owner;
 pub mod proto;
 pub mod report;
 mod service;

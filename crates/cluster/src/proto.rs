@@ -55,6 +55,16 @@ pub enum Request {
         /// 32-byte nonce (hex).
         nonce: String,
     },
+    /// The owner removes a node from the cluster: it is served nothing more and leaves every
+    /// peer set; it may not join again.
+    RemoveNode {
+        /// The node.
+        node_id: String,
+        /// When the owner made the command (seconds since the epoch).
+        at: i64,
+        /// HMAC-SHA256 under the owner-commands key (hex).
+        mac: String,
+    },
     /// A joined node asks for the current mesh peer set (re-attested, like a key request).
     MeshPeers {
         /// Its node certificate (hex DER).
@@ -145,6 +155,13 @@ pub enum Response {
         /// The node's address on the mesh, if it joined with a mesh key.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mesh_address: Option<String>,
+    },
+    /// A node is removed.
+    Removed {
+        /// The node.
+        node_id: String,
+        /// Whether this control plane had admitted it.
+        known: bool,
     },
     /// The mesh peers of the asking node: every other attested, joined node.
     MeshPeers {

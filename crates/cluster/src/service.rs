@@ -115,6 +115,8 @@ struct State {
     own_mesh: Option<NodeMesh>,
     /// When each node last re-attested successfully (seconds since the epoch).
     last_seen: HashMap<String, i64>,
+    /// Nodes the owner removed: never served again, never admitted again.
+    removed: std::collections::BTreeSet<String>,
 }
 
 impl State {
@@ -143,6 +145,8 @@ impl State {
 struct Persisted {
     cluster_id: String,
     nodes: Vec<NodeRecord>,
+    #[serde(default)]
+    removed: Vec<String>,
 }
 
 /// The control-plane services of one node.
@@ -307,6 +311,7 @@ impl ControlPlane {
                 .into_iter()
                 .map(|n| (n.node_id.clone(), n))
                 .collect();
+            state.removed = p.removed.into_iter().collect();
             tracing::info!(event = "restarted", cluster_id = %p.cluster_id, "awaiting recovery");
         }
         Ok(Self {
@@ -325,6 +330,7 @@ impl ControlPlane {
         let p = Persisted {
             cluster_id: cid.to_string(),
             nodes: st.nodes.values().cloned().collect(),
+            removed: st.removed.iter().cloned().collect(),
         };
         if let Ok(body) = serde_json::to_vec_pretty(&p) {
             let tmp = path.with_extension("tmp");
@@ -777,6 +783,29 @@ impl ControlPlane {
                 self.seen(&mut st, &r, cert_cache);
                 r
             }
+            Request::RemoveNode { node_id, at, mac } => {
+                let Some(secrets) = &st.secrets else {
+                    return unavailable("remove: the control plane awaits recovery (veil recover)");
+                };
+                let Ok(mac) = decode_hex(&mac) else {
+                    return refused("remove: the MAC is not hex");
+                };
+                if let Err(e) = crate::owner::check(
+                    secrets,
+                    &format!("remove-node {node_id}"),
+                    at,
+                    &mac,
+                    now().0,
+                ) {
+                    return refused(format!("remove: {e}"));
+                }
+                let known = st.nodes.remove(&node_id).is_some();
+                st.last_seen.remove(&node_id);
+                st.removed.insert(node_id.clone());
+                self.persist(&st);
+                tracing::info!(event = "node_removed", node = %node_id, known);
+                Response::Removed { node_id, known }
+            }
             Request::MeshPeers { node_cert } => {
                 let node = match self.authenticate(&st, peer, &node_cert, cert_cache, "mesh") {
                     Ok(n) => n,
@@ -942,6 +971,11 @@ impl ControlPlane {
             },
         };
         let node_id = node_id(&cert);
+        if st.removed.contains(&node_id) {
+            return refused(format!(
+                "join: {node_id} was removed from the cluster by its owner"
+            ));
+        }
         tracing::info!(event = "join_challenge", node = %node_id, role, cluster_id = %cid);
         st.pending.insert(
             p.claims.ak_spki_sha256,
@@ -1000,6 +1034,12 @@ impl ControlPlane {
                 Err(e) => return Err(refused(format!("{op}: {e}"))),
             },
         };
+        if st.removed.contains(&node.node_id) {
+            return Err(refused(format!(
+                "{op}: {} was removed from the cluster by its owner",
+                node.node_id
+            )));
+        }
         if node.ak_spki_sha256 != p.claims.ak_spki_sha256 {
             return Err(refused(format!(
                 "{op}: the node certificate of {} names AK {}, but AK {} attested this connection",

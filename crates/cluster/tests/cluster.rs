@@ -459,6 +459,43 @@ async fn init_join_keys_refusals_and_recovery() {
     cp2.forget_secrets();
     let e = cp2.adopt(other).unwrap_err();
     assert!(e.contains("belongs to cluster"), "{e}");
+
+    // The owner removes w2: only a command MACed under the master secret, made just now, is
+    // taken; then w2 is served nothing, while w1 still is.
+    let t = now().0;
+    let mut owner = session(addr, None, &cp_app).await.unwrap();
+    let wrong =
+        veil_cluster::owner::command_mac(&secrets, &format!("remove-node {id1}"), t).unwrap();
+    let e = owner.remove_node(&id2, t, &wrong).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("MAC")),
+        "{e}"
+    );
+    let old = veil_cluster::owner::command_mac(&secrets, &format!("remove-node {id2}"), t - 3600)
+        .unwrap();
+    let e = owner.remove_node(&id2, t - 3600, &old).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("clock")),
+        "{e}"
+    );
+    let mac = veil_cluster::owner::command_mac(&secrets, &format!("remove-node {id2}"), t).unwrap();
+    assert!(owner.remove_node(&id2, t, &mac).await.unwrap());
+    let e = session(addr, Some(&w2), &cp_app)
+        .await
+        .unwrap()
+        .get_key(&format!("node/{id2}/state"), &c2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("removed")),
+        "{e}"
+    );
+    assert!(!cp.nodes().iter().any(|n| n.node_id == id2));
+    let mut s1 = session(addr, Some(&w1), &cp_app).await.unwrap();
+    assert_eq!(
+        s1.get_key(&format!("node/{id1}/state"), &c1).await.unwrap(),
+        key1
+    );
 }
 
 /// A fresh node key (SubjectPublicKeyInfo DER) for the cluster CA to certify.
