@@ -105,6 +105,7 @@ fn execute(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
             tee: "-".into(),
             ok: false,
             reason,
+            mesh: "-".into(),
         });
     };
     // Every control plane's signed report (with the nonce it must carry, when live).
@@ -248,16 +249,17 @@ fn execute(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             println!(
-                "{:<22} {:<14} {:<26} {:<9} REASON",
-                "NODE", "ROLE", "TEE", "VERDICT"
+                "{:<22} {:<14} {:<26} {:<9} {:<30} REASON",
+                "NODE", "ROLE", "TEE", "VERDICT", "MESH"
             );
             for n in &verdict.nodes {
                 println!(
-                    "{:<22} {:<14} {:<26} {:<9} {}",
+                    "{:<22} {:<14} {:<26} {:<9} {:<30} {}",
                     n.node,
                     n.role,
                     n.tee,
                     if n.ok { "OK" } else { "FAILED" },
+                    n.mesh,
                     n.reason
                 );
             }

@@ -297,6 +297,10 @@ fn mesh_checks(ws: &Path) {
             "not WireGuard or attested TLS: {l}"
         );
     }
+    // `veil verify` shows each node's mesh state.
+    let (code, out, err) = veil(&["verify", "--workspace", &ws.display().to_string()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out.matches(" in peer sets").count(), 2, "{out}");
 }
 
 #[test]

@@ -47,6 +47,23 @@ pub struct ReportedNode {
     pub ak_spki_sha256: String,
     /// The evidence the control plane appraised at join (hex).
     pub join_evidence: String,
+    /// Its place in the mesh, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<ReportedMesh>,
+}
+
+/// A node's mesh state in a report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportedMesh {
+    /// Mesh address.
+    pub address: String,
+    /// WireGuard public key (base64).
+    pub public_key: String,
+    /// When it last re-attested (seconds since the epoch), if since the control plane started.
+    pub last_seen: Option<i64>,
+    /// Whether it is in the current peer sets.
+    pub in_peer_sets: bool,
 }
 
 /// A report with the control plane's signature, as `veil verify --save` writes it.
@@ -97,6 +114,8 @@ pub struct NodeVerdict {
     pub ok: bool,
     /// Matched set, or why it failed.
     pub reason: String,
+    /// Mesh state: address, and whether it is in the peer sets (`-` without a mesh).
+    pub mesh: String,
 }
 
 /// The verdict on a cluster.
@@ -167,6 +186,7 @@ pub fn verify_report(signed: &SignedReport, exp: &Expectations) -> Result<Cluste
         tee: TEE.into(),
         ok: true,
         reason: "signed this report; measurements match".into(),
+        mesh: "-".into(),
     }];
     for n in &report.nodes {
         let verdict = (|| {
@@ -188,6 +208,21 @@ pub fn verify_report(signed: &SignedReport, exp: &Expectations) -> Result<Cluste
             tee: TEE.into(),
             ok: verdict.is_ok(),
             reason: verdict.unwrap_or_else(|e: String| e),
+            mesh: n
+                .mesh
+                .as_ref()
+                .map(|m| {
+                    format!(
+                        "{} {}",
+                        m.address,
+                        if m.in_peer_sets {
+                            "in peer sets"
+                        } else {
+                            "OUT of peer sets"
+                        }
+                    )
+                })
+                .unwrap_or_else(|| "-".into()),
         });
     }
     for r in &report.refused {
@@ -201,6 +236,7 @@ pub fn verify_report(signed: &SignedReport, exp: &Expectations) -> Result<Cluste
             tee: TEE.into(),
             ok: false,
             reason: format!("refused at {}: {}", r.at, r.reason),
+            mesh: "-".into(),
         });
     }
     Ok(ClusterVerdict {

@@ -844,6 +844,16 @@ impl ControlPlane {
                             joined_at: n.joined_at.0,
                             ak_spki_sha256: hex::encode(n.ak_spki_sha256),
                             join_evidence: hex::encode(&n.join_evidence),
+                            mesh: n.mesh.as_ref().map(|m| {
+                                let seen = st.last_seen.get(&n.node_id).copied();
+                                crate::report::ReportedMesh {
+                                    address: m.address.to_string(),
+                                    public_key: m.public_key.clone(),
+                                    last_seen: seen,
+                                    in_peer_sets: seen
+                                        .is_some_and(|t| t >= now().0 - MESH_FRESH_SECS),
+                                }
+                            }),
                         })
                         .collect(),
                     refused: st.refusals.clone(),
