@@ -378,6 +378,11 @@ fn tun_loop(shared: &Shared) {
             let Some((peer, endpoint)) = current.as_ref() else {
                 continue;
             };
+            // boringtun needs room for the packet plus its 32 bytes of overhead (or panics).
+            if packet.len() + 32 > SLOT {
+                shared.dropped.fetch_add(1, Relaxed);
+                continue;
+            }
             let Some(slot) = out.get_mut(i * SLOT..(i + 1) * SLOT) else {
                 continue;
             };
@@ -455,6 +460,13 @@ fn udp_loop(shared: &Shared) {
         let mut ready = 0usize;
         let data = buf.get(..len).unwrap_or_default();
         for datagram in data.chunks(seg.max(1)) {
+            // boringtun panics, before authenticating anything, when a data packet does not
+            // fit the output buffer: anything longer than our largest legitimate datagram is
+            // dropped here, whoever sent it.
+            if datagram.len() > SLOT {
+                shared.dropped.fetch_add(1, Relaxed);
+                continue;
+            }
             let Some(peer) = find_peer(shared, datagram) else {
                 shared.dropped.fetch_add(1, Relaxed);
                 continue;

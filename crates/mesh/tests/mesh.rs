@@ -155,6 +155,34 @@ fn nodes_reach_each_other_only_over_wireguard_and_strangers_and_removed_nodes_ge
     assert!(da.stats().handshakes + db.stats().handshakes >= 1);
     assert!(db.stats().rx_bytes >= canary.len() as u64);
 
+    // Hostile datagrams from anyone on the LAN (oversized data packets, truncated and random
+    // handshakes) are dropped without harm: the mesh keeps working.
+    let hostile = run_in(&c.netns, || std::net::UdpSocket::bind((c.addr, 0)).unwrap()).unwrap();
+    let to_a = SocketAddr::from((a.addr, PORT));
+    // Data packets naming every plausible receiver index (peer 1..4, session 0..7), each far
+    // larger than any legitimate datagram.
+    for peer_index in 1u32..5 {
+        for session in 0u32..8 {
+            let mut big = vec![4u8, 0, 0, 0];
+            big.extend_from_slice(&((peer_index << 8) | session).to_le_bytes());
+            big.resize(4000, 0xAB);
+            hostile.send_to(&big, to_a).unwrap();
+        }
+    }
+    for d in [
+        &[1, 0, 0, 0][..],
+        &[2u8; 92][..],
+        &[4u8; 32][..],
+        &[9u8; 200][..],
+    ] {
+        hostile.send_to(d, to_a).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        ping(&b.netns, mesh_addr(&lan, 0), 2),
+        "hostile datagrams broke a's mesh"
+    );
+
     // A stranger with a well-formed key that no attested node has in its peer set: it knows
     // a's key and endpoint, and sends; not one packet reaches a's TUN.
     let stranger = device(&lan, &c, 2, MeshKey::generate());
