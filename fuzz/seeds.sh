@@ -14,6 +14,7 @@ case "$1" in
   azure_hcl) ls "$v"/snp/*/hcl-report.bin "$v"/tdx/azure-tdx-vtpm/hcl-report.bin ;;
   azure_evidence) ls "$v"/snp/azure-vtpm-*/evidence*.json "$v"/tdx/azure-tdx-vtpm/evidence*.json ;;
   reference_values) ls "$(dirname "$0")"/seeds/reference_values/* ;;
+  mesh_datagram) ls "$(dirname "$0")"/seeds/mesh_datagram/* ;;
   cluster_wire) ls "$(dirname "$0")"/seeds/cluster_wire/* "$v"/snp/milan-trustee-vcek/vcek.der ;;
   *) ;;
 esac

@@ -460,10 +460,7 @@ fn udp_loop(shared: &Shared) {
         let mut ready = 0usize;
         let data = buf.get(..len).unwrap_or_default();
         for datagram in data.chunks(seg.max(1)) {
-            // boringtun panics, before authenticating anything, when a data packet does not
-            // fit the output buffer: anything longer than our largest legitimate datagram is
-            // dropped here, whoever sent it.
-            if datagram.len() > SLOT {
+            if !fits(datagram) {
                 shared.dropped.fetch_add(1, Relaxed);
                 continue;
             }
@@ -536,18 +533,62 @@ fn udp_loop(shared: &Shared) {
     }
 }
 
-/// The peer a datagram is from: by the static key inside a handshake initiation (which only
-/// a holder of our private key can read), by receiver index otherwise.
+/// Whether a datagram from the network may go to boringtun at all: it panics, before
+/// authenticating anything, on a data packet larger than the output buffer, so anything
+/// longer than our largest legitimate datagram is dropped, whoever sent it.
+fn fits(datagram: &[u8]) -> bool {
+    datagram.len() <= SLOT
+}
+
+/// Who a datagram claims to be from: the static key inside a handshake initiation (readable
+/// only with our private key), or the peer index in a receiver index.
+enum Sender {
+    Key([u8; 32]),
+    Index(u32),
+}
+
+fn sender(secret: &StaticSecret, public: &PublicKey, datagram: &[u8]) -> Option<Sender> {
+    Some(match Tunn::parse_incoming_packet(datagram).ok()? {
+        Packet::HandshakeInit(h) => Sender::Key(
+            parse_handshake_anon(secret, public, &h)
+                .ok()?
+                .peer_static_public,
+        ),
+        Packet::HandshakeResponse(h) => Sender::Index(h.receiver_idx >> 8),
+        Packet::PacketCookieReply(c) => Sender::Index(c.receiver_idx >> 8),
+        Packet::PacketData(d) => Sender::Index(d.receiver_idx >> 8),
+    })
+}
+
+/// The peer a datagram is from.
 fn find_peer(shared: &Shared, datagram: &[u8]) -> Option<Arc<Peer>> {
     let peers = shared.peers.read().ok()?;
-    match Tunn::parse_incoming_packet(datagram).ok()? {
-        Packet::HandshakeInit(h) => {
-            let half = parse_handshake_anon(&shared.secret, &shared.public, &h).ok()?;
-            peers.by_key.get(&half.peer_static_public).cloned()
-        }
-        Packet::HandshakeResponse(h) => peers.by_index.get(&(h.receiver_idx >> 8)).cloned(),
-        Packet::PacketCookieReply(c) => peers.by_index.get(&(c.receiver_idx >> 8)).cloned(),
-        Packet::PacketData(d) => peers.by_index.get(&(d.receiver_idx >> 8)).cloned(),
+    match sender(&shared.secret, &shared.public, datagram)? {
+        Sender::Key(k) => peers.by_key.get(&k).cloned(),
+        Sender::Index(i) => peers.by_index.get(&i).cloned(),
+    }
+}
+
+/// The receive path for one datagram from anyone, without sockets or TUN (for fuzzing): the
+/// size check, sender identification and boringtun's decapsulation against a fixed peer.
+#[doc(hidden)]
+pub fn fuzz_datagram(datagram: &[u8]) {
+    static STATE: std::sync::OnceLock<(StaticSecret, PublicKey, Mutex<Tunn>)> =
+        std::sync::OnceLock::new();
+    let (secret, public, tunn) = STATE.get_or_init(|| {
+        let secret = StaticSecret::from([7u8; 32]);
+        let public = PublicKey::from(&secret);
+        let peer = PublicKey::from(&StaticSecret::from([9u8; 32]));
+        let tunn = Tunn::new(secret.clone(), peer, None, None, 1, None);
+        (secret, public, Mutex::new(tunn))
+    });
+    if !fits(datagram) {
+        return;
+    }
+    let _ = sender(secret, public, datagram);
+    let mut dst = vec![0u8; SLOT];
+    if let Ok(mut t) = tunn.lock() {
+        let _ = t.decapsulate(Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), datagram, &mut dst);
     }
 }
 

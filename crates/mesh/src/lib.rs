@@ -13,7 +13,7 @@
 mod device;
 mod strict;
 
-pub use device::{Device, DeviceConfig, PeerConfig, Stats};
+pub use device::{Device, DeviceConfig, PeerConfig, Stats, fuzz_datagram};
 pub use strict::{StrictPolicy, TABLE as STRICT_TABLE};
 
 use boringtun::x25519::{PublicKey, StaticSecret};
