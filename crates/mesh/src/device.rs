@@ -97,8 +97,8 @@ struct Peers {
 }
 
 struct Shared {
-    secret: StaticSecret,
-    public: PublicKey,
+    /// This node's static key pair (replaced when the key rotates).
+    keys: RwLock<(StaticSecret, PublicKey)>,
     tun: SyncDevice,
     udp: UdpSocket,
     peers: RwLock<Peers>,
@@ -115,13 +115,12 @@ struct Shared {
 pub struct Device {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
-    public: [u8; 32],
 }
 
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Device")
-            .field("public", &crate::encode_key(&self.public))
+            .field("public", &crate::encode_key(&self.public_key()))
             .finish_non_exhaustive()
     }
 }
@@ -158,8 +157,7 @@ impl Device {
         let secret = key.secret().clone();
         let public = PublicKey::from(&secret);
         let shared = Arc::new(Shared {
-            secret,
-            public,
+            keys: RwLock::new((secret, public)),
             tun,
             udp,
             peers: RwLock::new(Peers::default()),
@@ -186,16 +184,44 @@ impl Device {
             );
         }
         tracing::info!(interface = %config.interface, address = %config.address, listen = %config.listen, public_key = %crate::encode_key(&public.to_bytes()), "mesh device up");
-        Ok(Self {
-            public: public.to_bytes(),
-            shared,
-            threads,
-        })
+        Ok(Self { shared, threads })
     }
 
     /// This node's public key.
     pub fn public_key(&self) -> [u8; 32] {
-        self.public
+        self.shared
+            .keys
+            .read()
+            .map(|k| k.1.to_bytes())
+            .unwrap_or_default()
+    }
+
+    /// Replaces this node's static key. Sessions are re-established with the new key as soon
+    /// as peers know it (the control plane hands them the new public key); packets meanwhile
+    /// wait in the handshake queue, so TCP flows carry on.
+    pub fn rotate_key(&self, key: MeshKey) -> Result<(), MeshError> {
+        let secret = key.secret().clone();
+        let public = PublicKey::from(&secret);
+        {
+            let mut k = self
+                .shared
+                .keys
+                .write()
+                .map_err(|_| MeshError::Key("key lock poisoned".into()))?;
+            *k = (secret.clone(), public);
+        }
+        let peers = self
+            .shared
+            .peers
+            .read()
+            .map_err(|_| MeshError::Peers("peer table poisoned".into()))?;
+        for p in peers.by_key.values() {
+            if let Ok(mut t) = p.tunn.lock() {
+                t.set_static_private(secret.clone(), public, None);
+            }
+        }
+        tracing::info!(event = "mesh_key_rotated", public_key = %crate::encode_key(&public.to_bytes()));
+        Ok(())
     }
 
     /// Replaces the peer set. Peers that stay keep their sessions; peers that leave are cut
@@ -204,7 +230,7 @@ impl Device {
         let mut seen_keys = std::collections::HashSet::new();
         let mut seen_addrs = std::collections::HashSet::new();
         for p in peers {
-            if p.public_key == self.public {
+            if p.public_key == self.public_key() {
                 return Err(MeshError::Peers(
                     "this node's own key is in its peer set".into(),
                 ));
@@ -246,7 +272,12 @@ impl Device {
                     *n = n.wrapping_add(1) & 0x00ff_ffff;
                     Arc::new(Peer {
                         tunn: Mutex::new(Tunn::new(
-                            self.shared.secret.clone(),
+                            self.shared
+                                .keys
+                                .read()
+                                .map_err(|_| MeshError::Key("key lock poisoned".into()))?
+                                .0
+                                .clone(),
                             PublicKey::from(p.public_key),
                             None,
                             Some(KEEPALIVE_SECS),
@@ -547,13 +578,19 @@ enum Sender {
     Index(u32),
 }
 
-fn sender(secret: &StaticSecret, public: &PublicKey, datagram: &[u8]) -> Option<Sender> {
+fn sender(
+    keys: impl FnOnce() -> Option<(StaticSecret, PublicKey)>,
+    datagram: &[u8],
+) -> Option<Sender> {
     Some(match Tunn::parse_incoming_packet(datagram).ok()? {
-        Packet::HandshakeInit(h) => Sender::Key(
-            parse_handshake_anon(secret, public, &h)
-                .ok()?
-                .peer_static_public,
-        ),
+        Packet::HandshakeInit(h) => {
+            let (secret, public) = keys()?;
+            Sender::Key(
+                parse_handshake_anon(&secret, &public, &h)
+                    .ok()?
+                    .peer_static_public,
+            )
+        }
         Packet::HandshakeResponse(h) => Sender::Index(h.receiver_idx >> 8),
         Packet::PacketCookieReply(c) => Sender::Index(c.receiver_idx >> 8),
         Packet::PacketData(d) => Sender::Index(d.receiver_idx >> 8),
@@ -563,7 +600,7 @@ fn sender(secret: &StaticSecret, public: &PublicKey, datagram: &[u8]) -> Option<
 /// The peer a datagram is from.
 fn find_peer(shared: &Shared, datagram: &[u8]) -> Option<Arc<Peer>> {
     let peers = shared.peers.read().ok()?;
-    match sender(&shared.secret, &shared.public, datagram)? {
+    match sender(|| shared.keys.read().ok().map(|k| k.clone()), datagram)? {
         Sender::Key(k) => peers.by_key.get(&k).cloned(),
         Sender::Index(i) => peers.by_index.get(&i).cloned(),
     }
@@ -585,7 +622,7 @@ pub fn fuzz_datagram(datagram: &[u8]) {
     if !fits(datagram) {
         return;
     }
-    let _ = sender(secret, public, datagram);
+    let _ = sender(|| Some((secret.clone(), *public)), datagram);
     let mut dst = vec![0u8; SLOT];
     if let Ok(mut t) = tunn.lock() {
         let _ = t.decapsulate(Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), datagram, &mut dst);

@@ -433,3 +433,66 @@ fn strict_mode_drops_plaintext_between_nodes_even_with_the_mesh_down() {
     );
     drop((da, db));
 }
+
+#[test]
+fn a_key_rotates_under_a_running_tcp_stream_without_breaking_it() {
+    veil_netns::supported().expect("these tests need root and iproute2");
+    let lan = veil_netns::LanGuard(Lan::create(&veil_netns::new_id()).unwrap());
+    let a = lan.attach("a", 0).unwrap();
+    let b = lan.attach("b", 1).unwrap();
+    let (ka, kb) = (MeshKey::generate(), MeshKey::generate());
+    let (pa, pb) = (ka.public(), kb.public());
+    let da = device(&lan, &a, 0, ka);
+    let db = device(&lan, &b, 1, kb);
+    da.set_peers(&[peer(&lan, &b, 1, pb)]).unwrap();
+    db.set_peers(&[peer(&lan, &a, 0, pa)]).unwrap();
+
+    let to = mesh_addr(&lan, 1);
+    let listener = run_in(&b.netns, || TcpListener::bind((to, 7004)).unwrap()).unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let chunk: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let chunks = 60;
+    let writer = {
+        let chunk = chunk.clone();
+        let ns = a.netns.clone();
+        std::thread::spawn(move || {
+            run_in(&ns, move || {
+                let mut s = TcpStream::connect_timeout(
+                    &SocketAddr::from((to, 7004)),
+                    Duration::from_secs(5),
+                )
+                .unwrap();
+                for _ in 0..chunks {
+                    s.write_all(&chunk).unwrap();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+            .unwrap()
+        })
+    };
+    // Mid-stream: a takes a new key; b learns it (as the control plane would tell it).
+    std::thread::sleep(Duration::from_millis(1000));
+    let new = MeshKey::generate();
+    let new_public = new.public();
+    let handshakes = da.stats().handshakes + db.stats().handshakes;
+    da.rotate_key(new).unwrap();
+    assert_eq!(da.public_key(), new_public);
+    db.set_peers(&[peer(&lan, &a, 0, new_public)]).unwrap();
+    writer.join().unwrap();
+    let got = reader.join().unwrap();
+    assert_eq!(got.len(), chunk.len() * chunks, "the stream lost data");
+    assert!(
+        got.chunks(chunk.len()).all(|c| c == chunk.as_slice()),
+        "the stream was altered"
+    );
+    assert!(
+        da.stats().handshakes + db.stats().handshakes > handshakes,
+        "no new handshake after the rotation"
+    );
+    drop((da, db));
+}
