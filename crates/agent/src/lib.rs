@@ -228,6 +228,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 .filter(|a| **a != listen)
                 .cloned()
                 .collect();
+            let (mut last_rotation, mut rotations) = (std::time::Instant::now(), 0u64);
             if !peers.is_empty() {
                 tokio::spawn(join_peers(
                     cp.clone(),
@@ -265,7 +266,16 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     if let Err(e) = d.set_peers(&mesh::peer_configs(&cp.own_mesh_peers())) {
                         tracing::warn!(error = %e, "mesh: peer set refused");
                     }
-                    let ms = mesh::status(d, *address);
+                    if let Some(every) = cfg.mesh.as_ref().and_then(|m| m.rotate_secs)
+                        && last_rotation.elapsed() >= Duration::from_secs(every)
+                    {
+                        let key = veil_mesh::MeshKey::generate();
+                        cp.set_own_mesh_key(key.public_base64());
+                        d.rotate_key(key)?;
+                        last_rotation = std::time::Instant::now();
+                        rotations += 1;
+                    }
+                    let ms = mesh::status(d, *address, rotations);
                     if status.mesh.as_ref() != Some(&ms) {
                         status.mesh = Some(ms);
                         write_status(&cfg.state_dir, &status);
@@ -461,6 +471,7 @@ async fn worker(
         (Some(_), _, None) => bail!("the control plane assigned no mesh address"),
         _ => None,
     };
+    let (mut last_rotation, mut rotations) = (std::time::Instant::now(), 0u64);
     // Re-attest periodically and fetch the state key again, showing the node certificate:
     // any control-plane node keeps serving keys only to nodes that still match the
     // reference values.
@@ -480,7 +491,22 @@ async fn worker(
                 anyhow::bail!("the control plane served a different state key");
             }
             if let Some((d, _)) = &device {
-                let peers = s.mesh_peers(&node_cert).await?;
+                let (mut peers, asked) = s.mesh_peers(&node_cert).await?;
+                let due = cfg
+                    .mesh
+                    .as_ref()
+                    .and_then(|m| m.rotate_secs)
+                    .is_some_and(|every| last_rotation.elapsed() >= Duration::from_secs(every));
+                if asked || due {
+                    // Register the new key first, then switch: peers learn it within one
+                    // re-attestation period, and queued packets wait for the new handshake.
+                    let key = veil_mesh::MeshKey::generate();
+                    peers = s.mesh_rekey(&node_cert, &key.public_base64()).await?;
+                    d.rotate_key(key)?;
+                    last_rotation = std::time::Instant::now();
+                    rotations += 1;
+                    tracing::info!(event = "mesh_key_rotated", on_demand = asked);
+                }
                 d.set_peers(&mesh::peer_configs(&peers))?;
             }
             anyhow::Ok(())
@@ -504,7 +530,7 @@ async fn worker(
             }
         }
         if let Some((d, address)) = &device {
-            status.mesh = Some(mesh::status(d, *address));
+            status.mesh = Some(mesh::status(d, *address, rotations));
         }
         write_status(&cfg.state_dir, &status);
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -24,6 +24,10 @@ pub struct MeshSettings {
     /// ports may flow between nodes (measured).
     #[serde(default)]
     pub strict: Option<StrictSettings>,
+    /// Rotate the node's mesh key this often (seconds; measured). The owner can also ask for
+    /// a rotation at any time (`veil node rotate-keys`).
+    #[serde(default)]
+    pub rotate_secs: Option<u64>,
 }
 
 fn default_interface() -> String {
@@ -57,6 +61,9 @@ pub struct MeshStatus {
     pub rx_bytes: u64,
     /// Packets dropped (unknown peer or address).
     pub dropped: u64,
+    /// Times its key rotated.
+    #[serde(default)]
+    pub rotations: u64,
 }
 
 fn cidr(text: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
@@ -73,8 +80,9 @@ impl MeshSettings {
     /// What the firmware measures of these settings.
     pub fn measured(&self) -> String {
         format!(
-            "mesh: {} strict: {}",
+            "mesh: {} rotate: {:?} strict: {}",
             self.network,
+            self.rotate_secs,
             self.strict
                 .as_ref()
                 .map(|s| format!("{} tls {:?}", s.lan, s.tls_ports))
@@ -160,7 +168,7 @@ pub fn peer_configs(peers: &[MeshPeer]) -> Vec<PeerConfig> {
 }
 
 /// The status of a running device.
-pub fn status(device: &Device, address: Ipv4Addr) -> MeshStatus {
+pub fn status(device: &Device, address: Ipv4Addr, rotations: u64) -> MeshStatus {
     let s = device.stats();
     MeshStatus {
         address: address.to_string(),
@@ -170,5 +178,6 @@ pub fn status(device: &Device, address: Ipv4Addr) -> MeshStatus {
         tx_bytes: s.tx_bytes,
         rx_bytes: s.rx_bytes,
         dropped: s.dropped,
+        rotations,
     }
 }

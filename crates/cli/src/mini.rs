@@ -367,6 +367,7 @@ fn start_cluster(
                 network: format!("10.215.{}.0/24", lan.subnet),
                 endpoint: format!("{addr}:{}", veil_agent::MESH_PORT),
                 interface: "veil0".into(),
+                rotate_secs: Some(600),
                 strict: Some(StrictSettings {
                     lan: format!("10.213.{}.0/24", lan.subnet),
                     tls_ports: vec![NETNS_CP_PORT, NETNS_METRICS_PORT],

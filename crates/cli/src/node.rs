@@ -25,6 +25,15 @@ pub enum NodeCommand {
         #[arg(long, default_value = "veil-mini")]
         workspace: PathBuf,
     },
+    /// Ask a node to rotate its mesh (WireGuard) key now; it does at its next re-attestation
+    /// and its peers learn the new key at theirs.
+    RotateKeys {
+        /// The node ID.
+        node: String,
+        /// The owner's workspace.
+        #[arg(long, default_value = "veil-mini")]
+        workspace: PathBuf,
+    },
 }
 
 fn secret32(path: &std::path::Path) -> anyhow::Result<[u8; 32]> {
@@ -36,8 +45,13 @@ fn secret32(path: &std::path::Path) -> anyhow::Result<[u8; 32]> {
 }
 
 pub fn run(cmd: NodeCommand) -> ExitCode {
-    let NodeCommand::Remove { node, workspace } = cmd;
-    match remove(&workspace, &node) {
+    let r = match cmd {
+        NodeCommand::Remove { node, workspace } => owner_command(&workspace, &node, Op::Remove),
+        NodeCommand::RotateKeys { node, workspace } => {
+            owner_command(&workspace, &node, Op::RotateKeys)
+        }
+    };
+    match r {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -46,7 +60,14 @@ pub fn run(cmd: NodeCommand) -> ExitCode {
     }
 }
 
-fn remove(ws_dir: &std::path::Path, node: &str) -> anyhow::Result<ExitCode> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Remove,
+    RotateKeys,
+}
+
+/// Sends an owner command about `node` to every control plane.
+fn owner_command(ws_dir: &std::path::Path, node: &str, op: Op) -> anyhow::Result<ExitCode> {
     if !node.starts_with("node-") {
         anyhow::bail!("`{node}`: expected a node ID (node-…)");
     }
@@ -64,17 +85,35 @@ fn remove(ws_dir: &std::path::Path, node: &str) -> anyhow::Result<ExitCode> {
     let mut known_anywhere = false;
     for (i, cp) in ws.record.control_planes.iter().enumerate() {
         let at = crate::clock::now().0;
-        let mac = veil_cluster::owner::command_mac(&secrets, &format!("remove-node {node}"), at)
+        let verb = match op {
+            Op::Remove => "remove-node",
+            Op::RotateKeys => "rotate-mesh-key",
+        };
+        let mac = veil_cluster::owner::command_mac(&secrets, &format!("{verb} {node}"), at)
             .map_err(anyhow::Error::msg)?;
         let r = rt.block_on(async {
             let mut a = attest_recorded(&ws, i, Membership::Member(cid.clone())).await?;
-            anyhow::Ok(a.session.remove_node(node, at, &mac).await?)
+            match op {
+                Op::Remove => anyhow::Ok(a.session.remove_node(node, at, &mac).await?),
+                Op::RotateKeys => match a.session.rotate_mesh_key(node, at, &mac).await {
+                    Ok(()) => Ok(true),
+                    // Only the control plane it joined knows its mesh key.
+                    Err(veil_cluster::ClientError::Refused(r)) if r.contains("no node") => {
+                        Ok(false)
+                    }
+                    Err(e) => Err(e.into()),
+                },
+            }
         });
         match r {
             Ok(known) => {
                 known_anywhere |= known;
+                let done = match op {
+                    Op::Remove => "removed",
+                    Op::RotateKeys => "will rotate its mesh key",
+                };
                 println!(
-                    "{}: {node} removed{}",
+                    "{}: {node} {done}{}",
                     cp.address,
                     if known {
                         ""
@@ -90,6 +129,10 @@ fn remove(ws_dir: &std::path::Path, node: &str) -> anyhow::Result<ExitCode> {
         }
     }
     if !known_anywhere && !failed {
+        if op == Op::RotateKeys {
+            eprintln!("rejected: no control plane knows {node} with a mesh key");
+            return Ok(ExitCode::from(EXIT_REJECTED));
+        }
         eprintln!("warning: no control plane had admitted {node}; it is barred from joining");
     }
     Ok(if failed {

@@ -297,6 +297,38 @@ fn mesh_checks(ws: &Path) {
             "not WireGuard or attested TLS: {l}"
         );
     }
+    // The owner asks worker-0 to rotate its mesh key: it does, its peers learn the new key,
+    // and worker-1 reaches it again.
+    let before = mesh_of("worker-0").unwrap();
+    let w0_id = status_of(&ws.join("nodes/worker-0"))
+        .unwrap()
+        .node_id
+        .unwrap();
+    let w = ws.display().to_string();
+    let (code, out, err) = veil(&["node", "rotate-keys", &w0_id, "--workspace", &w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while mesh_of("worker-0").is_none_or(|m| m.rotations == 0) {
+        assert!(Instant::now() < deadline, "worker-0 never rotated its key");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = mesh_of("worker-0").unwrap();
+    assert_ne!(after.public_key, before.public_key);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ping = Command::new("ip")
+            .args(["netns", "exec", &ns1, "ping", "-q", "-c", "1", "-W", "1"])
+            .arg(&after.address)
+            .output()
+            .unwrap();
+        if ping.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker-1 never reached worker-0's new key"
+        );
+    }
     // `veil verify` shows each node's mesh state.
     let (code, out, err) = veil(&["verify", "--workspace", &ws.display().to_string()]);
     assert_eq!(code, 0, "{out}\n{err}");

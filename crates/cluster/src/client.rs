@@ -353,18 +353,58 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         }
     }
 
-    /// Node: the current mesh peer set (every other attested, joined node).
+    /// Node: the current mesh peer set (every other attested, joined node), and whether the
+    /// owner asked this node to rotate its mesh key.
     pub async fn mesh_peers(
         &mut self,
         node_cert: &[u8],
-    ) -> Result<Vec<crate::proto::MeshPeer>, ClientError> {
+    ) -> Result<(Vec<crate::proto::MeshPeer>, bool), ClientError> {
         match self
             .call(&Request::MeshPeers {
                 node_cert: hex::encode(node_cert),
             })
             .await?
         {
-            Response::MeshPeers { peers } => Ok(peers),
+            Response::MeshPeers { peers, rotate } => Ok((peers, rotate)),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Node: registers a new mesh public key (base64); returns the peer set.
+    pub async fn mesh_rekey(
+        &mut self,
+        node_cert: &[u8],
+        public_key: &str,
+    ) -> Result<Vec<crate::proto::MeshPeer>, ClientError> {
+        match self
+            .call(&Request::MeshRekey {
+                node_cert: hex::encode(node_cert),
+                public_key: public_key.to_string(),
+            })
+            .await?
+        {
+            Response::MeshPeers { peers, .. } => Ok(peers),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Owner: asks a node to rotate its mesh key (the MAC is [`crate::owner::command_mac`]
+    /// of `rotate-mesh-key <node_id>` at `at`).
+    pub async fn rotate_mesh_key(
+        &mut self,
+        node_id: &str,
+        at: i64,
+        mac: &[u8; 32],
+    ) -> Result<(), ClientError> {
+        match self
+            .call(&Request::RotateMeshKey {
+                node_id: node_id.to_string(),
+                at,
+                mac: hex::encode(mac),
+            })
+            .await?
+        {
+            Response::RotationRequested { .. } => Ok(()),
             r => Err(unexpected(r)),
         }
     }

@@ -65,6 +65,23 @@ pub enum Request {
         /// HMAC-SHA256 under the owner-commands key (hex).
         mac: String,
     },
+    /// The owner asks a node to rotate its mesh key (it does at its next re-attestation).
+    RotateMeshKey {
+        /// The node.
+        node_id: String,
+        /// When the owner made the command (seconds since the epoch).
+        at: i64,
+        /// HMAC-SHA256 under the owner-commands key (hex).
+        mac: String,
+    },
+    /// A joined node registers its new mesh public key (re-attested, like a key request);
+    /// the answer is its peer set.
+    MeshRekey {
+        /// Its node certificate (hex DER).
+        node_cert: String,
+        /// The new WireGuard public key (base64).
+        public_key: String,
+    },
     /// A joined node asks for the current mesh peer set (re-attested, like a key request).
     MeshPeers {
         /// Its node certificate (hex DER).
@@ -167,6 +184,14 @@ pub enum Response {
     MeshPeers {
         /// The peers.
         peers: Vec<MeshPeer>,
+        /// The owner asked this node to rotate its mesh key.
+        #[serde(default)]
+        rotate: bool,
+    },
+    /// A node will rotate its mesh key at its next re-attestation.
+    RotationRequested {
+        /// The node.
+        node_id: String,
     },
     /// The control plane's TPM endorsement.
     Endorsement {

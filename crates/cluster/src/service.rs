@@ -117,6 +117,8 @@ struct State {
     last_seen: HashMap<String, i64>,
     /// Nodes the owner removed: never served again, never admitted again.
     removed: std::collections::BTreeSet<String>,
+    /// Nodes the owner asked to rotate their mesh keys.
+    rotate: std::collections::HashSet<String>,
 }
 
 impl State {
@@ -496,6 +498,15 @@ impl ControlPlane {
         Ok(address)
     }
 
+    /// Records this control plane's own new mesh key (after its device rotated it).
+    pub fn set_own_mesh_key(&self, public_key: String) {
+        if let Ok(mut st) = self.state.lock()
+            && let Some(m) = st.own_mesh.as_mut()
+        {
+            m.public_key = public_key;
+        }
+    }
+
     /// The mesh peers of this control plane's own node: every node that joined with a mesh
     /// key and re-attested recently.
     pub fn own_mesh_peers(&self) -> Vec<crate::proto::MeshPeer> {
@@ -806,21 +817,64 @@ impl ControlPlane {
                 tracing::info!(event = "node_removed", node = %node_id, known);
                 Response::Removed { node_id, known }
             }
+            Request::RotateMeshKey { node_id, at, mac } => {
+                let Some(secrets) = &st.secrets else {
+                    return unavailable("rotate: the control plane awaits recovery (veil recover)");
+                };
+                let Ok(mac) = decode_hex(&mac) else {
+                    return refused("rotate: the MAC is not hex");
+                };
+                if let Err(e) = crate::owner::check(
+                    secrets,
+                    &format!("rotate-mesh-key {node_id}"),
+                    at,
+                    &mac,
+                    now().0,
+                ) {
+                    return refused(format!("rotate: {e}"));
+                }
+                if !st.nodes.get(&node_id).is_some_and(|n| n.mesh.is_some()) {
+                    return refused(format!("rotate: no node {node_id} with a mesh key here"));
+                }
+                st.rotate.insert(node_id.clone());
+                tracing::info!(event = "mesh_rotation_requested", node = %node_id);
+                Response::RotationRequested { node_id }
+            }
+            Request::MeshRekey {
+                node_cert,
+                public_key,
+            } => {
+                let node = match self.authenticate(&st, peer, &node_cert, cert_cache, "rekey") {
+                    Ok(n) => n,
+                    Err(r) => return r,
+                };
+                let Some(m) = st
+                    .nodes
+                    .get_mut(&node.node_id)
+                    .and_then(|n| n.mesh.as_mut())
+                else {
+                    return refused(format!("rekey: {} has no mesh key here", node.node_id));
+                };
+                if let Err(e) = crate::mesh::check_join(&crate::proto::MeshJoin {
+                    public_key: public_key.clone(),
+                    endpoint: m.endpoint.clone(),
+                }) {
+                    return refused(format!("rekey: {e}"));
+                }
+                m.public_key = public_key;
+                st.rotate.remove(&node.node_id);
+                st.last_seen.insert(node.node_id.clone(), now().0);
+                self.persist(&st);
+                tracing::info!(event = "mesh_key_rotated", node = %node.node_id);
+                self.mesh_peers_of(&st, &node.node_id)
+            }
             Request::MeshPeers { node_cert } => {
                 let node = match self.authenticate(&st, peer, &node_cert, cert_cache, "mesh") {
                     Ok(n) => n,
                     Err(r) => return r,
                 };
                 st.last_seen.insert(node.node_id.clone(), now().0);
-                Response::MeshPeers {
-                    peers: crate::mesh::peers(
-                        st.own_mesh.as_ref(),
-                        &st.nodes,
-                        &st.last_seen,
-                        now().0 - MESH_FRESH_SECS,
-                        Some(&node.node_id),
-                    ),
-                }
+                self.mesh_peers_of(&st, &node.node_id)
             }
             Request::ClusterReport { nonce } => {
                 let Some(cid) = st.cluster_id else {
@@ -1000,6 +1054,19 @@ impl ControlPlane {
         Response::Challenge {
             id_object: hex::encode(made.id_object),
             encrypted_secret: hex::encode(made.encrypted_secret),
+        }
+    }
+
+    fn mesh_peers_of(&self, st: &State, node_id: &str) -> Response {
+        Response::MeshPeers {
+            peers: crate::mesh::peers(
+                st.own_mesh.as_ref(),
+                &st.nodes,
+                &st.last_seen,
+                now().0 - MESH_FRESH_SECS,
+                Some(node_id),
+            ),
+            rotate: st.rotate.contains(node_id),
         }
     }
 
