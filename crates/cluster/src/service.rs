@@ -833,7 +833,7 @@ impl ControlPlane {
                 ) {
                     return refused(format!("rotate: {e}"));
                 }
-                if !st.nodes.get(&node_id).is_some_and(|n| n.mesh.is_some()) {
+                if st.nodes.get(&node_id).is_none_or(|n| n.mesh.is_none()) {
                     return refused(format!("rotate: no node {node_id} with a mesh key here"));
                 }
                 st.rotate.insert(node_id.clone());
