@@ -256,7 +256,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot listen on {addr}"))?;
                 tokio::spawn(serve_metrics(
                     l,
-                    cp.clone(),
+                    Some(cp.clone()),
                     device.as_ref().map(|(d, _)| d.clone()),
                 ));
             }
@@ -467,10 +467,20 @@ async fn worker(
     write_status(&cfg.state_dir, &status);
     tracing::info!(node_id = %node_id, "joined");
     let device = match (&cfg.mesh, mesh_key.take(), mesh_address) {
-        (Some(m), Some(k), Some(address)) => Some((m.start(k, address)?, address)),
+        (Some(m), Some(k), Some(address)) => Some((Arc::new(m.start(k, address)?), address)),
         (Some(_), _, None) => bail!("the control plane assigned no mesh address"),
         _ => None,
     };
+    if let Some(addr) = &cfg.metrics {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tokio::spawn(serve_metrics(
+            l,
+            None,
+            device.as_ref().map(|(d, _)| d.clone()),
+        ));
+    }
     let (mut last_rotation, mut rotations) = (std::time::Instant::now(), 0u64);
     // Re-attest periodically and fetch the state key again, showing the node certificate:
     // any control-plane node keeps serving keys only to nodes that still match the
@@ -582,7 +592,7 @@ fn mesh_metrics(s: &veil_mesh::Stats) -> String {
 /// A minimal HTTP/1.1 responder for Prometheus scrapes: any request gets the metrics.
 async fn serve_metrics(
     listener: tokio::net::TcpListener,
-    cp: Arc<ControlPlane>,
+    cp: Option<Arc<ControlPlane>>,
     device: Option<Arc<veil_mesh::Device>>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -595,7 +605,7 @@ async fn serve_metrics(
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let _ = sock.read(&mut buf).await;
-            let mut body = cp.metrics_text();
+            let mut body = cp.as_ref().map(|c| c.metrics_text()).unwrap_or_default();
             if let Some(d) = &device {
                 body.push_str(&mesh_metrics(&d.stats()));
             }

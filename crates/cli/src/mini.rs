@@ -359,7 +359,9 @@ fn start_cluster(
             reference_key: ws.join("reference.pub"),
             tpm_roots_local: true,
             state_dir: dir.clone(),
-            metrics: (role == "control-plane")
+            // Control planes always serve metrics; workers too when they have a namespace
+            // (their own port), for their mesh counters.
+            metrics: (role == "control-plane" || namespaces)
                 .then(|| port(NETNS_METRICS_PORT).map(|p| format!("{addr}:{p}")))
                 .transpose()?,
             // In namespaces, nodes talk over the attested WireGuard mesh, in strict mode.

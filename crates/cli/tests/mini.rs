@@ -297,6 +297,68 @@ fn mesh_checks(ws: &Path) {
             "not WireGuard or attested TLS: {l}"
         );
     }
+    // A process in a new namespace on the cluster's LAN, with a well-formed WireGuard key that
+    // no attested node has: it knows worker-0's key and endpoint and sends, and not one packet
+    // gets through.
+    {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(ws.join("mini.json")).unwrap()).unwrap();
+        let lan = veil_netns::Lan {
+            id: state["lan"]["id"].as_str().unwrap().into(),
+            subnet: state["lan"]["subnet"].as_u64().unwrap() as u8,
+        };
+        let stranger = lan.attach("stranger", 90).unwrap();
+        let w0 = mesh_of("worker-0").unwrap();
+        let (_, lan0, _) = ns_of(ws, "worker-0");
+        let cfg = veil_mesh::DeviceConfig {
+            interface: "veil0".into(),
+            address: std::net::Ipv4Addr::new(10, 215, lan.subnet, 200),
+            prefix: 24,
+            listen: std::net::SocketAddr::from((stranger.addr, 51820)),
+            mtu: 1420,
+        };
+        let device = veil_netns::run_in(&stranger.netns, || {
+            veil_mesh::Device::start(&cfg, veil_mesh::MeshKey::generate())
+        })
+        .unwrap()
+        .unwrap();
+        device
+            .set_peers(&[veil_mesh::PeerConfig {
+                public_key: veil_mesh::decode_key(&w0.public_key).unwrap(),
+                endpoint: format!("{lan0}:51820").parse().unwrap(),
+                mesh_address: w0.address.parse().unwrap(),
+            }])
+            .unwrap();
+        let ping = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &stranger.netns,
+                "ping",
+                "-q",
+                "-c",
+                "3",
+                "-i",
+                "0.3",
+                "-W",
+                "1",
+            ])
+            .arg(&w0.address)
+            .output()
+            .unwrap();
+        assert!(!ping.status.success(), "an unattested key reached worker-0");
+        assert_eq!(
+            device.stats().rx_bytes,
+            0,
+            "the stranger received something"
+        );
+        assert!(device.stats().tx_bytes > 0 || device.stats().dropped > 0);
+        let after = mesh_of("worker-0").unwrap();
+        assert_eq!(after.peers, 2, "the stranger entered worker-0's peer set");
+        drop(device);
+        veil_netns::remove_netns(&stranger.netns).unwrap();
+    }
+
     // The owner asks worker-0 to rotate its mesh key: it does, its peers learn the new key,
     // and worker-1 reaches it again.
     let before = mesh_of("worker-0").unwrap();
@@ -328,6 +390,33 @@ fn mesh_checks(ws: &Path) {
             Instant::now() < deadline,
             "worker-1 never reached worker-0's new key"
         );
+    }
+    // Each worker's Prometheus metrics count its mesh peers, handshakes and bytes.
+    let w0_cfg: AgentConfig =
+        serde_norway::from_slice(&std::fs::read(ws.join("nodes/worker-0/agent.yaml")).unwrap())
+            .unwrap();
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut sock = std::net::TcpStream::connect(w0_cfg.metrics.as_deref().unwrap()).unwrap();
+        sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        sock.read_to_string(&mut out).unwrap();
+        out
+    };
+    for (name, at_least) in [
+        ("veil_mesh_peers", 2),
+        ("veil_mesh_handshakes_total", 1),
+        ("veil_mesh_tx_bytes_total", 100_000),
+    ] {
+        let v: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(v >= at_least, "{name} = {v}:\n{metrics}");
     }
     // `veil verify` shows each node's mesh state.
     let (code, out, err) = veil(&["verify", "--workspace", &ws.display().to_string()]);
