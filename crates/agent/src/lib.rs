@@ -422,6 +422,11 @@ async fn worker(
         .as_ref()
         .zip(mesh_key.as_ref())
         .map(|(m, k)| m.join(k));
+    // Every piece of this node's evidence vouches for its mesh key: the control plane takes
+    // the key only from a connection whose evidence binds it.
+    if let Some(k) = &mesh_key {
+        attester.set_context(veil_cluster::mesh::key_context(&k.public()));
+    }
     // Join, retrying while no control plane is up or initialised yet.
     let (node_id, cluster_id, check, node_cert, mesh_address) = loop {
         let attempt = async {
@@ -482,6 +487,7 @@ async fn worker(
         ));
     }
     let (mut last_rotation, mut rotations) = (std::time::Instant::now(), 0u64);
+    let mut next_key: Option<veil_mesh::MeshKey> = None;
     // Re-attest periodically and fetch the state key again, showing the node certificate:
     // any control-plane node keeps serving keys only to nodes that still match the
     // reference values.
@@ -501,22 +507,33 @@ async fn worker(
                 anyhow::bail!("the control plane served a different state key");
             }
             if let Some((d, _)) = &device {
-                let (mut peers, asked) = s.mesh_peers(&node_cert).await?;
-                let due = cfg
-                    .mesh
-                    .as_ref()
-                    .and_then(|m| m.rotate_secs)
-                    .is_some_and(|every| last_rotation.elapsed() >= Duration::from_secs(every));
-                if asked || due {
-                    // Register the new key first, then switch: peers learn it within one
-                    // re-attestation period, and queued packets wait for the new handshake.
-                    let key = veil_mesh::MeshKey::generate();
-                    peers = s.mesh_rekey(&node_cert, &key.public_base64()).await?;
-                    d.rotate_key(key)?;
-                    last_rotation = std::time::Instant::now();
-                    rotations += 1;
-                    tracing::info!(event = "mesh_key_rotated", on_demand = asked);
-                }
+                // A new key made at the previous round is vouched for by this connection's
+                // evidence: register it, then switch (peers learn it at their next
+                // re-attestation; packets meanwhile wait for the new handshake).
+                let peers =
+                    match next_key.take() {
+                        Some(key) => {
+                            let peers = s.mesh_rekey(&node_cert, &key.public_base64()).await?;
+                            d.rotate_key(key)?;
+                            last_rotation = std::time::Instant::now();
+                            rotations += 1;
+                            tracing::info!(event = "mesh_key_rotated");
+                            peers
+                        }
+                        None => {
+                            let (peers, asked) = s.mesh_peers(&node_cert).await?;
+                            let due = cfg.mesh.as_ref().and_then(|m| m.rotate_secs).is_some_and(
+                                |every| last_rotation.elapsed() >= Duration::from_secs(every),
+                            );
+                            if asked || due {
+                                let key = veil_mesh::MeshKey::generate();
+                                attester
+                                    .set_context(veil_cluster::mesh::key_context(&key.public()));
+                                next_key = Some(key);
+                            }
+                            peers
+                        }
+                    };
                 d.set_peers(&mesh::peer_configs(&peers))?;
             }
             anyhow::Ok(())

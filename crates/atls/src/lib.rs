@@ -3,10 +3,11 @@
 //! TLS 1.3 (rustls, mutual) where each side's certificate carries its attestation evidence,
 //! made for this connection:
 //!
-//! 1. before TLS, each side sends a hello in the clear: a fresh 32-byte nonce and whether it
-//!    attests and whether it requires the peer's evidence;
+//! 1. before TLS, each side sends a hello in the clear: a fresh 32-byte nonce, whether it
+//!    attests and whether it requires the peer's evidence, and a 32-byte context it vouches for
+//!    ([`Attester::context`], e.g. the hash of another key it holds);
 //! 2. each attesting side makes evidence whose report data is
-//!    `SHA-512("veil-atls-v2\0" ‖ verifier's nonce ‖ attester's nonce ‖ SHA-256(own TLS SPKI))`
+//!    `SHA-512("veil-atls-v2\0" ‖ verifier's nonce ‖ attester's nonce ‖ context ‖ SHA-256(own TLS SPKI))`
 //!    and puts it in the self-signed certificate of its TLS key (extension [`EVIDENCE_OID`]);
 //! 3. the TLS 1.3 handshake runs with those certificates: each side's CertificateVerify
 //!    proves it holds the key the evidence names;

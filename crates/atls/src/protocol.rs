@@ -56,6 +56,13 @@ impl From<std::io::Error> for AtlsError {
 pub trait Attester: Send + Sync {
     /// Evidence binding `report_data`.
     fn attest(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, String>;
+
+    /// 32 bytes the attester vouches for in every piece of evidence it makes (e.g. the hash of
+    /// a key it holds): sent in its hello and bound into the report data, so a verifier that
+    /// accepts the evidence knows the attester meant it.
+    fn context(&self) -> [u8; 32] {
+        [0; 32]
+    }
 }
 
 /// Appraises a peer's evidence, which must bind `report_data`.
@@ -73,6 +80,8 @@ pub struct BindingInput {
     pub verifier_nonce: [u8; 32],
     /// The attester's own nonce (its hello): the evidence belongs to this pair of hellos.
     pub attester_nonce: [u8; 32],
+    /// What the attester vouches for (its hello's context).
+    pub attester_context: [u8; 32],
     /// SHA-256 of the attester's TLS SubjectPublicKeyInfo: the key that must then sign this
     /// TLS 1.3 handshake (CertificateVerify).
     pub attester_spki_sha256: [u8; 32],
@@ -84,6 +93,7 @@ pub fn binding(input: &BindingInput) -> [u8; 64] {
         .chain_update(DOMAIN)
         .chain_update(input.verifier_nonce)
         .chain_update(input.attester_nonce)
+        .chain_update(input.attester_context)
         .chain_update(input.attester_spki_sha256)
         .finalize()
         .into()
@@ -96,6 +106,8 @@ pub struct Peer<C> {
     pub claims: Option<C>,
     /// SHA-256 of its TLS key.
     pub spki_sha256: [u8; 32],
+    /// The context its evidence vouches for (meaningful only when `claims` is `Some`).
+    pub context: [u8; 32],
 }
 
 /// Writes one length-prefixed frame (what the exchange uses; services on top may reuse it).
@@ -136,16 +148,21 @@ pub async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>, Atls
 struct Hello {
     nonce: [u8; 32],
     flags: u8,
+    context: [u8; 32],
 }
+
+const HELLO_LEN: usize = 65;
 
 /// Exchanges hellos in the clear, before TLS: each side learns the nonce its evidence must
 /// bind before it makes its certificate. (A man in the middle who alters a nonce only makes
 /// the evidence fail to bind.)
 async fn hellos<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
-    attests: bool,
+    attester: Option<&dyn Attester>,
     requires: bool,
 ) -> Result<(Hello, Hello), AtlsError> {
+    let attests = attester.is_some();
+    let context = attester.map(|a| a.context()).unwrap_or([0; 32]);
     let mut nonce = [0u8; 32];
     SystemRandom::new()
         .fill(&mut nonce)
@@ -157,30 +174,36 @@ async fn hellos<IO: AsyncRead + AsyncWrite + Unpin>(
     if requires {
         flags |= FLAG_REQUIRES;
     }
-    let mut out = [0u8; 33];
-    if let Some((f, n)) = out.split_last_mut() {
-        n.copy_from_slice(&nonce);
-        *f = flags;
-    }
+    // nonce (32) ‖ flags (1) ‖ context (32)
+    let mut out = Vec::with_capacity(HELLO_LEN);
+    out.extend_from_slice(&nonce);
+    out.push(flags);
+    out.extend_from_slice(&context);
     io.write_all(&out).await?;
     io.flush().await?;
-    let mut peer = [0u8; 33];
+    let mut peer = [0u8; HELLO_LEN];
     io.read_exact(&mut peer).await?;
-    let (peer_flags, peer_nonce) = peer
-        .split_last()
-        .ok_or_else(|| AtlsError::Protocol("hello: empty".into()))?;
+    let (n, rest) = peer.split_at(32);
+    let (f, c) = rest.split_at(1);
+    let peer_flags = f.first().copied().unwrap_or(0);
     if peer_flags & !(FLAG_ATTESTS | FLAG_REQUIRES) != 0 {
         return Err(AtlsError::Protocol(format!(
             "hello: unknown flags {peer_flags:#04x} (expected a combination of 0x01 and 0x02)"
         )));
     }
-    let mut n = [0u8; 32];
-    n.copy_from_slice(peer_nonce);
+    let (mut pn, mut pc) = ([0u8; 32], [0u8; 32]);
+    pn.copy_from_slice(n);
+    pc.copy_from_slice(c);
     Ok((
-        Hello { nonce, flags },
         Hello {
-            nonce: n,
-            flags: *peer_flags,
+            nonce,
+            flags,
+            context,
+        },
+        Hello {
+            nonce: pn,
+            flags: peer_flags,
+            context: pc,
         },
     ))
 }
@@ -198,6 +221,7 @@ fn own_certificate(
             let rd = binding(&BindingInput {
                 verifier_nonce: peer.nonce,
                 attester_nonce: own.nonce,
+                attester_context: own.context,
                 attester_spki_sha256: id.spki_sha256(),
             });
             Some(blocking(|| a.attest(&rd)).map_err(AtlsError::Attester)?)
@@ -235,6 +259,7 @@ where
             let expected = binding(&BindingInput {
                 verifier_nonce: own.nonce,
                 attester_nonce: peer.nonce,
+                attester_context: peer.context,
                 attester_spki_sha256: peer_spki,
             });
             a.appraise(&ev, &expected)
@@ -253,6 +278,7 @@ where
         Some((1, _)) => Ok(Peer {
             claims,
             spki_sha256: peer_spki,
+            context: peer.context,
         }),
         Some((0, reason)) => Err(AtlsError::RefusedByPeer(
             String::from_utf8_lossy(reason).into_owned(),
@@ -312,7 +338,7 @@ where
     A: Appraiser + ?Sized,
 {
     timed(async move {
-        let (own, peer) = hellos(&mut io, attester.is_some(), appraiser.is_some()).await?;
+        let (own, peer) = hellos(&mut io, attester, appraiser.is_some()).await?;
         if appraiser.is_some() && peer.flags & FLAG_ATTESTS == 0 {
             return Err(AtlsError::NoEvidence);
         }
@@ -374,7 +400,7 @@ where
     A: Appraiser + ?Sized,
 {
     timed(async move {
-        let (own, peer) = hellos(&mut io, attester.is_some(), appraiser.is_some()).await?;
+        let (own, peer) = hellos(&mut io, attester, appraiser.is_some()).await?;
         if appraiser.is_some() && required && peer.flags & FLAG_ATTESTS == 0 {
             return Err(AtlsError::NoEvidence);
         }

@@ -214,6 +214,7 @@ fn binding_depends_on_every_input() {
     let base = BindingInput {
         verifier_nonce: [1; 32],
         attester_nonce: [2; 32],
+        attester_context: [4; 32],
         attester_spki_sha256: [3; 32],
     };
     let b = binding(&base);
@@ -238,6 +239,13 @@ fn binding_depends_on_every_input() {
             ..base
         })
     );
+    assert_ne!(
+        b,
+        binding(&BindingInput {
+            attester_context: [9; 32],
+            ..base
+        })
+    );
 }
 
 async fn send<S: tokio::io::AsyncWrite + Unpin>(s: &mut S, body: &[u8]) {
@@ -249,9 +257,9 @@ async fn send<S: tokio::io::AsyncWrite + Unpin>(s: &mut S, body: &[u8]) {
     s.flush().await.unwrap();
 }
 
-async fn raw_hello(s: &mut TcpStream) -> [u8; 33] {
+async fn raw_hello(s: &mut TcpStream) -> [u8; 65] {
     use tokio::io::AsyncReadExt;
-    let mut h = [0u8; 33];
+    let mut h = [0u8; 65];
     s.read_exact(&mut h).await.unwrap();
     h
 }
@@ -288,6 +296,7 @@ async fn evidence_relayed_from_another_connection_is_refused() {
         let client_hello = raw_hello(&mut to_client).await;
         let mut hello = client_hello[..32].to_vec();
         hello.push(2); // "I require your evidence", with the client's nonce
+        hello.extend_from_slice(&[0; 32]);
         send_raw(&mut upstream, &hello).await;
         let node_hello = raw_hello(&mut upstream).await;
         send_raw(&mut to_client, &node_hello).await; // "I attest", with the node's nonce
@@ -350,6 +359,7 @@ async fn evidence_travels_in_the_certificate() {
     let mut sock = TcpStream::connect(addr).await.unwrap();
     let mut hello = vec![7u8; 32];
     hello.push(2);
+    hello.extend_from_slice(&[0; 32]);
     send_raw(&mut sock, &hello).await;
     let node_hello = raw_hello(&mut sock).await;
     assert_eq!(node_hello[32], 1, "the node says it attests");
@@ -366,9 +376,12 @@ async fn evidence_travels_in_the_certificate() {
     let spki = cert.public_key().unwrap().spki_der().unwrap();
     let mut node_nonce = [0u8; 32];
     node_nonce.copy_from_slice(&node_hello[..32]);
+    let mut node_context = [0u8; 32];
+    node_context.copy_from_slice(&node_hello[33..65]);
     let expected = binding(&BindingInput {
         verifier_nonce: [7; 32],
         attester_nonce: node_nonce,
+        attester_context: node_context,
         attester_spki_sha256: <sha2::Sha256 as sha2::Digest>::digest(&spki).into(),
     });
     assert_eq!(
@@ -377,4 +390,75 @@ async fn evidence_travels_in_the_certificate() {
     );
     drop(tls);
     let _ = node.await;
+}
+
+/// An attester that vouches for a context.
+struct WithContext(Arc<SoftTee>, [u8; 32]);
+
+impl Attester for WithContext {
+    fn attest(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, String> {
+        self.0.attest(report_data)
+    }
+    fn context(&self) -> [u8; 32] {
+        self.1
+    }
+}
+
+#[tokio::test]
+async fn the_attesters_context_is_bound_and_cannot_be_swapped_on_the_way() {
+    let tee = SoftTee::new();
+    let trust = TrustedTee(tee.public());
+    // Straight: the verifier learns the context the evidence vouches for.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_tee = WithContext(tee.clone(), [5; 32]);
+    let node = tokio::spawn(async move {
+        for _ in 0..2 {
+            let (sock, _) = listener.accept().await.unwrap();
+            let id = Identity::generate().unwrap();
+            let _ =
+                server::<_, TrustedTee>(sock, &id, Some(&server_tee as &dyn Attester), None).await;
+        }
+    });
+    let id = Identity::generate().unwrap();
+    let (_, peer) = client(
+        TcpStream::connect(addr).await.unwrap(),
+        &id,
+        None,
+        Some(&trust),
+    )
+    .await
+    .unwrap();
+    assert_eq!(peer.context, [5; 32]);
+    // A relay that rewrites the context in the node's hello: the evidence no longer binds.
+    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut c, _) = relay.accept().await.unwrap();
+        let mut n = TcpStream::connect(addr).await.unwrap();
+        let mut hello = [0u8; 65];
+        c.read_exact(&mut hello).await.unwrap();
+        n.write_all(&hello).await.unwrap();
+        n.read_exact(&mut hello).await.unwrap();
+        hello[40] ^= 1; // inside the context
+        c.write_all(&hello).await.unwrap();
+        let (mut cr, mut cw) = c.into_split();
+        let (mut nr, mut nw) = n.into_split();
+        tokio::spawn(async move { tokio::io::copy(&mut cr, &mut nw).await });
+        let _ = tokio::io::copy(&mut nr, &mut cw).await;
+    });
+    let r = client(
+        TcpStream::connect(relay_addr).await.unwrap(),
+        &id,
+        None,
+        Some(&trust),
+    )
+    .await;
+    match r {
+        Err(AtlsError::Refused(reason)) => assert!(reason.contains("not bound"), "{reason}"),
+        Err(other) => panic!("refused for the wrong reason: {other}"),
+        Ok(_) => panic!("a swapped context was accepted"),
+    }
+    node.abort();
 }

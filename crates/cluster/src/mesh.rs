@@ -9,6 +9,34 @@ use std::net::{Ipv4Addr, SocketAddr};
 use crate::proto::{MeshJoin, MeshPeer};
 use crate::service::NodeRecord;
 
+/// What a node's evidence vouches for about its mesh key: SHA-256("veil-mesh-key\0" ‖ key),
+/// the attested-TLS context of its connections (see `veil_atls::Attester::context`).
+pub fn key_context(public_key: &[u8; 32]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::new()
+        .chain_update(b"veil-mesh-key\0")
+        .chain_update(public_key)
+        .finalize()
+        .into()
+}
+
+/// Checks that the evidence of this connection vouches for `public_key` (base64).
+pub fn check_bound(public_key: &str, context: &[u8; 32]) -> Result<(), String> {
+    use base64::Engine;
+    let key: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(public_key.trim())
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| format!("public key `{public_key}` is not 32 bytes of base64"))?;
+    if key_context(&key) != *context {
+        return Err(
+            "the mesh key is not the one the node's evidence vouches for (attested-TLS context)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// Checks a joining node's mesh key (32 bytes of base64) and endpoint (IPv4:port).
 pub fn check_join(m: &MeshJoin) -> Result<(), String> {
     use base64::Engine;

@@ -190,6 +190,8 @@ impl AnyRole<'_> {
 struct Appraised {
     claims: NodeClaims,
     roles: Vec<(String, String)>,
+    /// What the node's evidence vouches for (its attested-TLS context).
+    context: [u8; 32],
 }
 
 impl Appraiser for AnyRole<'_> {
@@ -235,6 +237,8 @@ impl Appraiser for AnyRole<'_> {
             Some(claims) => Ok(Appraised {
                 claims,
                 roles: matched,
+                // Filled in from the connection once the handshake is done.
+                context: [0; 32],
             }),
             None => Err(reasons.join("; ")),
         }
@@ -578,7 +582,11 @@ impl ControlPlane {
             }
         };
         bump(&self.metrics.connections);
-        let peer = peer.claims;
+        let context = peer.context;
+        let peer = peer.claims.map(|mut a| {
+            a.context = context;
+            a
+        });
         let mut cert_cache: CertCache = None;
         loop {
             let frame = match read_frame(&mut tls).await {
@@ -858,6 +866,11 @@ impl ControlPlane {
                 if let Err(e) = crate::mesh::check_join(&crate::proto::MeshJoin {
                     public_key: public_key.clone(),
                     endpoint: m.endpoint.clone(),
+                })
+                .and_then(|()| {
+                    peer.map_or(Err("not attested".into()), |p| {
+                        crate::mesh::check_bound(&public_key, &p.context)
+                    })
                 }) {
                     return refused(format!("rekey: {e}"));
                 }
@@ -1029,7 +1042,9 @@ impl ControlPlane {
         };
         let mesh = match mesh {
             None => None,
-            Some(m) => match crate::mesh::check_join(m) {
+            Some(m) => match crate::mesh::check_join(m)
+                .and_then(|()| crate::mesh::check_bound(&m.public_key, &p.context))
+            {
                 Ok(()) => Some((m.public_key.clone(), m.endpoint.clone())),
                 Err(e) => return refused(format!("join: mesh: {e}")),
             },

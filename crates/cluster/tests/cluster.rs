@@ -496,6 +496,65 @@ async fn init_join_keys_refusals_and_recovery() {
         s1.get_key(&format!("node/{id1}/state"), &c1).await.unwrap(),
         key1
     );
+
+    // The mesh: a node's mesh key is taken only from a connection whose evidence vouches for
+    // it; then the node gets an address, and a peer set holding the control plane.
+    use base64::Engine;
+    let b64 = |k: &[u8; 32]| base64::engine::general_purpose::STANDARD.encode(k);
+    let cp_mesh = cp
+        .enable_mesh(
+            "10.215.9.0".parse().unwrap(),
+            24,
+            b64(&[1; 32]),
+            "10.213.9.10:51820".into(),
+        )
+        .unwrap();
+    assert_eq!(cp_mesh.to_string(), "10.215.9.1");
+    let w4 = boot(&dir.path().join("w4"), &ca, &worker_launch, None);
+    let mesh_key = [3u8; 32];
+    let mesh = veil_cluster::proto::MeshJoin {
+        public_key: b64(&mesh_key),
+        endpoint: "10.213.9.13:51820".into(),
+    };
+    let e = session(addr, Some(&w4), &cp_app)
+        .await
+        .unwrap()
+        .join_mesh(&w4.attester, "worker", &node_key(), Some(mesh.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("vouches for")),
+        "{e}"
+    );
+    w4.attester
+        .set_context(veil_cluster::mesh::key_context(&mesh_key));
+    let j4 = session(addr, Some(&w4), &cp_app)
+        .await
+        .unwrap()
+        .join_mesh(&w4.attester, "worker", &node_key(), Some(mesh))
+        .await
+        .unwrap();
+    assert_eq!(j4.mesh_address.unwrap().to_string(), "10.215.9.2");
+    let (peers, rotate) = session(addr, Some(&w4), &cp_app)
+        .await
+        .unwrap()
+        .mesh_peers(&j4.node_cert)
+        .await
+        .unwrap();
+    assert!(!rotate);
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(peers[0].address, "10.215.9.1");
+    // A rekey whose key this connection's evidence does not vouch for is refused.
+    let e = session(addr, Some(&w4), &cp_app)
+        .await
+        .unwrap()
+        .mesh_rekey(&j4.node_cert, &b64(&[4; 32]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("vouches for")),
+        "{e}"
+    );
 }
 
 /// A fresh node key (SubjectPublicKeyInfo DER) for the cluster CA to certify.

@@ -32,6 +32,7 @@ pub struct TpmAttester {
     event_log: Mutex<EventLog>,
     queue: Mutex<Queue>,
     served: Condvar,
+    context: Mutex<[u8; 32]>,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +50,15 @@ impl TpmAttester {
             event_log: Mutex::new(event_log),
             queue: Mutex::new(Queue::default()),
             served: Condvar::new(),
+            context: Mutex::new([0; 32]),
+        }
+    }
+
+    /// Sets what this node's evidence vouches for from now on (e.g. the hash of its mesh
+    /// key), on every attested connection it makes or accepts.
+    pub fn set_context(&self, context: [u8; 32]) {
+        if let Ok(mut c) = self.context.lock() {
+            *c = context;
         }
     }
 
@@ -119,6 +129,10 @@ impl TpmAttester {
 }
 
 impl Attester for TpmAttester {
+    fn context(&self) -> [u8; 32] {
+        self.context.lock().map(|c| *c).unwrap_or([0; 32])
+    }
+
     fn attest(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, String> {
         let poisoned = || "attestation queue poisoned".to_string();
         let mut q = self.queue.lock().map_err(|_| poisoned())?;
