@@ -244,8 +244,18 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     m.apply_strict(MESH_PORT)?;
                     let (net, prefix) = m.network()?;
                     let key = veil_mesh::MeshKey::generate();
+                    let index = cfg
+                        .control_planes
+                        .iter()
+                        .position(|a| *a == listen)
+                        .unwrap_or(0);
                     let address = cp
-                        .enable_mesh(net, prefix, key.public_base64(), m.endpoint.clone())
+                        .enable_mesh(
+                            (net, prefix),
+                            index,
+                            key.public_base64(),
+                            m.endpoint.clone(),
+                        )
                         .map_err(anyhow::Error::msg)?;
                     Some((Arc::new(m.start(key, address)?), address))
                 }

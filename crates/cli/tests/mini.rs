@@ -480,6 +480,27 @@ fn two_control_planes_one_restarts_and_comes_back_then_all_restart_and_the_owner
         serde_json::from_slice(&std::fs::read(ws.join("workspace.json")).unwrap()).unwrap();
     let cps = record["control_planes"].as_array().unwrap();
     assert_eq!(cps.len(), 2, "both control planes are enrolled: {record}");
+    // Each control plane has its own mesh address (.1, .2), nodes come after them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mesh_addr = |n: &str| {
+        status_of(&ws.join("nodes").join(n))
+            .and_then(|s| s.mesh)
+            .map(|m| m.address)
+    };
+    while ["cp-0", "cp-1", "worker-0"]
+        .iter()
+        .any(|n| mesh_addr(n).is_none())
+    {
+        assert!(Instant::now() < deadline, "the mesh never came up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (a0, a1, w0) = (
+        mesh_addr("cp-0").unwrap(),
+        mesh_addr("cp-1").unwrap(),
+        mesh_addr("worker-0").unwrap(),
+    );
+    assert!(a0.ends_with(".1") && a1.ends_with(".2"), "{a0} {a1}");
+    assert!(w0.ends_with(".17"), "{w0}");
     assert_ne!(cps[0]["ek"], cps[1]["ek"]);
     let (code, out, err) = veil(&["verify", "--workspace", &w]);
     assert_eq!(code, 0, "{out}\n{err}");

@@ -65,10 +65,26 @@ fn host_range(network: Ipv4Addr, prefix: u8) -> Result<(u32, u32), String> {
     Ok((base, base | !mask))
 }
 
-/// The first host address of a network (the control plane's own).
-pub fn first_host(network: Ipv4Addr, prefix: u8) -> Result<Ipv4Addr, String> {
-    let (base, _) = host_range(network, prefix)?;
-    Ok(Ipv4Addr::from(base + 1))
+/// Mesh addresses `.1` to `.16` are the control planes' own (in the order of the cluster's
+/// control-plane list); nodes get addresses after them.
+pub const CONTROL_PLANE_ADDRESSES: u32 = 16;
+
+/// The mesh address of control plane number `index` (0-based).
+pub fn control_plane_address(
+    network: Ipv4Addr,
+    prefix: u8,
+    index: usize,
+) -> Result<Ipv4Addr, String> {
+    let (base, broadcast) = host_range(network, prefix)?;
+    let i = u32::try_from(index)
+        .ok()
+        .filter(|i| *i < CONTROL_PLANE_ADDRESSES)
+        .ok_or_else(|| format!("control plane {index}: at most {CONTROL_PLANE_ADDRESSES}"))?;
+    let a = base + 1 + i;
+    if a >= broadcast {
+        return Err(format!("{network}/{prefix} is too small"));
+    }
+    Ok(Ipv4Addr::from(a))
 }
 
 /// The mesh address of `node_id`: the one it had (a node keeps its address when it joins
@@ -86,7 +102,7 @@ pub fn allocate(
         .values()
         .filter_map(|n| n.mesh.as_ref().map(|m| m.address))
         .collect();
-    (base + 2..broadcast)
+    (base + 1 + CONTROL_PLANE_ADDRESSES..broadcast)
         .map(Ipv4Addr::from)
         .find(|a| !used.contains(a))
         .ok_or_else(|| format!("the mesh network {network}/{prefix} is full"))
@@ -150,20 +166,20 @@ mod tests {
 
     #[test]
     fn addresses_are_stable_unique_and_bounded() {
-        let net = (Ipv4Addr::new(10, 215, 0, 0), 29);
+        let net = (Ipv4Addr::new(10, 215, 0, 0), 27);
         let mut nodes = BTreeMap::new();
-        assert_eq!(
-            first_host(net.0, net.1).unwrap(),
-            Ipv4Addr::new(10, 215, 0, 1)
-        );
-        for i in 0..5 {
+        let cp = |i| control_plane_address(net.0, net.1, i);
+        assert_eq!(cp(0).unwrap(), Ipv4Addr::new(10, 215, 0, 1));
+        assert_eq!(cp(2).unwrap(), Ipv4Addr::new(10, 215, 0, 3));
+        assert!(cp(16).is_err());
+        for i in 0..14 {
             let id = format!("node-{i}");
             let a = allocate(net, &nodes, &id).unwrap();
-            assert_eq!(a, Ipv4Addr::new(10, 215, 0, 2 + i));
+            assert_eq!(a, Ipv4Addr::new(10, 215, 0, 17 + i));
             nodes.insert(id.clone(), node(&id, Some(a)));
             assert_eq!(allocate(net, &nodes, &id).unwrap(), a, "not stable");
         }
-        let e = allocate(net, &nodes, "node-9").unwrap_err();
+        let e = allocate(net, &nodes, "node-new").unwrap_err();
         assert!(e.contains("full"), "{e}");
         assert!(allocate((net.0, 31), &nodes, "x").is_err());
     }

@@ -480,15 +480,16 @@ impl ControlPlane {
     }
 
     /// Puts this control plane's own node in the mesh: addresses are allocated in
-    /// `network/prefix`, and this node takes the first (`.1`). Returns its address.
+    /// `network/prefix`, and this node, number `index` in the cluster's control-plane list,
+    /// takes `.(1 + index)`. Returns its address.
     pub fn enable_mesh(
         &self,
-        network: std::net::Ipv4Addr,
-        prefix: u8,
+        (network, prefix): (std::net::Ipv4Addr, u8),
+        index: usize,
         public_key: String,
         endpoint: String,
     ) -> Result<std::net::Ipv4Addr, String> {
-        let address = crate::mesh::first_host(network, prefix)?;
+        let address = crate::mesh::control_plane_address(network, prefix, index)?;
         let mut st = self
             .state
             .lock()

@@ -503,8 +503,8 @@ async fn init_join_keys_refusals_and_recovery() {
     let b64 = |k: &[u8; 32]| base64::engine::general_purpose::STANDARD.encode(k);
     let cp_mesh = cp
         .enable_mesh(
-            "10.215.9.0".parse().unwrap(),
-            24,
+            ("10.215.9.0".parse().unwrap(), 24),
+            0,
             b64(&[1; 32]),
             "10.213.9.10:51820".into(),
         )
@@ -534,7 +534,7 @@ async fn init_join_keys_refusals_and_recovery() {
         .join_mesh(&w4.attester, "worker", &node_key(), Some(mesh))
         .await
         .unwrap();
-    assert_eq!(j4.mesh_address.unwrap().to_string(), "10.215.9.2");
+    assert_eq!(j4.mesh_address.unwrap().to_string(), "10.215.9.17");
     let (peers, rotate) = session(addr, Some(&w4), &cp_app)
         .await
         .unwrap()
