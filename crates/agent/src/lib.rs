@@ -257,7 +257,16 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                             m.endpoint.clone(),
                         )
                         .map_err(anyhow::Error::msg)?;
-                    Some((Arc::new(m.start(key, address)?), address))
+                    let d = Arc::new(m.start(key, address)?);
+                    // Joined nodes reach the control-plane services over the mesh too, so
+                    // after join nothing but WireGuard crosses the LAN.
+                    let port = listen.rsplit_once(':').map(|(_, p)| p).unwrap_or("7443");
+                    let on_mesh = format!("{address}:{port}");
+                    let l = tokio::net::TcpListener::bind(&on_mesh)
+                        .await
+                        .with_context(|| format!("cannot listen on {on_mesh}"))?;
+                    tokio::spawn(cp.clone().serve(l));
+                    Some((d, address))
                 }
             };
             if let Some(addr) = &cfg.metrics {
@@ -340,9 +349,13 @@ async fn connect_any(
             now: now(),
         };
         let attempt = async {
-            let sock = tokio::net::TcpStream::connect(addr)
-                .await
-                .with_context(|| format!("cannot reach {addr}"))?;
+            // A dead path (a restarted control plane's mesh key not yet known) must not stall
+            // the node: give up on it quickly and try the next address.
+            let sock =
+                tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("cannot reach {addr}: timed out"))?
+                    .with_context(|| format!("cannot reach {addr}"))?;
             sock.set_nodelay(true)?;
             let s = Session::connect(
                 sock,
@@ -498,13 +511,18 @@ async fn worker(
     }
     let (mut last_rotation, mut rotations) = (std::time::Instant::now(), 0u64);
     let mut next_key: Option<veil_mesh::MeshKey> = None;
+    let mut cp_on_mesh: Vec<String> = Vec::new();
     // Re-attest periodically and fetch the state key again, showing the node certificate:
     // any control-plane node keeps serving keys only to nodes that still match the
     // reference values.
     loop {
         let r = async {
+            // The control planes' mesh addresses first (WireGuard on the wire), their LAN
+            // addresses if the mesh is not up yet.
+            let mut addrs = cp_on_mesh.clone();
+            addrs.extend(cfg.control_planes.iter().cloned());
             let mut s = connect_any(
-                &cfg.control_planes,
+                &addrs,
                 &reference,
                 Membership::Member(cluster_id.clone()),
                 &attester,
@@ -545,6 +563,17 @@ async fn worker(
                         }
                     };
                 d.set_peers(&mesh::peer_configs(&peers))?;
+                let port = cfg
+                    .control_planes
+                    .first()
+                    .and_then(|a| a.rsplit_once(':'))
+                    .map(|(_, p)| p.to_string())
+                    .unwrap_or_else(|| "7443".into());
+                cp_on_mesh = peers
+                    .iter()
+                    .filter(|p| p.node_id == "control-plane")
+                    .map(|p| format!("{}:{port}", p.address))
+                    .collect();
             }
             anyhow::Ok(())
         }
