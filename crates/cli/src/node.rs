@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Subcommand;
 use veil_attest_core::bytes::decode_hex;
 use veil_keys::{ClusterSecrets, SecretBytes};
@@ -34,14 +33,6 @@ pub enum NodeCommand {
         #[arg(long, default_value = "veil-mini")]
         workspace: PathBuf,
     },
-}
-
-fn secret32(path: &std::path::Path) -> anyhow::Result<[u8; 32]> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    decode_hex(&text)?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("{}: expected 32 bytes of hex", path.display()))
 }
 
 pub fn run(cmd: NodeCommand) -> ExitCode {
@@ -72,10 +63,10 @@ fn owner_command(ws_dir: &std::path::Path, node: &str, op: Op) -> anyhow::Result
         anyhow::bail!("`{node}`: expected a node ID (node-…)");
     }
     let ws = crate::workspace::load(ws_dir)?;
-    let mut master = secret32(&ws_dir.join("owner/master-secret"))?;
+    let mut master = crate::workspace::owner_secret(ws_dir, "master-secret")?;
     let secrets = ClusterSecrets::new(
         SecretBytes::from_slice("master secret", &mut master)?,
-        secret32(&ws_dir.join("owner/salt"))?,
+        crate::workspace::owner_secret(ws_dir, "salt")?,
     );
     let cid = decode_hex(&ws.record.cluster_id)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

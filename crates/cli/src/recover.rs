@@ -4,9 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Args;
-use veil_attest_core::bytes::decode_hex;
 use veil_cluster::ClientError;
 use veil_node_attest::Membership;
 
@@ -18,14 +16,6 @@ pub struct RecoverArgs {
     /// The owner's workspace.
     #[arg(long, default_value = "veil-mini")]
     workspace: PathBuf,
-}
-
-fn secret32(path: &std::path::Path) -> anyhow::Result<[u8; 32]> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    decode_hex(&text)?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("{}: expected 32 bytes of hex", path.display()))
 }
 
 pub fn run(a: RecoverArgs) -> ExitCode {
@@ -40,8 +30,8 @@ pub fn run(a: RecoverArgs) -> ExitCode {
 
 fn execute(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
     let mut ws = crate::workspace::load(&a.workspace)?;
-    let master = secret32(&a.workspace.join("owner/master-secret"))?;
-    let salt = secret32(&a.workspace.join("owner/salt"))?;
+    let master = crate::workspace::owner_secret(&a.workspace, "master-secret")?;
+    let salt = crate::workspace::owner_secret(&a.workspace, "salt")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -101,6 +101,16 @@ pub fn load(ws: &Path) -> anyhow::Result<Workspace> {
     })
 }
 
+/// A 32-byte secret from the owner's part of the workspace (`owner/NAME`, hex).
+pub fn owner_secret(ws: &Path, name: &str) -> anyhow::Result<[u8; 32]> {
+    let path = ws.join("owner").join(name);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    veil_attest_core::bytes::decode_hex(&text)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("{}: expected 32 bytes of hex", path.display()))
+}
+
 /// A control-plane node the owner has attested: the session, its TPM (EK certificate
 /// fingerprint) and the AK that attested the session, proven in that TPM.
 pub struct Attested {

@@ -245,6 +245,22 @@ impl Appraiser for AnyRole<'_> {
     }
 }
 
+/// Checks an owner command (see [`crate::owner`]) against the secrets this control plane holds.
+// The refusal is the response itself: not worth boxing.
+#[allow(clippy::result_large_err)]
+fn owner_command(st: &State, op: &str, command: &str, at: i64, mac: &str) -> Result<(), Response> {
+    let Some(secrets) = &st.secrets else {
+        return Err(unavailable(format!(
+            "{op}: the control plane awaits recovery (veil recover)"
+        )));
+    };
+    let Ok(mac) = decode_hex(mac) else {
+        return Err(refused(format!("{op}: the MAC is not hex")));
+    };
+    crate::owner::check(secrets, command, at, &mac, now().0)
+        .map_err(|e| refused(format!("{op}: {e}")))
+}
+
 fn unavailable(reason: impl Into<String>) -> Response {
     Response::Unavailable {
         reason: reason.into(),
@@ -804,20 +820,10 @@ impl ControlPlane {
                 r
             }
             Request::RemoveNode { node_id, at, mac } => {
-                let Some(secrets) = &st.secrets else {
-                    return unavailable("remove: the control plane awaits recovery (veil recover)");
-                };
-                let Ok(mac) = decode_hex(&mac) else {
-                    return refused("remove: the MAC is not hex");
-                };
-                if let Err(e) = crate::owner::check(
-                    secrets,
-                    &format!("remove-node {node_id}"),
-                    at,
-                    &mac,
-                    now().0,
-                ) {
-                    return refused(format!("remove: {e}"));
+                if let Err(r) =
+                    owner_command(&st, "remove", &format!("remove-node {node_id}"), at, &mac)
+                {
+                    return r;
                 }
                 let known = st.nodes.remove(&node_id).is_some();
                 st.last_seen.remove(&node_id);
@@ -827,20 +833,14 @@ impl ControlPlane {
                 Response::Removed { node_id, known }
             }
             Request::RotateMeshKey { node_id, at, mac } => {
-                let Some(secrets) = &st.secrets else {
-                    return unavailable("rotate: the control plane awaits recovery (veil recover)");
-                };
-                let Ok(mac) = decode_hex(&mac) else {
-                    return refused("rotate: the MAC is not hex");
-                };
-                if let Err(e) = crate::owner::check(
-                    secrets,
+                if let Err(r) = owner_command(
+                    &st,
+                    "rotate",
                     &format!("rotate-mesh-key {node_id}"),
                     at,
                     &mac,
-                    now().0,
                 ) {
-                    return refused(format!("rotate: {e}"));
+                    return r;
                 }
                 if st.nodes.get(&node_id).is_none_or(|n| n.mesh.is_none()) {
                     return refused(format!("rotate: no node {node_id} with a mesh key here"));
