@@ -233,9 +233,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 tokio::spawn(join_peers(
                     cp.clone(),
                     peers,
-                    reference_for_peers,
+                    reference_for_peers.clone(),
                     (roots_for_peers.0, roots_for_peers.1),
-                    attester_for_peers,
+                    attester_for_peers.clone(),
                 ));
             }
             let device = match &cfg.mesh {
@@ -266,6 +266,20 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                         .await
                         .with_context(|| format!("cannot listen on {on_mesh}"))?;
                     tokio::spawn(cp.clone().serve(l));
+                    let others: Vec<String> = cfg
+                        .control_planes
+                        .iter()
+                        .filter(|a| **a != listen)
+                        .cloned()
+                        .collect();
+                    if !others.is_empty() {
+                        tokio::spawn(share_peers(
+                            cp.clone(),
+                            others,
+                            reference_for_peers.clone(),
+                            attester_for_peers.clone(),
+                        ));
+                    }
                     Some((d, address))
                 }
             };
@@ -387,6 +401,54 @@ fn node_key() -> anyhow::Result<Vec<u8>> {
         kp.public_key().as_ref(),
     )?
     .spki_der()?)
+}
+
+/// Every 2 s, a control plane asks each other control plane for the peers it serves (its own
+/// node and the nodes it admitted), showing a node certificate it issues itself, so that
+/// every node's peer set spans the cluster.
+async fn share_peers(
+    cp: Arc<ControlPlane>,
+    others: Vec<String>,
+    reference: ReferenceValues,
+    attester: Arc<TpmAttester>,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let Some(cid) = cp.cluster_id().filter(|_| cp.serving()) else {
+            continue;
+        };
+        let cert = match node_key()
+            .map_err(|e| e.to_string())
+            .and_then(|k| cp.own_certificate(&k))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "mesh: no certificate to show the other control planes");
+                continue;
+            }
+        };
+        let mut all = Vec::new();
+        for addr in &others {
+            let got = async {
+                let mut s = connect_any(
+                    std::slice::from_ref(addr),
+                    &reference,
+                    Membership::Member(cid.0.to_vec()),
+                    &attester,
+                )
+                .await?;
+                anyhow::Ok(s.mesh_peers(&cert).await?.0)
+            }
+            .await;
+            match got {
+                Ok(peers) => all.extend(peers),
+                Err(e) => {
+                    tracing::debug!(%addr, error = %format!("{e:#}"), "mesh: cannot fetch a control plane's peers")
+                }
+            }
+        }
+        cp.set_foreign_peers(all);
+    }
 }
 
 /// A control-plane node without the cluster's secrets joins a peer that has them: the peer

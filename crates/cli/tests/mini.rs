@@ -500,6 +500,34 @@ fn two_control_planes_one_restarts_and_comes_back_then_all_restart_and_the_owner
     );
     assert!(a0.ends_with(".1") && a1.ends_with(".2"), "{a0} {a1}");
     assert!(w0.ends_with(".17"), "{w0}");
+    // The control planes share what they serve: the worker has both as peers, the second
+    // control plane has the worker, and the worker reaches it over the mesh.
+    let peers_of = |n: &str| {
+        status_of(&ws.join("nodes").join(n))
+            .and_then(|s| s.mesh)
+            .map_or(0, |m| m.peers)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while peers_of("worker-0") != 2 || peers_of("cp-1") != 2 || peers_of("cp-0") != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "peer sets never spanned the cluster: worker-0 {}, cp-0 {}, cp-1 {}",
+            peers_of("worker-0"),
+            peers_of("cp-0"),
+            peers_of("cp-1")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ns_w0, _, _) = ns_of(&ws, "worker-0");
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &ns_w0, "ping", "-q", "-c", "2", "-W", "2"])
+        .arg(&a1)
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "worker-0 cannot reach cp-1 over the mesh"
+    );
     assert_ne!(cps[0]["ek"], cps[1]["ek"]);
     let (code, out, err) = veil(&["verify", "--workspace", &w]);
     assert_eq!(code, 0, "{out}\n{err}");

@@ -119,9 +119,45 @@ struct State {
     removed: std::collections::BTreeSet<String>,
     /// Nodes the owner asked to rotate their mesh keys.
     rotate: std::collections::HashSet<String>,
+    /// The peers other control planes serve (their own node and the nodes they admitted),
+    /// and when they were fetched.
+    foreign: Vec<crate::proto::MeshPeer>,
+    foreign_at: i64,
 }
 
 impl State {
+    /// The peer set for `asker` (or this control plane's own node): its own entry, its fresh
+    /// nodes, and what the other control planes serve, without the asker, removed nodes or
+    /// addresses seen twice.
+    fn peer_set(&self, asker: Option<&str>) -> Vec<crate::proto::MeshPeer> {
+        let own = if asker.is_some() {
+            self.own_mesh.as_ref()
+        } else {
+            None
+        };
+        let mut out = crate::mesh::peers(
+            own,
+            &self.nodes,
+            &self.last_seen,
+            now().0 - MESH_FRESH_SECS,
+            asker,
+        );
+        if self.foreign_at >= now().0 - MESH_FRESH_SECS {
+            let mine = self.own_mesh.as_ref().map(|m| m.address.to_string());
+            for p in &self.foreign {
+                if Some(p.node_id.as_str()) == asker
+                    || self.removed.contains(&p.node_id)
+                    || Some(&p.address) == mine.as_ref()
+                    || out.iter().any(|q| q.address == p.address)
+                {
+                    continue;
+                }
+                out.push(p.clone());
+            }
+        }
+        out
+    }
+
     /// Takes the cluster's secrets (at init, recovery, or from a peer control plane).
     fn hold(&mut self, secrets: ClusterSecrets) -> Result<(), String> {
         self.ca = Some(Arc::new(ClusterCa::derive(&secrets)?));
@@ -533,16 +569,48 @@ impl ControlPlane {
     pub fn own_mesh_peers(&self) -> Vec<crate::proto::MeshPeer> {
         self.state
             .lock()
-            .map(|st| {
-                crate::mesh::peers(
-                    None,
-                    &st.nodes,
-                    &st.last_seen,
-                    now().0 - MESH_FRESH_SECS,
-                    None,
-                )
-            })
+            .map(|st| st.peer_set(None))
             .unwrap_or_default()
+    }
+
+    /// Records what the other control planes serve (their own node and their nodes), so that
+    /// every node's peer set spans the whole cluster.
+    pub fn set_foreign_peers(&self, peers: Vec<crate::proto::MeshPeer>) {
+        if let Ok(mut st) = self.state.lock() {
+            st.foreign = peers;
+            st.foreign_at = now().0;
+        }
+    }
+
+    /// A node certificate for this control plane's own node (its node ID from its EK
+    /// certificate, role control-plane, its AK), certifying `node_key` (SPKI DER): what it
+    /// shows other control planes of the cluster.
+    pub fn own_certificate(&self, node_key: &[u8]) -> Result<Vec<u8>, String> {
+        let (ek_cert, ak_public) = self
+            .attester
+            .with_tpm(|t| {
+                Ok::<_, veil_tpm_device::TpmDeviceError>((
+                    t.ek_certificate()?,
+                    t.ak_public().to_vec(),
+                ))
+            })?
+            .map_err(|e| e.to_string())?;
+        let cert = Certificate::from_der(&ek_cert, "EK certificate").map_err(|e| e.to_string())?;
+        let ak = Public::parse(&ak_public).map_err(|e| e.to_string())?;
+        let spki = ak.key.spki_der().map_err(|e| e.to_string())?;
+        let st = self
+            .state
+            .lock()
+            .map_err(|_| "internal error: state lock poisoned".to_string())?;
+        let ca = st.ca.as_ref().ok_or("this control plane awaits recovery")?;
+        ca.issue(
+            &NodeIdentity {
+                node_id: node_id(&cert),
+                role: "control-plane".into(),
+                ak_spki_sha256: spki_sha256(&spki),
+            },
+            node_key,
+        )
     }
 
     /// Whether this control plane holds the cluster's secrets (it can serve keys).
@@ -1075,13 +1143,7 @@ impl ControlPlane {
 
     fn mesh_peers_of(&self, st: &State, node_id: &str) -> Response {
         Response::MeshPeers {
-            peers: crate::mesh::peers(
-                st.own_mesh.as_ref(),
-                &st.nodes,
-                &st.last_seen,
-                now().0 - MESH_FRESH_SECS,
-                Some(node_id),
-            ),
+            peers: st.peer_set(Some(node_id)),
             rotate: st.rotate.contains(node_id),
         }
     }
