@@ -390,6 +390,56 @@ fn mesh_checks(ws: &Path) {
             "worker-1 never reached worker-0's new key"
         );
     }
+    // worker-1 stops re-attesting (frozen): within seconds it is out of worker-0's peer set
+    // and unreachable; once it re-attests again it is back.
+    let w1_pid = {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(ws.join("mini.json")).unwrap()).unwrap();
+        state["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "worker-1")
+            .unwrap()["pid"]
+            .as_u64()
+            .unwrap()
+            .to_string()
+    };
+    let peers0 = || mesh_of("worker-0").map_or(0, |m| m.peers);
+    Command::new("kill")
+        .args(["-STOP", &w1_pid])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while peers0() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "a node that stopped re-attesting kept its place"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &ns0, "ping", "-q", "-c", "2", "-W", "1"])
+        .arg(mesh1.to_string())
+        .output()
+        .unwrap();
+    Command::new("kill")
+        .args(["-CONT", &w1_pid])
+        .status()
+        .unwrap();
+    assert!(
+        !ping.status.success(),
+        "worker-0 still reached a node that stopped re-attesting"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while peers0() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "worker-1 never came back after re-attesting"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // Each worker's Prometheus metrics count its mesh peers, handshakes and bytes.
     let w0_cfg: AgentConfig =
         serde_norway::from_slice(&std::fs::read(ws.join("nodes/worker-0/agent.yaml")).unwrap())
