@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
-use veil_attest_core::UnixTime;
 use veil_attest_core::x509::Certificate;
 use veil_attest_tpm::EventLog;
+use veil_cluster::clock::now;
 use veil_cluster::{ControlPlane, Session, Trust};
 use veil_node_attest::{Membership, TpmAppraiser, TpmAttester};
 use veil_reference::{ReferenceValues, signing};
@@ -139,15 +139,6 @@ fn write_status(dir: &Path, s: &Status) {
     }
 }
 
-fn now() -> UnixTime {
-    UnixTime(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-    )
-}
-
 fn read(p: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
 }
@@ -222,6 +213,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {listen}"))?;
             tracing::info!(listen = %listen, "control-plane services up");
             let serve = tokio::spawn(cp.clone().serve(listener));
+            // The other control planes: joined for the secrets, asked for their peer sets.
             let peers: Vec<String> = cfg
                 .control_planes
                 .iter()
@@ -232,7 +224,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             if !peers.is_empty() {
                 tokio::spawn(join_peers(
                     cp.clone(),
-                    peers,
+                    peers.clone(),
                     reference_for_peers.clone(),
                     (roots_for_peers.0, roots_for_peers.1),
                     attester_for_peers.clone(),
@@ -266,16 +258,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                         .await
                         .with_context(|| format!("cannot listen on {on_mesh}"))?;
                     tokio::spawn(cp.clone().serve(l));
-                    let others: Vec<String> = cfg
-                        .control_planes
-                        .iter()
-                        .filter(|a| **a != listen)
-                        .cloned()
-                        .collect();
-                    if !others.is_empty() {
+                    if !peers.is_empty() {
                         tokio::spawn(share_peers(
                             cp.clone(),
-                            others,
+                            peers.clone(),
                             reference_for_peers.clone(),
                             attester_for_peers.clone(),
                         ));
@@ -388,19 +374,8 @@ async fn connect_any(
     Err(last)
 }
 
-/// A fresh node key (P-256) and its SubjectPublicKeyInfo: the key the cluster CA certifies.
 fn node_key() -> anyhow::Result<Vec<u8>> {
-    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
-    let rng = aws_lc_rs::rand::SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
-        .map_err(|_| anyhow::anyhow!("cannot generate the node key"))?;
-    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref())
-        .map_err(|_| anyhow::anyhow!("cannot load the node key"))?;
-    Ok(veil_attest_core::crypto::PublicKey::ec(
-        veil_attest_core::crypto::KeyType::EcP256,
-        kp.public_key().as_ref(),
-    )?
-    .spki_der()?)
+    veil_cluster::ca::fresh_node_key().map_err(anyhow::Error::msg)
 }
 
 /// Every 2 s, a control plane asks each other control plane for the peers it serves (its own
@@ -492,7 +467,7 @@ async fn worker(
     attester: Arc<TpmAttester>,
     mut status: Status,
 ) -> anyhow::Result<()> {
-    // The node's own key, certified by the cluster CA at join; it never leaves the agent.
+    // The key the cluster CA certifies at join (its public half; see `fresh_node_key`).
     let node_key = node_key()?;
     // Its mesh key, made here; only the public half goes to the control plane.
     let mut mesh_key = match &cfg.mesh {
@@ -667,8 +642,7 @@ async fn worker(
 
 /// The mesh device's counters in the Prometheus text format.
 fn mesh_metrics(s: &veil_mesh::Stats) -> String {
-    let mut out = String::new();
-    for (name, help, kind, value) in [
+    veil_cluster::prometheus_text(&[
         (
             "veil_mesh_tx_bytes_total",
             "Inner bytes sent into the mesh.",
@@ -699,12 +673,7 @@ fn mesh_metrics(s: &veil_mesh::Stats) -> String {
             "gauge",
             s.peers,
         ),
-    ] {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        ));
-    }
-    out
+    ])
 }
 
 /// A minimal HTTP/1.1 responder for Prometheus scrapes: any request gets the metrics.

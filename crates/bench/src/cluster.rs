@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use tokio::net::{TcpListener, TcpStream};
-use veil_attest_core::UnixTime;
 use veil_attest_core::x509::Certificate;
 use veil_cluster::{ControlPlane, Session, Trust};
 use veil_node_attest::{Membership, TpmAppraiser, TpmAttester};
@@ -16,14 +15,7 @@ use veil_reference::{MeasurementSet, ReferenceValues};
 use veil_swtpm::{LocalCa, SwTpm};
 use veil_tpm_device::{AkKind, NodeTpm};
 
-fn now() -> UnixTime {
-    UnixTime(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-    )
-}
+use veil_cluster::clock::now;
 
 /// A node's agent start: open the TPM, measured launch already played, EK and AK.
 fn start_agent(tcti: &str, launch: &Launch) -> Result<Arc<TpmAttester>> {
@@ -42,15 +34,7 @@ fn play_firmware(tcti: &str, launch: &Launch) -> Result<()> {
 }
 
 fn node_key() -> Result<Vec<u8>> {
-    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
-    let rng = aws_lc_rs::rand::SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)?;
-    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref())?;
-    Ok(veil_attest_core::crypto::PublicKey::ec(
-        veil_attest_core::crypto::KeyType::EcP256,
-        kp.public_key().as_ref(),
-    )?
-    .spki_der()?)
+    veil_cluster::ca::fresh_node_key().map_err(anyhow::Error::msg)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -1,13 +1,4 @@
-//! The one place the CLI reads the clock; the libraries take the time as a parameter.
+//! The one place the CLI reads the clock (the same clock as the control plane's); the
+//! verifying libraries take the time as a parameter.
 
-use veil_attest_core::UnixTime;
-
-/// Now, as seconds since the epoch (0 if the clock is before 1970).
-pub fn now() -> UnixTime {
-    UnixTime(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-    )
-}
+pub use veil_cluster::clock::now;

@@ -36,13 +36,7 @@ fn execute(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let mut failed = false;
-    for i in 0..ws.record.control_planes.len() {
-        let address = ws
-            .record
-            .control_planes
-            .get(i)
-            .map(|c| c.address.clone())
-            .unwrap_or_default();
+    for (i, address) in ws.record.addresses().into_iter().enumerate() {
         // A restarted node's cluster PCR is zero again; one that took the secrets back from a
         // peer holds the cluster ID: either way it must be on the TPM the owner enrolled.
         let r = rt.block_on(async {

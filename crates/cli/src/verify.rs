@@ -126,13 +126,7 @@ fn execute(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            for i in 0..ws.record.control_planes.len() {
-                let address = ws
-                    .record
-                    .control_planes
-                    .get(i)
-                    .map(|c| c.address.clone())
-                    .unwrap_or_default();
+            for (i, address) in ws.record.addresses().into_iter().enumerate() {
                 let got = rt.block_on(async {
                     let mut at =
                         attest_recorded(&ws, i, Membership::Member(cluster_id.clone())).await?;

@@ -39,6 +39,14 @@ pub struct WorkspaceRecord {
 }
 
 impl WorkspaceRecord {
+    /// The control planes' addresses, in order.
+    pub fn addresses(&self) -> Vec<String> {
+        self.control_planes
+            .iter()
+            .map(|c| c.address.clone())
+            .collect()
+    }
+
     /// Records `ak` as proven in the TPM of control plane `i` (if it is new).
     pub fn prove_ak(&mut self, i: usize, ak: [u8; 32]) {
         if let Some(cp) = self.control_planes.get_mut(i) {

@@ -184,6 +184,30 @@ fn down_leaves_nothing(ws: &Path) {
     }
 }
 
+/// A node's Prometheus metrics: the text, and a lookup of one value (panics if missing).
+fn scrape(ws: &Path, node: &str) -> (String, impl Fn(&str) -> u64) {
+    use std::io::{Read, Write};
+    let cfg: AgentConfig = serde_norway::from_slice(
+        &std::fs::read(ws.join("nodes").join(node).join("agent.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut sock = std::net::TcpStream::connect(cfg.metrics.as_deref().unwrap()).unwrap();
+    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    sock.read_to_string(&mut text).unwrap();
+    let body = text.clone();
+    let metric = move |name: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{body}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (text, metric)
+}
+
 fn ns_of(ws: &Path, node: &str) -> (String, String, String) {
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(ws.join("mini.json")).unwrap()).unwrap();
@@ -441,30 +465,13 @@ fn mesh_checks(ws: &Path) {
     }
 
     // Each worker's Prometheus metrics count its mesh peers, handshakes and bytes.
-    let w0_cfg: AgentConfig =
-        serde_norway::from_slice(&std::fs::read(ws.join("nodes/worker-0/agent.yaml")).unwrap())
-            .unwrap();
-    let metrics = {
-        use std::io::{Read, Write};
-        let mut sock = std::net::TcpStream::connect(w0_cfg.metrics.as_deref().unwrap()).unwrap();
-        sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        sock.read_to_string(&mut out).unwrap();
-        out
-    };
+    let (metrics, metric) = scrape(ws, "worker-0");
     for (name, at_least) in [
         ("veil_mesh_peers", 2),
         ("veil_mesh_handshakes_total", 1),
         ("veil_mesh_tx_bytes_total", 100_000),
     ] {
-        let v: u64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
-            .trim()
-            .parse()
-            .unwrap();
+        let v = metric(name);
         assert!(v >= at_least, "{name} = {v}:\n{metrics}");
     }
     // `veil verify` shows each node's mesh state.
@@ -745,27 +752,7 @@ fn mini_up_join_refusals_and_down() {
     assert_eq!(s.phase, "joined", "{:?}", s.error);
 
     // Prometheus metrics of the control plane.
-    let cp_cfg: AgentConfig =
-        serde_norway::from_slice(&std::fs::read(ws.join("nodes/cp-0/agent.yaml")).unwrap())
-            .unwrap();
-    let metrics = {
-        use std::io::{Read, Write};
-        let mut sock = std::net::TcpStream::connect(cp_cfg.metrics.as_deref().unwrap()).unwrap();
-        sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        sock.read_to_string(&mut out).unwrap();
-        out
-    };
-    let metric = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
-            .trim()
-            .parse()
-            .unwrap()
-    };
+    let (metrics, metric) = scrape(&ws, "cp-0");
     assert_eq!(metric("veil_joins_total"), 3, "{metrics}");
     assert_eq!(metric("veil_nodes"), 3);
     assert!(metric("veil_keys_released_total") >= 3);

@@ -19,6 +19,24 @@ use veil_keys::{ClusterSecrets, KeyId};
 const ROLE_URI: &str = "urn:veil:role:";
 const AK_URI: &str = "urn:veil:ak-sha256:";
 
+/// A fresh P-256 key for a node certificate, as its SubjectPublicKeyInfo (DER). Only the public
+/// half is returned: nothing signs with a node key yet, the certificate serves as the node's
+/// credential together with the AK it names.
+pub fn fresh_node_key() -> Result<Vec<u8>, String> {
+    use aws_lc_rs::signature::KeyPair;
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+        .map_err(|_| "cannot generate a node key".to_string())?;
+    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref())
+        .map_err(|_| "cannot load the node key".to_string())?;
+    veil_attest_core::crypto::PublicKey::ec(
+        veil_attest_core::crypto::KeyType::EcP256,
+        kp.public_key().as_ref(),
+    )
+    .and_then(|k| k.spki_der())
+    .map_err(|e| format!("node key: {e}"))
+}
+
 /// Who a valid node certificate names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeIdentity {
@@ -192,20 +210,6 @@ mod tests {
         assert!(a.issue(&who, b"not a key").is_err());
     }
 
-    fn node_spki() -> Vec<u8> {
-        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair};
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
-        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).unwrap();
-        veil_attest_core::crypto::PublicKey::ec(
-            veil_attest_core::crypto::KeyType::EcP256,
-            kp.public_key().as_ref(),
-        )
-        .unwrap()
-        .spki_der()
-        .unwrap()
-    }
-
     #[test]
     fn node_certificates_name_the_node_role_and_ak_and_only_this_cluster_accepts_them() {
         let now = UnixTime(1_900_000_000);
@@ -215,7 +219,7 @@ mod tests {
             ak_spki_sha256: [7; 32],
         };
         let ca = ClusterCa::derive(&secrets(1)).unwrap();
-        let cert = ca.issue(&who, &node_spki()).unwrap();
+        let cert = ca.issue(&who, &fresh_node_key().unwrap()).unwrap();
         // Another control plane of the same cluster (same master secret) recognises it.
         let peer = ClusterCa::derive(&secrets(1)).unwrap();
         assert_eq!(peer.verify(&cert, now).unwrap(), who);

@@ -13,6 +13,7 @@
 
 pub mod ca;
 mod client;
+pub mod clock;
 pub mod mesh;
 pub mod owner;
 pub mod proto;
@@ -20,4 +21,6 @@ pub mod report;
 mod service;
 
 pub use client::{ClientError, Joined, Session};
-pub use service::{ControlPlane, NodeMesh, NodeRecord, Refusal, Trust, spki_sha256};
+pub use service::{
+    ControlPlane, NodeMesh, NodeRecord, Refusal, Trust, prometheus_text, spki_sha256,
+};

@@ -22,6 +22,7 @@ use veil_reference::ReferenceValues;
 use veil_reference::launch::cluster_pcr;
 
 use crate::ca::{ClusterCa, NodeIdentity};
+use crate::clock::now;
 use crate::proto::{HandOver, Request, Response};
 
 /// The node certificate last verified on a connection (verified once per connection).
@@ -297,6 +298,16 @@ fn owner_command(st: &State, op: &str, command: &str, at: i64, mac: &str) -> Res
         .map_err(|e| refused(format!("{op}: {e}")))
 }
 
+/// Metrics `(name, help, kind, value)` in the Prometheus text exposition format.
+pub fn prometheus_text(metrics: &[(&str, &str, &str, u64)]) -> String {
+    metrics
+        .iter()
+        .map(|(name, help, kind, value)| {
+            format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")
+        })
+        .collect()
+}
+
 fn unavailable(reason: impl Into<String>) -> Response {
     Response::Unavailable {
         reason: reason.into(),
@@ -307,15 +318,6 @@ fn refused(reason: impl Into<String>) -> Response {
     Response::Refused {
         reason: reason.into(),
     }
-}
-
-fn now() -> UnixTime {
-    UnixTime(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-    )
 }
 
 fn secrets_from(master: &str, salt: &str) -> Result<ClusterSecrets, String> {
@@ -422,8 +424,7 @@ impl ControlPlane {
                 )
             })
             .unwrap_or_default();
-        let mut out = String::new();
-        for (name, help, kind, value) in [
+        prometheus_text(&[
             (
                 "veil_connections_total",
                 "Attested connections accepted.",
@@ -473,12 +474,7 @@ impl ControlPlane {
                 "gauge",
                 u64::from(awaiting),
             ),
-        ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
-        }
-        out
+        ])
     }
 
     /// The cluster ID, once initialised.

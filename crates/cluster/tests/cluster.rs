@@ -12,7 +12,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
-use veil_attest_core::UnixTime;
 use veil_attest_core::x509::Certificate;
 use veil_cluster::{ClientError, ControlPlane, Session, Trust};
 use veil_keys::{ClusterSecrets, KeyId, SecretBytes};
@@ -22,14 +21,7 @@ use veil_reference::{MeasurementSet, ReferenceValues};
 use veil_swtpm::{LocalCa, SwTpm};
 use veil_tpm_device::{AkKind, NodeTpm};
 
-fn now() -> UnixTime {
-    UnixTime(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64,
-    )
-}
+use veil_cluster::clock::now;
 
 struct Node {
     attester: Arc<TpmAttester>,
@@ -559,17 +551,7 @@ async fn init_join_keys_refusals_and_recovery() {
 
 /// A fresh node key (SubjectPublicKeyInfo DER) for the cluster CA to certify.
 fn node_key() -> Vec<u8> {
-    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
-    let rng = aws_lc_rs::rand::SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
-    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).unwrap();
-    veil_attest_core::crypto::PublicKey::ec(
-        veil_attest_core::crypto::KeyType::EcP256,
-        kp.public_key().as_ref(),
-    )
-    .unwrap()
-    .spki_der()
-    .unwrap()
+    veil_cluster::ca::fresh_node_key().unwrap()
 }
 
 fn derive_other(s: &ClusterSecrets, id: &str, purpose: &str) -> Vec<u8> {

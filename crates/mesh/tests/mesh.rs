@@ -36,6 +36,17 @@ fn device(lan: &Lan, node: &Attached, i: u8, key: MeshKey) -> Device {
         .unwrap()
 }
 
+/// Devices on `a` (mesh address .1) and `b` (.2), each the other's only peer.
+fn linked(lan: &Lan, a: &Attached, b: &Attached) -> (Device, Device) {
+    let (ka, kb) = (MeshKey::generate(), MeshKey::generate());
+    let (pa, pb) = (ka.public(), kb.public());
+    let da = device(lan, a, 0, ka);
+    let db = device(lan, b, 1, kb);
+    da.set_peers(&[peer(lan, b, 1, pb)]).unwrap();
+    db.set_peers(&[peer(lan, a, 0, pa)]).unwrap();
+    (da, db)
+}
+
 fn peer(lan: &Lan, node: &Attached, i: u8, key: [u8; 32]) -> PeerConfig {
     PeerConfig {
         public_key: key,
@@ -124,12 +135,8 @@ fn nodes_reach_each_other_only_over_wireguard_and_strangers_and_removed_nodes_ge
     let a = lan.attach("a", 0).unwrap();
     let b = lan.attach("b", 1).unwrap();
     let c = lan.attach("c", 2).unwrap();
-    let (ka, kb) = (MeshKey::generate(), MeshKey::generate());
-    let (pa, pb) = (ka.public(), kb.public());
-    let da = device(&lan, &a, 0, ka);
-    let db = device(&lan, &b, 1, kb);
-    da.set_peers(&[peer(&lan, &b, 1, pb)]).unwrap();
-    db.set_peers(&[peer(&lan, &a, 0, pa)]).unwrap();
+    let (da, db) = linked(&lan, &a, &b);
+    let pa = da.public_key();
 
     // Ping and a TCP stream with a canary, while the veth of node a is captured.
     let cap = capture(&a.host_link, tmp.path().join("a.pcap"));
@@ -373,12 +380,7 @@ fn strict_mode_drops_plaintext_between_nodes_even_with_the_mesh_down() {
     let lan = veil_netns::LanGuard(Lan::create(&veil_netns::new_id()).unwrap());
     let a = lan.attach("a", 0).unwrap();
     let b = lan.attach("b", 1).unwrap();
-    let (ka, kb) = (MeshKey::generate(), MeshKey::generate());
-    let (pa, pb) = (ka.public(), kb.public());
-    let da = device(&lan, &a, 0, ka);
-    let db = device(&lan, &b, 1, kb);
-    da.set_peers(&[peer(&lan, &b, 1, pb)]).unwrap();
-    db.set_peers(&[peer(&lan, &a, 0, pa)]).unwrap();
+    let (da, db) = linked(&lan, &a, &b);
     let policy = veil_mesh::StrictPolicy {
         lan: Ipv4Addr::new(10, 213, lan.subnet, 0),
         prefix: 24,
@@ -440,12 +442,7 @@ fn a_key_rotates_under_a_running_tcp_stream_without_breaking_it() {
     let lan = veil_netns::LanGuard(Lan::create(&veil_netns::new_id()).unwrap());
     let a = lan.attach("a", 0).unwrap();
     let b = lan.attach("b", 1).unwrap();
-    let (ka, kb) = (MeshKey::generate(), MeshKey::generate());
-    let (pa, pb) = (ka.public(), kb.public());
-    let da = device(&lan, &a, 0, ka);
-    let db = device(&lan, &b, 1, kb);
-    da.set_peers(&[peer(&lan, &b, 1, pb)]).unwrap();
-    db.set_peers(&[peer(&lan, &a, 0, pa)]).unwrap();
+    let (da, db) = linked(&lan, &a, &b);
 
     let to = mesh_addr(&lan, 1);
     let listener = run_in(&b.netns, || TcpListener::bind((to, 7004)).unwrap()).unwrap();
