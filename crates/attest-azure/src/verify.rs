@@ -108,6 +108,7 @@ fn vtpm(
         attest: &q.message,
         signature: &sig,
         ak: &h.ak,
+        ak_qualified_name: None,
         pcrs: Some(&pcrs),
         event_log: None,
     };

@@ -63,6 +63,31 @@ pub enum TpmError {
     /// The AK certificate chain is not trusted.
     #[error("AK certificate: {0}")]
     AkChain(CertError),
+    /// The key that signed is not a restricted signing key of a TPM (any digest could have
+    /// been signed with it, a hand-made TPMS_ATTEST too).
+    #[error(
+        "attestation key: objectAttributes {attributes:#010x}: `{attribute}` must be {}, it is {} (only a restricted signing key fixed to its TPM can attest)",
+        if *required { "set" } else { "clear" },
+        if *required { "clear" } else { "set" }
+    )]
+    AkAttribute {
+        /// The attribute (TPMA_OBJECT name, or `nameAlg` when the key has no Name).
+        attribute: &'static str,
+        /// Whether it must be set.
+        required: bool,
+        /// The key's objectAttributes.
+        attributes: u32,
+    },
+    /// The quote names another key as its signer than the attestation key.
+    #[error(
+        "qualifiedSigner: expected {expected} (the Qualified Name of the attestation key under the EK), found {found}"
+    )]
+    QualifiedSigner {
+        /// The AK's Name (hex).
+        expected: String,
+        /// The Name in TPMS_ATTEST (hex).
+        found: String,
+    },
     /// The evidence is genuine but the reference values do not accept it.
     #[error("policy: {0}")]
     Policy(#[from] TpmPolicyViolation),

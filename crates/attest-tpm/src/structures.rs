@@ -372,6 +372,91 @@ impl Public {
     }
 }
 
+/// TPM_RH_ENDORSEMENT: the handle (and Qualified Name) of the endorsement hierarchy.
+pub const RH_ENDORSEMENT: u32 = 0x4000_000b;
+
+/// The Qualified Name of an object (TPM 2.0 Library, Part 1, 16): `nameAlg ‖ H(QN(parent) ‖
+/// Name)`, with the object's name algorithm. A hierarchy's Qualified Name is its handle. A
+/// quote's qualifiedSigner is the Qualified Name of the key that signed it; only a restricted
+/// key's quote is computed by the TPM, so only then does it say where the key lives.
+pub fn qualified_name(parent_qualified_name: &[u8], name: &[u8]) -> Option<Vec<u8>> {
+    let alg = HashAlg::from_id(u16::from_be_bytes([*name.first()?, *name.get(1)?]))?;
+    let mut qn = alg.id().to_be_bytes().to_vec();
+    qn.extend(alg.hash(&[parent_qualified_name, name]));
+    Some(qn)
+}
+
+/// The Qualified Name of an attestation key created under a primary EK (as Veil nodes make
+/// them): `QN(AK) = H(QN(EK) ‖ Name(AK))`, `QN(EK) = H(TPM_RH_ENDORSEMENT ‖ Name(EK))`.
+pub fn qualified_name_under_ek(ek: &Public, ak: &Public) -> Option<Vec<u8>> {
+    let ek_qn = qualified_name(&RH_ENDORSEMENT.to_be_bytes(), &ek.name)?;
+    qualified_name(&ek_qn, &ak.name)
+}
+
+/// TPMA_OBJECT bits (TPM 2.0 Library, Part 2, 8.3).
+pub mod attributes {
+    /// fixedTPM: the object cannot be duplicated out of this TPM.
+    pub const FIXED_TPM: u32 = 1 << 1;
+    /// fixedParent: the object cannot be moved under another parent.
+    pub const FIXED_PARENT: u32 = 1 << 4;
+    /// sensitiveDataOrigin: the TPM generated the private key itself.
+    pub const SENSITIVE_DATA_ORIGIN: u32 = 1 << 5;
+    /// userWithAuth.
+    pub const USER_WITH_AUTH: u32 = 1 << 6;
+    /// noDA: the object is not subject to dictionary-attack protection.
+    pub const NO_DA: u32 = 1 << 10;
+    /// restricted: a signing key that signs only digests the TPM computed itself (quotes,
+    /// certifications), never a digest handed to TPM2_Sign that starts with TPM_GENERATED.
+    pub const RESTRICTED: u32 = 1 << 16;
+    /// decrypt.
+    pub const DECRYPT: u32 = 1 << 17;
+    /// sign.
+    pub const SIGN: u32 = 1 << 18;
+}
+
+/// What an attestation key must be, attribute by attribute: `(name, bit, required value)`.
+/// Only a restricted signing key can be trusted to sign quotes: an unrestricted one signs any
+/// digest, including that of a hand-made TPMS_ATTEST.
+pub const ATTESTATION_KEY_ATTRIBUTES: [(&str, u32, bool); 6] = [
+    ("restricted", attributes::RESTRICTED, true),
+    ("sign", attributes::SIGN, true),
+    ("decrypt", attributes::DECRYPT, false),
+    ("fixedTPM", attributes::FIXED_TPM, true),
+    ("fixedParent", attributes::FIXED_PARENT, true),
+    (
+        "sensitiveDataOrigin",
+        attributes::SENSITIVE_DATA_ORIGIN,
+        true,
+    ),
+];
+
+impl Public {
+    /// Checks that this is a key a TPM can only use as an attestation key: restricted,
+    /// signing, not decrypting, fixed to its TPM and parent, generated inside the TPM, with a
+    /// name algorithm (so its Name is defined). The error names the first attribute that is
+    /// wrong, with the value required and the value found.
+    pub fn check_attestation_key(&self) -> Result<(), crate::TpmError> {
+        for (name, bit, required) in ATTESTATION_KEY_ATTRIBUTES {
+            let found = self.attributes & bit != 0;
+            if found != required {
+                return Err(crate::TpmError::AkAttribute {
+                    attribute: name,
+                    required,
+                    attributes: self.attributes,
+                });
+            }
+        }
+        if self.name_alg.is_none() {
+            return Err(crate::TpmError::AkAttribute {
+                attribute: "nameAlg",
+                required: true,
+                attributes: self.attributes,
+            });
+        }
+        Ok(())
+    }
+}
+
 fn pad_left(b: &[u8], width: usize) -> Option<Vec<u8>> {
     if b.len() > width {
         return None;

@@ -116,6 +116,10 @@ pub struct QuoteEvidence<'a> {
     pub signature: &'a QuoteSignature,
     /// The attestation key.
     pub ak: &'a PublicKey,
+    /// The Qualified Name the attestation key must have, when its parent is known (see
+    /// [`crate::structures::qualified_name_under_ek`]): the quote's qualifiedSigner must then
+    /// be exactly this.
+    pub ak_qualified_name: Option<&'a [u8]>,
     /// PCR values (at least every quoted PCR). Without them the signed pcrDigest cannot be
     /// opened: the claims then carry no PCR values.
     pub pcrs: Option<&'a PcrValues>,
@@ -199,6 +203,14 @@ pub fn authenticate(
     now: UnixTime,
 ) -> Result<TpmClaims, TpmError> {
     let quote = Quote::parse(ev.attest)?;
+    if let Some(name) = ev.ak_qualified_name
+        && quote.qualified_signer != name
+    {
+        return Err(TpmError::QualifiedSigner {
+            expected: hex::encode(name),
+            found: hex::encode(&quote.qualified_signer),
+        });
+    }
     let (scheme, hash, sig) = ev.signature.parts();
     ev.ak
         .verify(scheme, EcdsaEncoding::Fixed, ev.attest, sig)

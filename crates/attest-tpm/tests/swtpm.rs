@@ -178,6 +178,7 @@ fn verify_with(
         attest: &attest,
         signature: &sig,
         ak: &public.key,
+        ak_qualified_name: None,
         pcrs: Some(&pcrs),
         event_log: Some(log),
     };
@@ -227,6 +228,7 @@ fn rsa_ak_quote_with_event_log() {
         attest: &attest,
         signature: &sig,
         ak: &public.key,
+        ak_qualified_name: None,
         pcrs: Some(&true_pcrs),
         event_log: Some(&forged),
     };
@@ -375,6 +377,7 @@ fn ak_certificate_chain_to_configured_root() {
         attest: &attest,
         signature: &sig,
         ak: &public.key,
+        ak_qualified_name: None,
         pcrs: Some(&pcrs),
         event_log: Some(&log),
     };

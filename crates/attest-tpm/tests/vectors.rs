@@ -49,6 +49,7 @@ fn run(a: &Azure, policy: &TpmPolicy) -> Result<TpmClaims, TpmError> {
         attest: &a.msg,
         signature: &sig,
         ak: &a.ak,
+        ak_qualified_name: None,
         pcrs: Some(&a.pcrs),
         event_log: None,
     };
@@ -212,6 +213,7 @@ fn trustee_software_tpm_evidence_is_valid() {
         attest: &msg,
         signature: &sig,
         ak: &ak,
+        ak_qualified_name: None,
         pcrs: Some(&pcrs),
         event_log: None,
     };
@@ -259,6 +261,7 @@ fn trustee_evidence_refuses_tampering() {
             attest: msg,
             signature: &sig,
             ak: &ak,
+            ak_qualified_name: None,
             pcrs: Some(pcrs),
             event_log: None,
         };

@@ -204,6 +204,7 @@ fn main() -> Result<()> {
             attest: black_box(&msg),
             signature: &qs,
             ak: &ak,
+            ak_qualified_name: None,
             pcrs: Some(&pcrs),
             event_log: None,
         };

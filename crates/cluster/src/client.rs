@@ -18,6 +18,8 @@ use crate::proto::{Request, Response};
 pub struct Session<IO> {
     tls: tokio_rustls::client::TlsStream<IO>,
     peer_ak: [u8; 32],
+    /// The qualifiedSigner of the control plane's quote.
+    peer_signer: Vec<u8>,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
@@ -30,11 +32,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
     ) -> Result<Self, AtlsError> {
         let id = Identity::generate()?;
         let (tls, peer) = client(io, &id, attester, Some(appraiser)).await?;
-        let peer_ak = peer
+        let (peer_ak, peer_signer) = peer
             .claims
-            .map(|c| c.ak_spki_sha256)
+            .map(|c| (c.ak_spki_sha256, c.qualified_signer))
             .ok_or(AtlsError::NoEvidence)?;
-        Ok(Self { tls, peer_ak })
+        Ok(Self {
+            tls,
+            peer_ak,
+            peer_signer,
+        })
     }
 
     /// Sends a request and reads the response.
@@ -141,12 +147,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
             return Err(fail("the EK is not the certified key".into()));
         }
         let ak = Public::parse(&ak_public).map_err(|e| fail(e.to_string()))?;
+        ak.check_attestation_key()
+            .map_err(|e| fail(e.to_string()))?;
         let spki = ak.key.spki_der().map_err(|e| fail(e.to_string()))?;
         if crate::spki_sha256(&spki) != self.peer_ak {
             return Err(fail(
                 "the endorsed AK is not the AK that attested this session".into(),
             ));
         }
+        crate::service::check_signer_under_ek(&ek, &ak, &self.peer_signer).map_err(fail)?;
         let rng = SystemRandom::new();
         let (mut secret, mut seed) = ([0u8; 32], [0u8; 32]);
         rng.fill(&mut secret)

@@ -330,6 +330,26 @@ fn secrets_from(master: &str, salt: &str) -> Result<ClusterSecrets, String> {
     Ok(ClusterSecrets::new(master, salt))
 }
 
+/// Checks that the quote was signed by `ak` as a child of `ek`: the Qualified Name the TPM put
+/// in the quote is the one that key has under that EK. Credential activation then proves the
+/// key with that Name is in the TPM of that EK.
+pub fn check_signer_under_ek(
+    ek: &Public,
+    ak: &Public,
+    qualified_signer: &[u8],
+) -> Result<(), String> {
+    let want = veil_attest_tpm::structures::qualified_name_under_ek(ek, ak)
+        .ok_or("the AK or EK has no name algorithm")?;
+    if want != qualified_signer {
+        return Err(format!(
+            "qualifiedSigner: expected {} (the AK's Qualified Name under this EK), found {}",
+            hex::encode(want),
+            hex::encode(qualified_signer)
+        ));
+    }
+    Ok(())
+}
+
 /// Node IDs come from the EK certificate: stable for the life of the TPM.
 fn node_id(ek_cert: &Certificate) -> String {
     format!(
@@ -1092,6 +1112,9 @@ impl ControlPlane {
             Ok(a) => a,
             Err(e) => return refused(format!("join: AK: {e}")),
         };
+        if let Err(e) = check_signer_under_ek(&ek, &ak, &p.claims.qualified_signer) {
+            return refused(format!("join: {e}"));
+        }
         let rng = SystemRandom::new();
         let (mut secret, mut seed) = ([0u8; 32], [0u8; 32]);
         if rng.fill(&mut secret).is_err() || rng.fill(&mut seed).is_err() {

@@ -171,6 +171,9 @@ pub struct NodeClaims {
     pub ak_spki_sha256: [u8; 32],
     /// The node's AK public area (TPMT_PUBLIC), for binding it to an EK at join.
     pub ak_public: Vec<u8>,
+    /// The quote's qualifiedSigner: the AK's Qualified Name as the TPM computed it (the AK is
+    /// restricted, so the TPM made the quote). Checked against the EK once it is known.
+    pub qualified_signer: Vec<u8>,
     /// Quoted SHA-256 PCR values.
     pub pcrs: Vec<(u32, String)>,
     /// The cluster the node belongs to: `None` if its cluster PCR is zero, else the PCR value.
@@ -229,6 +232,9 @@ impl TpmAppraiser {
             ));
         }
         let ak = Public::parse(&ev.ak_public).map_err(|e| format!("AK: {e}"))?;
+        // Before anything the key signed is believed: only a restricted signing key of a TPM
+        // signs nothing but what the TPM itself computed.
+        ak.check_attestation_key().map_err(|e| e.to_string())?;
         let sig = QuoteSignature::from_bytes(&ev.signature, &ak.key).map_err(|e| e.to_string())?;
         let log = EventLog::parse(&ev.event_log).map_err(|e| e.to_string())?;
         let quote = Quote::parse(&ev.attest).map_err(|e| e.to_string())?;
@@ -249,6 +255,7 @@ impl TpmAppraiser {
                 attest: &ev.attest,
                 signature: &sig,
                 ak: &ak.key,
+                ak_qualified_name: None,
                 pcrs: Some(&pcrs),
                 event_log: Some(&log),
             },
@@ -288,6 +295,7 @@ impl TpmAppraiser {
             set,
             ak_spki_sha256: claims.ak_spki_sha256.0,
             ak_public: ev.ak_public.clone(),
+            qualified_signer: claims.quote.qualified_signer.clone(),
             pcrs: sha256.into_iter().collect(),
             cluster_pcr: (cluster != zero).then_some(cluster),
             evidence: evidence.to_vec(),

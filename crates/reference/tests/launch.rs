@@ -119,6 +119,7 @@ fn boot(dir: &Path, launch: &Launch) -> TpmClaims {
         attest: &attest,
         signature: &sig,
         ak: &ak,
+        ak_qualified_name: None,
         pcrs: Some(&values),
         event_log: Some(&log),
     };

@@ -11,7 +11,8 @@
 use std::str::FromStr;
 
 use tss_esapi::Context;
-use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, ak, ek};
+use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, KeyCustomization, ak, ek};
+use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::attributes::SessionAttributesBuilder;
 use tss_esapi::constants::SessionType;
 use tss_esapi::handles::{AuthHandle, KeyHandle, PcrHandle, SessionHandle};
@@ -94,6 +95,18 @@ pub struct QuoteBytes {
     pub signature: Vec<u8>,
 }
 
+/// The AK template's one change from the TCG default: `noDA`. An AK has no secret
+/// authorisation worth guessing, and an AK subject to dictionary-attack protection lets a
+/// few unorderly TPM restarts lock the node's attestation out for many minutes.
+#[derive(Debug, Clone, Copy)]
+struct NoDictionaryAttackLockout;
+
+impl KeyCustomization for NoDictionaryAttackLockout {
+    fn attributes(&self, attributes: ObjectAttributesBuilder) -> ObjectAttributesBuilder {
+        attributes.with_no_da(true)
+    }
+}
+
 /// A connection to a TPM, with its EK and (once created) AK loaded.
 #[derive(Debug)]
 pub struct NodeTpm {
@@ -172,7 +185,7 @@ impl NodeTpm {
             .ok_or_else(|| TpmDeviceError::Argument("no AK (call create_ak)".into()))
     }
 
-    /// Creates and loads a restricted signing key (SHA-256) of `kind` under the EK; returns its
+    /// Creates and loads a restricted signing key (SHA-256, noDA) of `kind` under the EK; returns its
     /// TPMT_PUBLIC.
     pub fn create_ak(&mut self, kind: AkKind) -> Result<Vec<u8>, TpmDeviceError> {
         let ek = self.ek()?;
@@ -193,7 +206,7 @@ impl NodeTpm {
             key_alg,
             scheme,
             None,
-            None,
+            NoDictionaryAttackLockout,
         )
         .map_err(cmd("create AK"))?;
         let handle = ak::load_ak(

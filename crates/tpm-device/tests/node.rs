@@ -88,10 +88,18 @@ fn node_attests_from_ek_certificate_to_reference_values() {
         nonce: Some(HexValue(nonce.to_vec())),
         ..TpmPolicy::default()
     };
+    // The AK is a restricted signing key (noDA), and the TPM names it under the EK.
+    ak.check_attestation_key().unwrap();
+    assert_ne!(
+        ak.attributes & veil_attest_tpm::structures::attributes::NO_DA,
+        0
+    );
+    let qn = veil_attest_tpm::structures::qualified_name_under_ek(&ek, &ak).unwrap();
     let ev = QuoteEvidence {
         attest: &q.attest,
         signature: &sig,
         ak: &ak.key,
+        ak_qualified_name: Some(&qn),
         pcrs: Some(&pcrs),
         event_log: Some(&log),
     };
@@ -103,6 +111,20 @@ fn node_attests_from_ek_certificate_to_reference_values() {
         sets: vec![MeasurementSet::from_launch("build-1", &launch, &["worker"])],
     };
     assert_eq!(refs.evaluate_tpm("worker", &claims).unwrap(), "build-1");
+    // Under another parent the key would have another Qualified Name: refused, named.
+    let mut wrong = qn.clone();
+    wrong[5] ^= 1;
+    let e = verify_quote(
+        &QuoteEvidence {
+            ak_qualified_name: Some(&wrong),
+            ..ev.clone()
+        },
+        None,
+        &policy,
+        now(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("qualifiedSigner"), "{e}");
 
     // A wrong nonce is refused.
     let policy = TpmPolicy {

@@ -219,6 +219,7 @@ pub fn verify(a: &TpmArgs, policy: PolicyFile, now: UnixTime) -> Outcome {
         attest: &inp.attest,
         signature: &sig,
         ak: &inp.ak,
+        ak_qualified_name: None,
         pcrs: inp.pcrs.as_ref(),
         event_log: log.as_ref(),
     };
