@@ -24,6 +24,10 @@ pub const TABLE: &str = "veil_strict";
 impl StrictPolicy {
     /// The nftables ruleset (for `nft -f -` inside the node's namespace). It replaces any
     /// earlier version of itself.
+    ///
+    /// New flows between LAN addresses are let through by destination port only (WireGuard,
+    /// the attested-TLS ports); their replies by connection tracking. A packet's source port
+    /// is the sender's to choose, so no rule looks at it.
     pub fn ruleset(&self) -> String {
         let lan = format!("{}/{}", self.lan, self.prefix);
         let ports = self
@@ -33,22 +37,16 @@ impl StrictPolicy {
             .collect::<Vec<_>>()
             .join(", ");
         let wg = self.wireguard_port;
-        let tls_rules = if self.tls_ports.is_empty() {
-            String::new()
+        let (tls_out, tls_in) = if self.tls_ports.is_empty() {
+            (String::new(), String::new())
         } else {
-            format!(
-                "    ip daddr {lan} tcp dport {{ {ports} }} accept\n    ip daddr {lan} tcp sport {{ {ports} }} accept\n"
-            )
-        };
-        let tls_in = if self.tls_ports.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "    ip saddr {lan} tcp dport {{ {ports} }} accept\n    ip saddr {lan} tcp sport {{ {ports} }} accept\n"
+            (
+                format!("    ip daddr {lan} tcp dport {{ {ports} }} ct state new accept\n"),
+                format!("    ip saddr {lan} tcp dport {{ {ports} }} ct state new accept\n"),
             )
         };
         format!(
-            "table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    ip daddr {lan} udp dport {wg} accept\n    ip daddr {lan} udp sport {wg} accept\n{tls_rules}    ip daddr {lan} counter drop\n  }}\n  chain in {{\n    type filter hook input priority 0; policy accept;\n    ip saddr {lan} udp dport {wg} accept\n    ip saddr {lan} udp sport {wg} accept\n{tls_in}    ip saddr {lan} counter drop\n  }}\n}}\n",
+            "table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    ip daddr {lan} ct state established,related accept\n    ip daddr {lan} udp dport {wg} accept\n{tls_out}    ip daddr {lan} counter drop\n  }}\n  chain in {{\n    type filter hook input priority 0; policy accept;\n    ip saddr {lan} ct state established,related accept\n    ip saddr {lan} udp dport {wg} accept\n{tls_in}    ip saddr {lan} counter drop\n  }}\n}}\n",
         )
     }
 
@@ -98,7 +96,12 @@ mod tests {
             r.contains("ip daddr 10.213.7.0/24 udp dport 51820 accept"),
             "{r}"
         );
-        assert!(r.contains("tcp dport { 7443, 9464 } accept"), "{r}");
+        assert!(
+            r.contains("tcp dport { 7443, 9464 } ct state new accept"),
+            "{r}"
+        );
+        assert!(r.contains("ct state established,related accept"), "{r}");
+        assert!(!r.contains("sport"), "no rule trusts a source port: {r}");
         assert!(r.contains("ip daddr 10.213.7.0/24 counter drop"), "{r}");
         assert!(r.contains("ip saddr 10.213.7.0/24 counter drop"), "{r}");
         let none = StrictPolicy {

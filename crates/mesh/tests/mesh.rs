@@ -436,6 +436,83 @@ fn strict_mode_drops_plaintext_between_nodes_even_with_the_mesh_down() {
     drop((da, db));
 }
 
+/// Finding 4 (issue 8): strict mode once let in anything from a LAN address whose *source*
+/// port was an allowed one (meant for replies). A client bound to source port 7443, 9464 (TCP)
+/// or 51820 (UDP) must not reach an arbitrary service on a node; a new flow to an allowed
+/// destination port, and its replies, still pass.
+#[test]
+fn strict_mode_bypassed_by_the_source_port() {
+    veil_netns::supported().expect("these tests need root and iproute2");
+    let lan = veil_netns::LanGuard(Lan::create(&veil_netns::new_id()).unwrap());
+    let a = lan.attach("a", 0).unwrap();
+    let b = lan.attach("b", 1).unwrap();
+    let policy = veil_mesh::StrictPolicy {
+        lan: Ipv4Addr::new(10, 213, lan.subnet, 0),
+        prefix: 24,
+        wireguard_port: PORT,
+        tls_ports: vec![7443, 9464],
+    };
+    // a is the attacker's client on the LAN (no strict mode of its own); b is a node.
+    run_in(&b.netns, || policy.apply()).unwrap().unwrap();
+    let tcp_from = |sport: u16, dport: u16| -> bool {
+        let to = SocketAddr::from((b.addr, dport));
+        let from = SocketAddr::from((a.addr, sport));
+        run_in(&a.netns, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let s = tokio::net::TcpSocket::new_v4().unwrap();
+                s.set_reuseaddr(true).unwrap();
+                s.bind(from).unwrap();
+                matches!(
+                    tokio::time::timeout(Duration::from_millis(1500), s.connect(to)).await,
+                    Ok(Ok(_))
+                )
+            })
+        })
+        .unwrap()
+    };
+    // b runs an arbitrary service (7003) and an allowed one (7443).
+    let (arbitrary, allowed) = run_in(&b.netns, || {
+        (
+            TcpListener::bind((b.addr, 7003)).unwrap(),
+            TcpListener::bind((b.addr, 7443)).unwrap(),
+        )
+    })
+    .unwrap();
+    for sport in [7443, 9464] {
+        assert!(
+            !tcp_from(sport, 7003),
+            "from source port {sport}, a reached b's arbitrary TCP service"
+        );
+    }
+    assert!(
+        tcp_from(40123, 7443),
+        "a new flow to an allowed port (and its replies) must pass"
+    );
+    drop((arbitrary, allowed));
+    // UDP from the WireGuard port to an arbitrary UDP service on b.
+    let sink = run_in(&b.netns, || {
+        let s = std::net::UdpSocket::bind((b.addr, 7004)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        s
+    })
+    .unwrap();
+    run_in(&a.netns, || {
+        let s = std::net::UdpSocket::bind((a.addr, PORT)).unwrap();
+        s.send_to(b"plaintext", (b.addr, 7004)).unwrap();
+    })
+    .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        sink.recv_from(&mut buf).is_err(),
+        "a datagram from source port {PORT} reached b's arbitrary UDP service"
+    );
+}
+
 #[test]
 fn a_key_rotates_under_a_running_tcp_stream_without_breaking_it() {
     veil_netns::supported().expect("these tests need root and iproute2");
