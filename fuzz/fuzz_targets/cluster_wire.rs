@@ -1,6 +1,6 @@
 #![no_main]
 //! What reaches a control plane or the owner from the network: request and response frames,
-//! node certificates shown with key requests, and signed cluster reports.
+//! node certificates shown with key requests, signed cluster reports and owner approval lists.
 
 use std::sync::OnceLock;
 
@@ -20,10 +20,17 @@ fn ca() -> &'static ClusterCa {
     })
 }
 
+/// Some owner's public key (PEM).
+const OWNER_KEY: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE7rBCBt5IHiRkTCmMKkLyNaB/rtKO\nSfqHhOvGht8fx8cpLrPeNOBVxcVhpsVb++4GqV81ALMqKGEDsjx+ya7ccg==\n-----END PUBLIC KEY-----\n";
+
 fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<Request>(data);
     let _ = serde_json::from_slice::<Response>(data);
     let _ = ca().verify(data, UnixTime(1_900_000_000));
+    // An approval list a peer control plane hands over (checked against the owner's key).
+    if let Ok(a) = serde_json::from_slice::<veil_cluster::owner::SignedApprovals>(data) {
+        let _ = a.verify_for_any_cluster(OWNER_KEY.as_bytes());
+    }
     if let Ok(signed) = serde_json::from_slice::<SignedReport>(data) {
         let exp = Expectations {
             reference: ReferenceValues {
@@ -34,6 +41,12 @@ fuzz_target!(|data: &[u8]| {
             },
             cluster_id: vec![0u8; 32],
             control_plane_aks: vec![[1u8; 32]],
+            approvals: veil_cluster::owner::Approvals {
+                version: 1,
+                cluster_id: "00".repeat(32),
+                serial: 1,
+                nodes: vec![],
+            },
             nonce: None,
             now: UnixTime(1_900_000_000),
         };

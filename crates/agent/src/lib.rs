@@ -13,7 +13,7 @@
 //!
 //! It writes a status file (no secrets) that `veil mini status` reads.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,77 +28,11 @@ use veil_reference::{ReferenceValues, signing};
 use veil_tpm_device::{AkKind, NodeTpm};
 
 pub mod mesh;
-pub use mesh::{MeshSettings, MeshStatus, StrictSettings};
+pub use mesh::{MeshRuntime, MeshStatus};
+pub use veil_reference::node_config::{AgentConfig, MeshSettings, StrictSettings};
 
 /// The UDP port of every node's mesh device.
 pub const MESH_PORT: u16 = 51820;
-
-/// The agent's configuration (it is measured: any change changes PCR 9).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentConfig {
-    /// Node name (for logs).
-    pub name: String,
-    /// `control-plane` or `worker`.
-    pub role: String,
-    /// Where the cluster's control-plane services are (every control-plane node), in the
-    /// order to try them.
-    pub control_planes: Vec<String>,
-    /// Where this node serves the control-plane services (control plane only; the first of
-    /// `control_planes` if unset). Placement, not behaviour: not measured.
-    #[serde(default)]
-    pub listen: Option<String>,
-    /// The TPM's TCTI.
-    pub tcti: String,
-    /// The event log the firmware wrote.
-    pub event_log: PathBuf,
-    /// Signed reference values and their signature and public key.
-    pub reference_values: PathBuf,
-    /// Signature file.
-    pub reference_signature: PathBuf,
-    /// Public key that signed the reference values.
-    pub reference_key: PathBuf,
-    /// Whether the TPM manufacturer roots (taken from the signed reference values, never from
-    /// a local file the host could change) are a local software CA (insecure; local clusters only).
-    #[serde(default)]
-    pub tpm_roots_local: bool,
-    /// Where to write `status.json`.
-    pub state_dir: PathBuf,
-    /// Where to serve Prometheus metrics (control plane; `GET /metrics`).
-    #[serde(default)]
-    pub metrics: Option<String>,
-    /// The node-to-node mesh (absent: none).
-    #[serde(default)]
-    pub mesh: Option<MeshSettings>,
-}
-
-impl AgentConfig {
-    /// The part of the configuration the node's firmware measures into PCR 9: what decides
-    /// the node's behaviour (its role, where its control planes are, whether it treats TPM
-    /// roots as a local software CA). Local plumbing (paths, the TPM's address, where a
-    /// control-plane node listens) is not measured.
-    pub fn measured(&self) -> Vec<u8> {
-        format!(
-            "role: {}\ncontrol_planes: {}\ntpm_roots_local: {}\n{}",
-            self.role,
-            self.control_planes.join(","),
-            self.tpm_roots_local,
-            self.mesh
-                .as_ref()
-                .map(|m| format!("{}\n", m.measured()))
-                .unwrap_or_default()
-        )
-        .into_bytes()
-    }
-
-    /// Where a control-plane node listens.
-    pub fn listen_addr(&self) -> anyhow::Result<&str> {
-        self.listen
-            .as_deref()
-            .or(self.control_planes.first().map(String::as_str))
-            .context("the configuration names no control plane")
-    }
-}
 
 /// What the agent reports about itself.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -178,11 +112,19 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         ..Status::default()
     };
     write_status(&cfg.state_dir, &status);
+    // What this agent trusts must be what its firmware measured into PCR 9: a host that swaps
+    // a key file after the measurement gets an agent that refuses to run, not one that trusts
+    // other reference values or another owner.
+    let keys = cfg.trusted_keys()?;
+    let log = EventLog::parse(&read(&cfg.event_log)?)?;
+    veil_reference::launch::check_config_measured(&log, &cfg.measured(&keys))
+        .map_err(anyhow::Error::msg)
+        .context("the configuration this agent runs with is not the one its firmware measured")?;
+    let owner_key = read(&cfg.owner_key)?;
     let reference = load_reference(&cfg)?;
     let certs = reference_roots(&reference)?;
     let (ek_roots, ek_intermediates): (Vec<_>, Vec<_>) =
         certs.into_iter().partition(Certificate::is_self_issued);
-    let log = EventLog::parse(&read(&cfg.event_log)?)?;
     let mut tpm = NodeTpm::open(&cfg.tcti)?;
     tpm.load_ek()?;
     tpm.create_ak(AkKind::EccP256)?;
@@ -198,6 +140,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 ek_roots,
                 ek_intermediates,
                 local_roots: cfg.tpm_roots_local,
+                owner_key: owner_key.clone(),
             };
             let cp = Arc::new(
                 ControlPlane::with_state_file(
@@ -227,6 +170,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     peers.clone(),
                     reference_for_peers.clone(),
                     (roots_for_peers.0, roots_for_peers.1),
+                    owner_key.clone(),
                     attester_for_peers.clone(),
                 ));
             }
@@ -277,6 +221,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     l,
                     Some(cp.clone()),
                     device.as_ref().map(|(d, _)| d.clone()),
+                    attester_for_peers.clone(),
                 ));
             }
             loop {
@@ -322,6 +267,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 &cfg,
                 reference,
                 (ek_roots, ek_intermediates),
+                &owner_key,
                 attester,
                 status,
             )
@@ -434,22 +380,27 @@ async fn join_peers(
     peers: Vec<String>,
     reference: ReferenceValues,
     roots: (Vec<Certificate>, Vec<Certificate>),
+    owner_key: Vec<u8>,
     attester: Arc<TpmAttester>,
 ) {
     while !cp.serving() {
         let attempt = async {
             let key = node_key()?;
             let mut s = connect_any(&peers, &reference, Membership::Any, &attester).await?;
-            // The secrets come only from a control plane whose AK is in a genuine TPM.
-            s.verify_endorsement(&roots.0, &roots.1, now()).await?;
+            // The secrets come only from a control plane whose AK is in a genuine TPM the
+            // owner approved as a control plane.
+            let ek = s
+                .verify_endorsement(&roots.0, &roots.1, now(), None)
+                .await?;
+            s.verify_approved(&owner_key, &ek).await?;
             if cp.serving() {
                 return anyhow::Ok(());
             }
             let joined = s.join(&attester, "control-plane", &key).await?;
-            let secrets = joined
+            let (secrets, approvals) = joined
                 .control_plane
                 .context("the peer admitted this node but handed over no secrets")?;
-            let cid = cp.adopt(secrets).map_err(anyhow::Error::msg)?;
+            let cid = cp.adopt(secrets, approvals).map_err(anyhow::Error::msg)?;
             tracing::info!(event = "joined_peer", cluster_id = %cid, node_id = %joined.node_id);
             anyhow::Ok(())
         };
@@ -464,6 +415,7 @@ async fn worker(
     cfg: &AgentConfig,
     reference: ReferenceValues,
     roots: (Vec<Certificate>, Vec<Certificate>),
+    owner_key: &[u8],
     attester: Arc<TpmAttester>,
     mut status: Status,
 ) -> anyhow::Result<()> {
@@ -493,11 +445,21 @@ async fn worker(
             // The control plane must already belong to a cluster: learn which from its answer.
             let mut s =
                 connect_any(&cfg.control_planes, &reference, Membership::Any, &attester).await?;
-            // Secrets go only to a control plane whose AK is in a genuine TPM.
-            s.verify_endorsement(&roots.0, &roots.1, now()).await?;
+            // Secrets go only to a control plane whose AK is in a genuine TPM the owner
+            // approved as a control plane.
+            let ek = s
+                .verify_endorsement(&roots.0, &roots.1, now(), None)
+                .await?;
+            let approved_cluster = s.verify_approved(owner_key, &ek).await?;
             let joined = s
                 .join_mesh(&attester, &cfg.role, &node_key, mesh_join.clone())
                 .await?;
+            if hex::encode(&joined.cluster_id) != approved_cluster {
+                anyhow::bail!(
+                    "the control plane admitted this node to cluster {}, not to cluster {approved_cluster} of its approval list",
+                    hex::encode(&joined.cluster_id)
+                );
+            }
             // Certificates are public; the key behind the node certificate stays in memory.
             std::fs::write(cfg.state_dir.join("node.crt.der"), &joined.node_cert)?;
             std::fs::write(cfg.state_dir.join("cluster-ca.crt.der"), &joined.ca_cert)?;
@@ -544,6 +506,7 @@ async fn worker(
             l,
             None,
             device.as_ref().map(|(d, _)| d.clone()),
+            attester.clone(),
         ));
     }
     let (mut last_rotation, mut rotations) = (std::time::Instant::now(), 0u64);
@@ -676,31 +639,85 @@ fn mesh_metrics(s: &veil_mesh::Stats) -> String {
     ])
 }
 
-/// A minimal HTTP/1.1 responder for Prometheus scrapes: any request gets the metrics.
+/// Scrapes served at once; further connections are closed at once.
+const MAX_SCRAPES: usize = 32;
+/// How long a scrape may take to send its request.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A minimal HTTP/1.1 responder for Prometheus scrapes: any request gets the metrics. At most
+/// [`MAX_SCRAPES`] connections at once, each given [`SCRAPE_TIMEOUT`] to ask; a failing
+/// accept backs off instead of spinning.
 async fn serve_metrics(
     listener: tokio::net::TcpListener,
     cp: Option<Arc<ControlPlane>>,
     device: Option<Arc<veil_mesh::Device>>,
+    attester: Arc<TpmAttester>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
+    let mut backoff = Duration::from_millis(10);
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
+        let mut sock = match listener.accept().await {
+            Ok((sock, _)) => {
+                backoff = Duration::from_millis(10);
+                sock
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: accept failed; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(sock);
             continue;
         };
         let cp = cp.clone();
         let device = device.clone();
+        let attester = attester.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
-            let _ = sock.read(&mut buf).await;
-            let mut body = cp.as_ref().map(|c| c.metrics_text()).unwrap_or_default();
-            if let Some(d) = &device {
-                body.push_str(&mesh_metrics(&d.stats()));
-            }
+            let n = match tokio::time::timeout(SCRAPE_TIMEOUT, sock.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return,
+            };
+            // `GET /healthz`: 200 while the TPM quotes, 503 once it cannot.
+            let (status, body) = if buf.get(..n).is_some_and(|r| r.starts_with(b"GET /healthz")) {
+                match attester.healthy() {
+                    true => ("200 OK", "ok\n".to_string()),
+                    false => (
+                        "503 Service Unavailable",
+                        "unhealthy: the TPM cannot quote\n".to_string(),
+                    ),
+                }
+            } else {
+                let mut body = cp.as_ref().map(|c| c.metrics_text()).unwrap_or_default();
+                if let Some(d) = &device {
+                    body.push_str(&mesh_metrics(&d.stats()));
+                }
+                body.push_str(&veil_cluster::prometheus_text(&[
+                    (
+                        "veil_tpm_healthy",
+                        "1 while the node's TPM quotes.",
+                        "gauge",
+                        u64::from(attester.healthy()),
+                    ),
+                    (
+                        "veil_tpm_quote_failures_total",
+                        "Quotes that failed even after reconnecting to the TPM.",
+                        "counter",
+                        attester.quote_failures(),
+                    ),
+                ]));
+                ("200 OK", body)
+            };
             let resp = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = tokio::time::timeout(SCRAPE_TIMEOUT, sock.write_all(resp.as_bytes())).await;
+            drop(slot);
         });
     }
 }
@@ -730,43 +747,5 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(format!("{e:#}").contains("tpm_roots[0]"), "{e:#}");
-    }
-
-    #[test]
-    fn trusting_local_roots_is_measured() {
-        let mut cfg = AgentConfig {
-            name: "w".into(),
-            role: "worker".into(),
-            control_planes: vec!["127.0.0.1:1".into()],
-            listen: None,
-            mesh: None,
-            tcti: "swtpm:port=2321".into(),
-            event_log: "log".into(),
-            reference_values: "r".into(),
-            reference_signature: "s".into(),
-            reference_key: "k".into(),
-            tpm_roots_local: false,
-            state_dir: "d".into(),
-            metrics: None,
-        };
-        let strict = cfg.measured();
-        cfg.tpm_roots_local = true;
-        assert_ne!(strict, cfg.measured());
-        cfg.tcti = "swtpm:port=9999".into();
-        let local = cfg.measured();
-        cfg.tcti = "swtpm:port=2321".into();
-        assert_eq!(local, cfg.measured(), "plumbing is not measured");
-        cfg.listen = Some("10.0.0.2:7443".into());
-        assert_eq!(
-            local,
-            cfg.measured(),
-            "where a control plane listens is not measured"
-        );
-        cfg.control_planes.push("10.0.0.3:7443".into());
-        assert_ne!(
-            local,
-            cfg.measured(),
-            "which control planes a node trusts is measured"
-        );
     }
 }

@@ -7,42 +7,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use veil_cluster::proto::{MeshJoin, MeshPeer};
 use veil_mesh::{Device, DeviceConfig, MeshKey, PeerConfig, StrictPolicy};
-
-/// Mesh settings of a node (absent: no mesh).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct MeshSettings {
-    /// The mesh network, e.g. `10.215.7.0/24` (measured).
-    pub network: String,
-    /// Where this node's mesh device listens, its LAN address and port (placement: not
-    /// measured).
-    pub endpoint: String,
-    /// The TUN interface name.
-    #[serde(default = "default_interface")]
-    pub interface: String,
-    /// Strict mode: the LAN (`10.213.7.0/24`) on which only WireGuard and these attested-TLS
-    /// ports may flow between nodes (measured).
-    #[serde(default)]
-    pub strict: Option<StrictSettings>,
-    /// Rotate the node's mesh key this often (seconds; measured). The owner can also ask for
-    /// a rotation at any time (`veil node rotate-keys`).
-    #[serde(default)]
-    pub rotate_secs: Option<u64>,
-}
-
-fn default_interface() -> String {
-    "veil0".into()
-}
-
-/// Strict-mode settings.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct StrictSettings {
-    /// The nodes' LAN.
-    pub lan: String,
-    /// TCP ports of attested-TLS services reachable between nodes.
-    pub tls_ports: Vec<u16>,
-}
+use veil_reference::node_config::{MeshSettings, cidr};
 
 /// What the status file says of the mesh.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -66,41 +31,22 @@ pub struct MeshStatus {
     pub rotations: u64,
 }
 
-fn cidr(text: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
-    let (a, p) = text
-        .split_once('/')
-        .with_context(|| format!("`{text}`: expected ADDRESS/PREFIX"))?;
-    Ok((
-        a.parse().with_context(|| format!("`{text}`: address"))?,
-        p.parse().with_context(|| format!("`{text}`: prefix"))?,
-    ))
+/// What a node does with its mesh settings.
+pub trait MeshRuntime {
+    fn apply_strict(&self, wireguard_port: u16) -> anyhow::Result<()>;
+    fn endpoint(&self) -> anyhow::Result<SocketAddr>;
+    fn join(&self, key: &MeshKey) -> MeshJoin;
+    fn start(&self, key: MeshKey, address: Ipv4Addr) -> anyhow::Result<Device>;
 }
 
-impl MeshSettings {
-    /// What the firmware measures of these settings.
-    pub fn measured(&self) -> String {
-        format!(
-            "mesh: {} rotate: {:?} strict: {}",
-            self.network,
-            self.rotate_secs,
-            self.strict
-                .as_ref()
-                .map(|s| format!("{} tls {:?}", s.lan, s.tls_ports))
-                .unwrap_or_else(|| "off".into())
-        )
-    }
-
-    /// The mesh network and prefix.
-    pub fn network(&self) -> anyhow::Result<(Ipv4Addr, u8)> {
-        cidr(&self.network).context("mesh network")
-    }
-
-    /// Installs strict mode (if configured) in this node's namespace.
-    pub fn apply_strict(&self, wireguard_port: u16) -> anyhow::Result<()> {
+impl MeshRuntime for MeshSettings {
+    fn apply_strict(&self, wireguard_port: u16) -> anyhow::Result<()> {
         let Some(s) = &self.strict else {
             return Ok(());
         };
-        let (lan, prefix) = cidr(&s.lan).context("strict mode LAN")?;
+        let (lan, prefix) = cidr(&s.lan)
+            .map_err(anyhow::Error::msg)
+            .context("strict mode LAN")?;
         StrictPolicy {
             lan,
             prefix,
@@ -112,23 +58,20 @@ impl MeshSettings {
         Ok(())
     }
 
-    /// The endpoint as a socket address.
-    pub fn endpoint(&self) -> anyhow::Result<SocketAddr> {
+    fn endpoint(&self) -> anyhow::Result<SocketAddr> {
         self.endpoint
             .parse()
             .with_context(|| format!("mesh endpoint `{}`", self.endpoint))
     }
 
-    /// What a joining node tells the control plane.
-    pub fn join(&self, key: &MeshKey) -> MeshJoin {
+    fn join(&self, key: &MeshKey) -> MeshJoin {
         MeshJoin {
             public_key: key.public_base64(),
             endpoint: self.endpoint.clone(),
         }
     }
 
-    /// Starts the device with `address` on the mesh.
-    pub fn start(&self, key: MeshKey, address: Ipv4Addr) -> anyhow::Result<Device> {
+    fn start(&self, key: MeshKey, address: Ipv4Addr) -> anyhow::Result<Device> {
         let (_, prefix) = self.network()?;
         Ok(Device::start(
             &DeviceConfig {

@@ -26,7 +26,7 @@ mod protocol;
 mod tls;
 
 pub use protocol::{
-    Appraiser, AtlsError, Attester, BindingInput, Peer, binding, client, read_frame, server,
-    server_optional, write_frame,
+    Appraiser, AtlsError, Attester, BindingInput, Peer, binding, blocking, client, read_frame,
+    server, server_optional, write_frame,
 };
 pub use tls::{EVIDENCE_OID, EVIDENCE_OID_DOTTED, Identity, client_config, server_config};

@@ -12,7 +12,9 @@ use crate::tls::{Identity, client_config, evidence_of, server_config, spki_sha25
 
 const DOMAIN: &[u8] = b"veil-atls-v2\0";
 const MAX_FRAME: u32 = 1 << 20;
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a frame's buffer starts with before its bytes arrive.
+const FRAME_CHUNK: usize = 16 * 1024;
 const FLAG_ATTESTS: u8 = 1;
 const FLAG_REQUIRES: u8 = 2;
 
@@ -138,8 +140,19 @@ pub async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>, Atls
             "frame length {len} exceeds the limit of {MAX_FRAME}"
         )));
     }
-    let mut body = vec![0u8; len as usize];
-    s.read_exact(&mut body).await?;
+    // Memory follows the bytes that arrive, not the length the peer announced: a peer that
+    // sends a large length and then nothing holds a few kilobytes, not a megabyte.
+    let mut body = Vec::with_capacity((len as usize).min(FRAME_CHUNK));
+    (&mut *s)
+        .take(u64::from(len))
+        .read_to_end(&mut body)
+        .await?;
+    if body.len() != len as usize {
+        return Err(AtlsError::Io(format!(
+            "the connection closed {} bytes into a frame of {len}",
+            body.len()
+        )));
+    }
     Ok(body)
 }
 
@@ -306,9 +319,9 @@ impl PeerView {
     }
 }
 
-/// Runs a blocking attester call (a TPM command takes milliseconds) without stalling the other
-/// tasks of a multi-threaded runtime.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+/// Runs a blocking call (a TPM command takes milliseconds) without stalling the other tasks of
+/// a multi-threaded runtime.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),

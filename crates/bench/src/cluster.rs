@@ -33,6 +33,16 @@ fn play_firmware(tcti: &str, launch: &Launch) -> Result<()> {
     Ok(())
 }
 
+/// The approval of the TPM at `tcti` (by its EK certificate) for `role`.
+fn approved(tcti: &str, role: &str) -> Result<veil_cluster::owner::ApprovedNode> {
+    let ek = NodeTpm::open(tcti)?.ek_certificate()?;
+    Ok(veil_cluster::owner::ApprovedNode {
+        ek_sha256: hex::encode(Certificate::from_der(&ek, "EK certificate")?.fingerprint()),
+        role: role.into(),
+        name: String::new(),
+    })
+}
+
 fn node_key() -> Result<Vec<u8>> {
     veil_cluster::ca::fresh_node_key().map_err(anyhow::Error::msg)
 }
@@ -71,12 +81,36 @@ pub fn run(secs: f64) -> Result<()> {
     }
     let roots = Certificate::parse_many(&ca.root_pem()?, "root")?;
     let issuer = Certificate::parse_many(&ca.issuer_pem()?, "issuer")?;
+    let (owner_sk, owner_pk) = veil_reference::signing::generate_key()?;
+    let owner = veil_cluster::owner::OwnerKey::from_pem(owner_sk.into_bytes())?;
     let trust = Trust {
         reference: refs.clone(),
         ek_roots: roots.clone(),
         ek_intermediates: issuer,
         local_roots: true,
+        owner_key: owner_pk.into_bytes(),
     };
+    // The owner approves every TPM it made, in its role.
+    let (master, salt) = ([1u8; 32], [2u8; 32]);
+    let cluster_id = veil_keys::ClusterSecrets::new(
+        veil_keys::SecretBytes::from_slice("master", &mut master.to_owned())?,
+        salt,
+    )
+    .cluster_id()?
+    .to_string();
+    let mut nodes = vec![approved(&cp_tpm.tcti(), "control-plane")?];
+    for w in &workers {
+        nodes.push(approved(&w.tcti(), "worker")?);
+    }
+    let approvals = veil_cluster::owner::SignedApprovals::sign(
+        &veil_cluster::owner::Approvals {
+            version: veil_cluster::owner::APPROVALS_VERSION,
+            cluster_id,
+            serial: 1,
+            nodes,
+        },
+        &owner,
+    )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -98,7 +132,7 @@ pub fn run(secs: f64) -> Result<()> {
     let cid = rt.block_on(async {
         let sock = TcpStream::connect(addr).await?;
         let mut s = Session::connect(sock, None, &fresh).await?;
-        anyhow::Ok(s.init(&[1; 32], &[2; 32]).await?)
+        anyhow::Ok(s.init(&master, &salt, &approvals, &owner).await?)
     })?;
     let cid = veil_attest_core::bytes::decode_hex(&cid)?;
     let member = TpmAppraiser {

@@ -8,6 +8,8 @@ use anyhow::{Context, bail};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use clap::Args;
 use veil_attest_core::bytes::decode_hex;
+use veil_cluster::owner::{APPROVALS_VERSION, Approvals, ApprovedNode, SignedApprovals};
+use veil_keys::{ClusterSecrets, SecretBytes};
 use veil_node_attest::Membership;
 
 use crate::output::{EXIT_REJECTED, EXIT_UNUSABLE};
@@ -31,6 +33,15 @@ pub struct InitArgs {
     /// Accepted TPM manufacturer roots and intermediates (PEM).
     #[arg(long, value_name = "PEM")]
     tpm_roots: Option<PathBuf>,
+    /// The owner's signing key (PKCS#8 PEM, made with `veil measurements keygen`), whose
+    /// public half every node's configuration names (default: the workspace's own,
+    /// `owner/owner.key`, created if missing).
+    #[arg(long, value_name = "FILE")]
+    owner_key: Option<PathBuf>,
+    /// Also approve the TPM with this EK certificate SHA-256 as a worker (repeatable; more
+    /// with `veil node approve`).
+    #[arg(long = "approve-worker", value_name = "HEX")]
+    approve_workers: Vec<String>,
 }
 
 /// Writes a secret file readable by its owner only (refusing to overwrite).
@@ -74,12 +85,37 @@ pub fn ensure_secrets(ws: &Path) -> anyhow::Result<([u8; 32], [u8; 32])> {
     Ok((get("master-secret")?, get("salt")?))
 }
 
-/// Attests the first control-plane node (fresh: its cluster PCR zero; its AK in the TPM of an
-/// EK certified by an accepted root), initialises it, and records the cluster in the
-/// workspace; then enrols each further control-plane node once it has joined the first
-/// (attested as a member of the cluster, its TPM recorded). Returns the cluster ID.
-pub fn owner_init(ws: &Path, control_planes: &[String], local: bool) -> anyhow::Result<String> {
+/// The cluster ID (hex) the owner's secrets derive.
+pub fn cluster_id_of(master: &[u8; 32], salt: &[u8; 32]) -> anyhow::Result<String> {
+    let m = SecretBytes::from_slice("master secret", &mut master.to_owned())?;
+    Ok(ClusterSecrets::new(m, *salt).cluster_id()?.to_string())
+}
+
+/// Adds `node` to `nodes` unless the same TPM is already approved in that role.
+pub fn add_approval(nodes: &mut Vec<ApprovedNode>, node: ApprovedNode) {
+    if !nodes
+        .iter()
+        .any(|n| n.ek_sha256 == node.ek_sha256 && n.role == node.role)
+    {
+        nodes.push(node);
+    }
+}
+
+/// Attests every control-plane node while it is fresh (cluster PCR zero; its AK in the TPM
+/// of an EK certified by an accepted root), approves their TPMs as control planes (with
+/// `approve`: the other nodes the owner provisioned), initialises the first with the master
+/// secret and the signed approval list, and records the cluster in the workspace; then enrols
+/// each further control-plane node once it has joined the first (attested as a member of the
+/// cluster, its TPM recorded). Returns the cluster ID.
+pub fn owner_init(
+    ws: &Path,
+    control_planes: &[String],
+    local: bool,
+    approve: Vec<ApprovedNode>,
+) -> anyhow::Result<String> {
     let (master, salt) = ensure_secrets(ws)?;
+    crate::workspace::ensure_owner_key(ws)?;
+    let owner = crate::workspace::owner_key(ws)?;
     if ws.join("workspace.json").exists() {
         bail!(
             "{} already records a cluster (workspace.json)",
@@ -89,15 +125,53 @@ pub fn owner_init(ws: &Path, control_planes: &[String], local: bool) -> anyhow::
     let [first, others @ ..] = control_planes else {
         bail!("no control-plane node to initialise");
     };
+    let cid = cluster_id_of(&master, &salt)?;
     let trust = crate::workspace::load_trust(ws)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (cid, ak, ek) = rt.block_on(async {
-        let mut a = attest_control_plane(&trust, first, Membership::Fresh).await?;
-        let cid = a.session.init(&master, &salt).await?;
-        anyhow::Ok((cid, a.ak, a.ek))
+    let mut nodes = approve;
+    let mut fresh = Vec::new();
+    for (i, addr) in control_planes.iter().enumerate() {
+        let a = rt
+            .block_on(attest_control_plane(
+                &trust,
+                addr,
+                Membership::Fresh,
+                &owner,
+            ))
+            .with_context(|| format!("control plane {i} at {addr}"))?;
+        add_approval(
+            &mut nodes,
+            ApprovedNode {
+                ek_sha256: hex::encode(a.ek),
+                role: "control-plane".into(),
+                name: addr.clone(),
+            },
+        );
+        fresh.push(a);
+    }
+    let approvals = SignedApprovals::sign(
+        &Approvals {
+            version: APPROVALS_VERSION,
+            cluster_id: cid.clone(),
+            serial: 1,
+            nodes,
+        },
+        &owner,
+    )?;
+    crate::workspace::save_approvals(ws, &approvals)?;
+    let mut first_cp = fresh.into_iter().next().context("no control plane")?;
+    let (got, ak, ek) = rt.block_on(async {
+        let got = first_cp
+            .session
+            .init(&master, &salt, &approvals, &owner)
+            .await?;
+        anyhow::Ok((got, first_cp.ak, first_cp.ek))
     })?;
+    if got != cid {
+        bail!("the control plane at {first} initialised cluster {got}, not {cid}");
+    }
     let mut record = WorkspaceRecord {
         cluster_id: cid.clone(),
         local,
@@ -117,6 +191,7 @@ pub fn owner_init(ws: &Path, control_planes: &[String], local: bool) -> anyhow::
                 &trust,
                 addr,
                 Membership::Member(member.clone()),
+                &owner,
             )) {
                 Ok(a) => break a,
                 Err(e) if std::time::Instant::now() > deadline => {
@@ -155,6 +230,13 @@ pub fn run(a: InitArgs) -> ExitCode {
         }
         copy(&a.reference_key, "reference.pub")?;
         copy(&a.tpm_roots, "tpm-roots.pem")?;
+        if let Some(k) = &a.owner_key {
+            let owner = crate::workspace::owner_key_from_file(k)?;
+            std::fs::create_dir_all(a.workspace.join("owner"))?;
+            std::fs::copy(k, a.workspace.join(crate::workspace::OWNER_KEY))
+                .with_context(|| format!("cannot copy {}", k.display()))?;
+            std::fs::write(a.workspace.join(crate::workspace::OWNER_PUB), owner)?;
+        }
         let local = crate::workspace::load_trust(&a.workspace)?
             .reference
             .insecure_local_roots;
@@ -167,7 +249,16 @@ pub fn run(a: InitArgs) -> ExitCode {
             return ExitCode::from(EXIT_UNUSABLE);
         }
     };
-    match owner_init(&a.workspace, &a.control_plane, local) {
+    let workers = a
+        .approve_workers
+        .iter()
+        .map(|h| ApprovedNode {
+            ek_sha256: h.to_lowercase(),
+            role: "worker".into(),
+            name: String::new(),
+        })
+        .collect();
+    match owner_init(&a.workspace, &a.control_plane, local, workers) {
         Ok(cid) => {
             if local {
                 println!("LOCAL CLUSTER (insecure local TPM roots)");

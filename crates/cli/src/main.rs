@@ -47,9 +47,12 @@ enum Command {
     /// After every control-plane node restarted: resupply the master secret from the
     /// workspace to the (re-attested) control plane.
     Recover(recover::RecoverArgs),
-    /// Manage the nodes of a running cluster.
+    /// Manage the nodes of a running cluster: approve, remove, rotate keys.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Acknowledge the refusals the control planes report, so that they no longer fail
+    /// `veil verify` (new ones will).
+    AckRefusals(node::AckArgs),
     /// Compute, sign and verify reference values (expected measurements per node role).
     #[command(subcommand)]
     Measurements(measurements::MeasurementsCommand),
@@ -75,5 +78,6 @@ fn main() -> ExitCode {
         Command::Recover(a) => recover::run(a),
         Command::Init(a) => init::run(a),
         Command::Node(cmd) => node::run(cmd),
+        Command::AckRefusals(a) => node::ack(a),
     }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use veil_reference::launch::Launch;
+use veil_reference::node_config::AgentConfig;
 use veil_reference::{MeasurementSet, ReferenceValues, signing};
 
 use crate::output::{EXIT_REJECTED, EXIT_UNUSABLE};
@@ -24,7 +25,8 @@ pub enum MeasurementsCommand {
         /// The node agent binary.
         #[arg(long, value_name = "FILE")]
         agent: PathBuf,
-        /// The agent configuration.
+        /// The agent configuration (YAML, as the node runs it; the reference and owner keys it
+        /// names are read too: they are measured).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// The node image description.
@@ -111,7 +113,16 @@ fn execute(cmd: MeasurementsCommand) -> anyhow::Result<ExitCode> {
             insecure_local_roots,
             output,
         } => {
-            let launch = Launch::measure(&read(&agent)?, &read(&config)?, &read(&image)?);
+            // What a node measures of its configuration, computed by the same function its
+            // firmware and its agent use (the keys it names are read from their files).
+            let cfg: AgentConfig = serde_norway::from_slice(&read(&config)?)
+                .with_context(|| format!("{}: not an agent configuration", config.display()))?;
+            let launch = Launch::measure(
+                &read(&agent)?,
+                &cfg.measured_from_files()
+                    .with_context(|| format!("{}", config.display()))?,
+                &read(&image)?,
+            );
             let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
             let set = MeasurementSet::from_launch(&name, &launch, &roles);
             let mut doc = if output.exists() {

@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 use veil_agent::{AgentConfig, MeshSettings, Status, StrictSettings};
+use veil_cluster::owner::ApprovedNode;
 use veil_netns::Lan;
 use veil_reference::launch::Launch;
 use veil_reference::{MeasurementSet, ReferenceValues, signing};
@@ -279,6 +280,7 @@ fn start_cluster(
 ) -> anyhow::Result<String> {
     // Owner secrets and the reference-values key.
     crate::init::ensure_secrets(ws)?;
+    let owner_pub = crate::workspace::ensure_owner_key(ws)?;
     let (ref_sk, ref_pk) = signing::generate_key()?;
     crate::init::write_secret(&ws.join("owner/reference.key"), ref_sk.as_bytes())?;
     std::fs::write(ws.join("reference.pub"), &ref_pk)?;
@@ -331,6 +333,8 @@ fn start_cluster(
     let agent_bytes = std::fs::read(agent)?;
     let ca = LocalCa::at(&ws.join("tpm-ca"));
     let mut planned = Vec::new();
+    // The owner approves exactly the TPMs it manufactured, each in its node's role.
+    let mut approvals = Vec::new();
     for (i, ((name, role), (netns, addr))) in names.into_iter().zip(homes).enumerate() {
         let dir = ws.join("nodes").join(&name);
         std::fs::create_dir_all(&dir)?;
@@ -347,6 +351,21 @@ fn start_cluster(
                 SwTpm::start_on(&tpm_state, tpm_port)
             }
         })??;
+        let tcti = tpm.tcti();
+        let ek_cert = in_node(netns.as_deref(), || {
+            NodeTpm::open(&tcti).and_then(|mut t| t.ek_certificate())
+        })??;
+        crate::init::add_approval(
+            &mut approvals,
+            ApprovedNode {
+                ek_sha256: hex::encode(
+                    veil_attest_core::x509::Certificate::from_der(&ek_cert, "EK certificate")?
+                        .fingerprint(),
+                ),
+                role: role.to_string(),
+                name: name.clone(),
+            },
+        );
         let cfg = AgentConfig {
             name: name.clone(),
             role: role.to_string(),
@@ -357,6 +376,7 @@ fn start_cluster(
             reference_values: ws.join("reference-values.yaml"),
             reference_signature: ws.join("reference-values.yaml.sig"),
             reference_key: ws.join("reference.pub"),
+            owner_key: owner_pub.clone(),
             tpm_roots_local: true,
             state_dir: dir.clone(),
             // Control planes always serve metrics; workers too when they have a namespace
@@ -396,7 +416,7 @@ fn start_cluster(
     step("computing and signing reference values");
     let mut set: Option<MeasurementSet> = None;
     for cfg in &planned {
-        let launch = Launch::measure(&agent_bytes, &cfg.measured(), &image);
+        let launch = Launch::measure(&agent_bytes, &cfg.measured_from_files()?, &image);
         let s = MeasurementSet::from_launch("mini", &launch, &[cfg.role.as_str()]);
         match &mut set {
             None => set = Some(s),
@@ -441,7 +461,7 @@ fn start_cluster(
             ""
         }
     ));
-    let cid = crate::init::owner_init(ws, &cp_addrs, true)?;
+    let cid = crate::init::owner_init(ws, &cp_addrs, true, approvals)?;
     state.cluster_id = cid.clone();
     save(ws, state)?;
 
@@ -560,7 +580,7 @@ fn launch_agent(
     netns: Option<&str>,
 ) -> anyhow::Result<u32> {
     let image = std::fs::read(ws.join("node-image.txt"))?;
-    let launch = Launch::measure(&std::fs::read(agent)?, &cfg.measured(), &image);
+    let launch = Launch::measure(&std::fs::read(agent)?, &cfg.measured_from_files()?, &image);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

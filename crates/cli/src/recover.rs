@@ -41,7 +41,7 @@ fn execute(a: &RecoverArgs) -> anyhow::Result<ExitCode> {
         // peer holds the cluster ID: either way it must be on the TPM the owner enrolled.
         let r = rt.block_on(async {
             let mut at = attest_recorded(&ws, i, Membership::Any).await?;
-            let outcome = match at.session.recover(&master, &salt).await {
+            let outcome = match at.session.recover(&master, &salt, &ws.owner).await {
                 Ok(cid) => Outcome::Recovered(cid),
                 Err(ClientError::Refused(r)) if r.contains("holds its secrets") => {
                     Outcome::AlreadyServing

@@ -86,6 +86,7 @@ pub fn run(a: VerifyArgs) -> ExitCode {
 fn execute(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let mut ws = load(&a.workspace)?;
     let cluster_id = decode_hex(&ws.record.cluster_id)?;
+    let (approvals, _) = crate::workspace::load_approvals(&a.workspace, &ws.record.cluster_id)?;
     let mut verdict = Verdict {
         cluster_id: ws.record.cluster_id.clone(),
         fresh: a.report.is_none(),
@@ -130,7 +131,10 @@ fn execute(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
                 let got = rt.block_on(async {
                     let mut at =
                         attest_recorded(&ws, i, Membership::Member(cluster_id.clone())).await?;
-                    let signed = at.session.cluster_report(&nonce).await?;
+                    let signed = at
+                        .session
+                        .cluster_report(&ws.record.cluster_id, &nonce, &ws.owner)
+                        .await?;
                     anyhow::Ok((at.ak, signed))
                 });
                 match got {
@@ -186,6 +190,7 @@ fn execute(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
             reference: ws.trust.reference.clone(),
             cluster_id: cluster_id.clone(),
             control_plane_aks: aks,
+            approvals: approvals.clone(),
             nonce: *nonce,
             now: now(),
         };

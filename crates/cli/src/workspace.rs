@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use veil_attest_core::x509::Certificate;
 use veil_cluster::Session;
+use veil_cluster::owner::{Approvals, OwnerKey, SignedApprovals};
 use veil_node_attest::{Membership, TpmAppraiser};
 use veil_reference::{ReferenceValues, signing};
 
@@ -77,8 +78,10 @@ pub struct Trusted {
 
 /// The workspace of an initialised cluster.
 pub struct Workspace {
+    pub dir: std::path::PathBuf,
     pub record: WorkspaceRecord,
     pub trust: Trusted,
+    pub owner: OwnerKey,
 }
 
 /// Loads the workspace's signed reference values (checking the signature) and TPM roots.
@@ -104,9 +107,62 @@ pub fn load(ws: &Path) -> anyhow::Result<Workspace> {
         bail!("workspace.json records no control-plane node");
     }
     Ok(Workspace {
+        dir: ws.to_path_buf(),
         record,
         trust: load_trust(ws)?,
+        owner: owner_key(ws)?,
     })
+}
+
+/// Where the owner's private key is (0600); its public half is `owner.pub`.
+pub const OWNER_KEY: &str = "owner/owner.key";
+/// The owner's public key, which every node's measured configuration names.
+pub const OWNER_PUB: &str = "owner.pub";
+/// The owner's signed approval list (the authoritative copy).
+pub const APPROVALS: &str = "approvals.json";
+
+/// Creates the owner's signing key if the workspace has none; returns the public key's path.
+pub fn ensure_owner_key(ws: &Path) -> anyhow::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(ws.join("owner"))?;
+    if !ws.join(OWNER_KEY).exists() {
+        let (sk, pk) = signing::generate_key()?;
+        crate::init::write_secret(&ws.join(OWNER_KEY), sk.as_bytes())?;
+        std::fs::write(ws.join(OWNER_PUB), pk)?;
+    }
+    Ok(ws.join(OWNER_PUB))
+}
+
+/// The public key (PEM) of an owner's private key file, checking it can sign.
+pub fn owner_key_from_file(path: &Path) -> anyhow::Result<String> {
+    let private = read(path)?;
+    OwnerKey::from_pem(private.clone())?;
+    Ok(signing::public_key_pem(&private)?)
+}
+
+/// The workspace's owner key once more, for tasks that need their own handle.
+pub fn owner_key_shared(ws: &Workspace) -> anyhow::Result<OwnerKey> {
+    owner_key(&ws.dir)
+}
+
+/// The owner's signing key.
+pub fn owner_key(ws: &Path) -> anyhow::Result<OwnerKey> {
+    Ok(OwnerKey::from_pem(read(&ws.join(OWNER_KEY))?)?)
+}
+
+/// The owner's approval list, checked against the owner's key and the cluster.
+pub fn load_approvals(ws: &Path, cluster_id: &str) -> anyhow::Result<(Approvals, SignedApprovals)> {
+    let signed: SignedApprovals =
+        serde_json::from_slice(&read(&ws.join(APPROVALS))?).context(APPROVALS)?;
+    let list = signed
+        .verify(&read(&ws.join(OWNER_PUB))?, cluster_id)
+        .context(APPROVALS)?;
+    Ok((list, signed))
+}
+
+/// Writes the owner's approval list into the workspace.
+pub fn save_approvals(ws: &Path, signed: &SignedApprovals) -> anyhow::Result<()> {
+    std::fs::write(ws.join(APPROVALS), serde_json::to_vec_pretty(signed)?)
+        .with_context(|| format!("cannot write {APPROVALS}"))
 }
 
 /// A 32-byte secret from the owner's part of the workspace (`owner/NAME`, hex).
@@ -127,13 +183,14 @@ pub struct Attested {
     pub ak: [u8; 32],
 }
 
-/// Connects to the control plane at `address` as the owner (unattested), appraises it as a
-/// control-plane node of `membership`, and checks its AK lives in a TPM whose EK certificate
-/// chains to the workspace's roots (by credential activation).
+/// Connects to the control plane at `address` as the owner (unattested, signing what it
+/// asks), appraises it as a control-plane node of `membership`, and checks its AK lives in a
+/// TPM whose EK certificate chains to the workspace's roots (by credential activation).
 pub async fn attest_control_plane(
     trust: &Trusted,
     address: &str,
     membership: Membership,
+    owner: &OwnerKey,
 ) -> anyhow::Result<Attested> {
     let sock = tokio::net::TcpStream::connect(address)
         .await
@@ -150,7 +207,7 @@ pub async fn attest_control_plane(
         .await
         .with_context(|| format!("control plane at {address}"))?;
     let ek = session
-        .verify_endorsement(&trust.roots, &trust.intermediates, now())
+        .verify_endorsement(&trust.roots, &trust.intermediates, now(), Some(owner))
         .await
         .with_context(|| format!("control plane at {address}"))?;
     let ak = session.peer_ak();
@@ -169,7 +226,7 @@ pub async fn attest_recorded(
         .control_planes
         .get(i)
         .context("no such control plane")?;
-    let a = attest_control_plane(&ws.trust, &rec.address, membership).await?;
+    let a = attest_control_plane(&ws.trust, &rec.address, membership, &ws.owner).await?;
     if hex::encode(a.ek) != rec.ek {
         bail!(
             "the control plane at {} runs on a TPM (EK certificate {}) other than the one enrolled ({})",

@@ -751,7 +751,6 @@ fn measurements_keygen_compute_sign_verify() {
     let dir = tempfile::tempdir().unwrap();
     let d = |n: &str| dir.path().join(n).display().to_string();
     std::fs::write(d("agent"), b"agent v1").unwrap();
-    std::fs::write(d("config"), b"role: worker").unwrap();
     std::fs::write(d("image"), b"debian").unwrap();
     let ok = |args: &[&str]| {
         let r = veil(args);
@@ -770,35 +769,98 @@ fn measurements_keygen_compute_sign_verify() {
         veil(&["measurements", "keygen", "--key", &d("key.pem")]).code,
         2
     );
-    ok(&[
+    // A node's configuration, naming the reference key and the owner's key: both measured.
+    ok(&["measurements", "keygen", "--key", &d("owner.pem")]);
+    let mut cfg = veil_reference::node_config::AgentConfig {
+        name: "w".into(),
+        role: "worker".into(),
+        control_planes: vec!["10.0.0.1:7443".into()],
+        listen: None,
+        tcti: "swtpm:port=2321".into(),
+        event_log: d("eventlog.bin").into(),
+        reference_values: d("refs.yaml").into(),
+        reference_signature: d("refs.yaml.sig").into(),
+        reference_key: d("key.pem.pub").into(),
+        owner_key: d("owner.pem.pub").into(),
+        tpm_roots_local: false,
+        state_dir: d("state").into(),
+        metrics: None,
+        mesh: None,
+    };
+    std::fs::write(d("config"), serde_norway::to_string(&cfg).unwrap()).unwrap();
+    let compute = |name: &str| {
+        ok(&[
+            "measurements",
+            "compute",
+            "--agent",
+            &d("agent"),
+            "--config",
+            &d("config"),
+            "--image",
+            &d("image"),
+            "--name",
+            name,
+            "-o",
+            &d("refs.yaml"),
+        ])
+    };
+    let pcr9 = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("agent-config"))
+            .and_then(|l| l.split("sha256:").nth(1))
+            .unwrap()
+            .to_string()
+    };
+    let r = compute("v1");
+    // What `compute` predicts is what a node measures (one function for both).
+    use sha2::Digest;
+    assert_eq!(
+        pcr9(&r.stdout),
+        hex::encode(sha2::Sha256::digest(cfg.measured_from_files().unwrap()))
+    );
+    // Another owner key is another measurement.
+    ok(&["measurements", "keygen", "--key", &d("owner2.pem")]);
+    cfg.owner_key = d("owner2.pem.pub").into();
+    std::fs::write(d("config2"), serde_norway::to_string(&cfg).unwrap()).unwrap();
+    let r2 = ok(&[
         "measurements",
         "compute",
         "--agent",
         &d("agent"),
         "--config",
-        &d("config"),
+        &d("config2"),
+        "--image",
+        &d("image"),
+        "--name",
+        "other-owner",
+        "-o",
+        &d("other.yaml"),
+    ]);
+    assert_ne!(pcr9(&r.stdout), pcr9(&r2.stdout));
+    // A file that is not an agent configuration is refused, named.
+    std::fs::write(d("raw"), b"role: worker").unwrap();
+    let r = veil(&[
+        "measurements",
+        "compute",
+        "--agent",
+        &d("agent"),
+        "--config",
+        &d("raw"),
         "--image",
         &d("image"),
         "--name",
         "v1",
         "-o",
-        &d("refs.yaml"),
+        &d("raw.yaml"),
     ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not an agent configuration"),
+        "{}",
+        r.stderr
+    );
     std::fs::write(d("agent"), b"agent v2").unwrap();
-    ok(&[
-        "measurements",
-        "compute",
-        "--agent",
-        &d("agent"),
-        "--config",
-        &d("config"),
-        "--image",
-        &d("image"),
-        "--name",
-        "v2",
-        "-o",
-        &d("refs.yaml"),
-    ]);
+    compute("v2");
     ok(&[
         "measurements",
         "sign",

@@ -36,11 +36,13 @@ fn status_of(dir: &Path) -> Option<Status> {
 
 /// Starts an extra worker on the local cluster's workspace, measured with the given agent
 /// bytes and configuration; returns its final status after it tried to join. On a cluster
-/// with namespaces it gets a namespace of its own on the cluster's LAN, like any node.
+/// with namespaces it gets a namespace of its own on the cluster's LAN, like any node. With
+/// `approve`, the owner approves its TPM first (`veil node approve --ek-cert`).
 fn rogue_worker(
     ws: &Path,
     name: &str,
     agent_bytes: &[u8],
+    approve: bool,
     tweak: impl FnOnce(&mut AgentConfig),
 ) -> (Status, u32) {
     static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(50);
@@ -72,6 +74,29 @@ fn rogue_worker(
         })
     });
     let tpm = tpm.unwrap();
+    if approve {
+        let mut ek = None;
+        in_node(&mut || {
+            ek = Some(
+                NodeTpm::open(&tpm.tcti())
+                    .unwrap()
+                    .ek_certificate()
+                    .unwrap(),
+            )
+        });
+        std::fs::write(dir.join("ek.der"), ek.unwrap()).unwrap();
+        let (code, out, err) = veil(&[
+            "node",
+            "approve",
+            "--ek-cert",
+            &dir.join("ek.der").display().to_string(),
+            "--role",
+            "worker",
+            "--workspace",
+            &ws.display().to_string(),
+        ]);
+        assert_eq!(code, 0, "{out}\n{err}");
+    }
     let template: AgentConfig =
         serde_norway::from_slice(&std::fs::read(ws.join("nodes/worker-0/agent.yaml")).unwrap())
             .unwrap();
@@ -92,7 +117,7 @@ fn rogue_worker(
     )
     .unwrap();
     let image = std::fs::read(ws.join("node-image.txt")).unwrap();
-    let launch = Launch::measure(agent_bytes, &cfg.measured(), &image);
+    let launch = Launch::measure(agent_bytes, &cfg.measured_from_files().unwrap(), &image);
     let mut child = None;
     in_node(&mut || {
         let mut t = NodeTpm::open(&cfg.tcti).unwrap();
@@ -614,7 +639,17 @@ fn two_control_planes_one_restarts_and_comes_back_then_all_restart_and_the_owner
     });
     assert_eq!(status_of(&worker).unwrap().key_check.unwrap(), key_check);
 
-    // Every control plane restarts: none serves, keys stop, verify fails.
+    // Every control plane goes down at once (their agents killed, as by a power loss), then
+    // each restarts: none serves, keys stop, verify fails.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.join("mini.json")).unwrap()).unwrap();
+    for n in state["nodes"].as_array().unwrap() {
+        if n["role"] == "control-plane" {
+            let _ = Command::new("kill")
+                .args(["-9", &n["pid"].to_string()])
+                .status();
+        }
+    }
     for cp in ["cp-0", "cp-1"] {
         let (code, out, err) = veil(&["mini", "restart", cp, "--workspace", &w]);
         assert_eq!(code, 0, "{out}\n{err}");
@@ -728,7 +763,7 @@ fn mini_up_join_refusals_and_down() {
     let agent = std::fs::read(env!("CARGO_BIN_EXE_veil-agent")).unwrap();
     let mut patched = agent.clone();
     patched.extend_from_slice(b"backdoor");
-    let (s, _) = rogue_worker(&ws, "rogue-binary", &patched, |_| {});
+    let (s, _) = rogue_worker(&ws, "rogue-binary", &patched, true, |_| {});
     assert_ne!(s.phase, "joined");
     let e = s.error.unwrap();
     assert!(
@@ -737,7 +772,7 @@ fn mini_up_join_refusals_and_down() {
     );
     // A worker whose configuration differs (same control plane, written differently: its
     // IPv4 address as one decimal number, which the resolver accepts).
-    let (s, _) = rogue_worker(&ws, "rogue-config", &agent, |c| {
+    let (s, _) = rogue_worker(&ws, "rogue-config", &agent, true, |c| {
         let addr: std::net::SocketAddrV4 = c.control_planes[0].parse().unwrap();
         c.control_planes = vec![format!("{}:{}", u32::from(*addr.ip()), addr.port())];
     });
@@ -747,8 +782,14 @@ fn mini_up_join_refusals_and_down() {
         e.contains("PCR sha1:9") || e.contains("PCR sha256:9"),
         "{e}"
     );
-    // An honest late worker joins.
-    let (s, _) = rogue_worker(&ws, "late-worker", &agent, |_| {});
+    // A genuine worker with the right measurements whose TPM the owner has not approved:
+    // refused, its TPM named.
+    let (s, _) = rogue_worker(&ws, "unapproved", &agent, false, |_| {});
+    assert_ne!(s.phase, "joined");
+    let e = s.error.unwrap();
+    assert!(e.contains("has not approved this TPM"), "{e}");
+    // An honest late worker the owner approved joins.
+    let (s, _) = rogue_worker(&ws, "late-worker", &agent, true, |_| {});
     assert_eq!(s.phase, "joined", "{:?}", s.error);
 
     // Prometheus metrics of the control plane.
@@ -777,6 +818,11 @@ fn mini_up_join_refusals_and_down() {
     assert!(
         out.lines()
             .any(|l| l.contains("FAILED") && l.contains("PCR sha1:9")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("FAILED") && l.contains("has not approved this TPM")),
         "{out}"
     );
     let (code, out, _) = veil(&[
@@ -836,6 +882,17 @@ fn mini_up_join_refusals_and_down() {
     assert_eq!(code, 0, "{out}\n{err}");
     let after = wait_fetches(stalled.key_fetches, 20);
     assert_eq!(after.key_check, before.key_check);
+    // The refusals were kept across the restart: they fail the verdict until the owner
+    // acknowledges them.
+    let (code, out, err) = veil(&["verify", "--workspace", &w]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("FAILED") && l.contains("PCR sha1:8")),
+        "{out}"
+    );
+    let (code, out, err) = veil(&["ack-refusals", "--workspace", &w]);
+    assert_eq!(code, 0, "{out}\n{err}");
     let (code, out, err) = veil(&["verify", "--workspace", &w]);
     assert_eq!(code, 0, "{out}\n{err}");
 

@@ -11,7 +11,15 @@ use veil_attest_tpm::credential::make_credential;
 use veil_keys::{ClusterSecrets, SecretBytes};
 use veil_node_attest::{TpmAppraiser, TpmAttester};
 
-use crate::proto::{Request, Response};
+use crate::owner::{OwnerKey, SignedApprovals, commands};
+use crate::proto::{Request, Response, SecretHex};
+
+/// The owner's signature on `command`, made now.
+fn authorise(owner: &OwnerKey, command: &str) -> Result<crate::owner::OwnerAuth, ClientError> {
+    owner
+        .authorise(command, crate::clock::now().0)
+        .map_err(|e| ClientError::Unexpected(e.to_string()))
+}
 
 /// A control-plane session.
 #[derive(Debug)]
@@ -20,6 +28,8 @@ pub struct Session<IO> {
     peer_ak: [u8; 32],
     /// The qualifiedSigner of the control plane's quote.
     peer_signer: Vec<u8>,
+    /// Its cluster PCR (`None`: zero).
+    peer_cluster_pcr: Option<String>,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
@@ -32,14 +42,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
     ) -> Result<Self, AtlsError> {
         let id = Identity::generate()?;
         let (tls, peer) = client(io, &id, attester, Some(appraiser)).await?;
-        let (peer_ak, peer_signer) = peer
-            .claims
-            .map(|c| (c.ak_spki_sha256, c.qualified_signer))
-            .ok_or(AtlsError::NoEvidence)?;
+        let claims = peer.claims.ok_or(AtlsError::NoEvidence)?;
         Ok(Self {
             tls,
-            peer_ak,
-            peer_signer,
+            peer_ak: claims.ak_spki_sha256,
+            peer_signer: claims.qualified_signer,
+            peer_cluster_pcr: claims.cluster_pcr,
         })
     }
 
@@ -65,8 +73,9 @@ pub struct Joined {
     pub node_cert: Vec<u8>,
     /// The cluster CA certificate (DER).
     pub ca_cert: Vec<u8>,
-    /// For a control-plane node: the cluster's secrets, to serve as its peers do.
-    pub control_plane: Option<ClusterSecrets>,
+    /// For a control-plane node: the cluster's secrets and the owner's approvals, to serve as
+    /// its peers do.
+    pub control_plane: Option<(ClusterSecrets, SignedApprovals)>,
     /// Its mesh address, if it joined with a mesh key.
     pub mesh_address: Option<std::net::Ipv4Addr>,
 }
@@ -122,20 +131,27 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
     /// Checks that the attested control plane's AK lives in a TPM whose EK certificate chains
     /// to `roots`: the control plane must activate a credential made here for its EK and AK.
     /// Returns the SHA-256 fingerprint of the EK certificate (the TPM's identity).
+    ///
+    /// Nodes ask as attested callers (`owner` is `None`); the owner signs its requests.
     pub async fn verify_endorsement(
         &mut self,
         roots: &[Certificate],
         intermediates: &[Certificate],
         now: UnixTime,
+        owner: Option<&OwnerKey>,
     ) -> Result<[u8; 32], ClientError> {
-        let (ek_cert, ek_public, ak_public) = match self.call(&Request::Endorsement).await? {
-            Response::Endorsement {
-                ek_cert,
-                ek_public,
-                ak_public,
-            } => (unhex(&ek_cert)?, unhex(&ek_public)?, unhex(&ak_public)?),
-            r => return Err(unexpected(r)),
-        };
+        let auth = owner
+            .map(|o| authorise(o, &commands::endorsement()))
+            .transpose()?;
+        let (ek_cert, ek_public, ak_public) =
+            match self.call(&Request::Endorsement { auth }).await? {
+                Response::Endorsement {
+                    ek_cert,
+                    ek_public,
+                    ak_public,
+                } => (unhex(&ek_cert)?, unhex(&ek_public)?, unhex(&ak_public)?),
+                r => return Err(unexpected(r)),
+            };
         let fail = |e: String| ClientError::Endorsement(e);
         let cert =
             Certificate::from_der(&ek_cert, "EK certificate").map_err(|e| fail(e.to_string()))?;
@@ -163,14 +179,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
             .map_err(|_| fail("no randomness".into()))?;
         let made =
             make_credential(&ek, &ak.name, &secret, &seed).map_err(|e| fail(e.to_string()))?;
+        let (id_object, encrypted_secret) = (
+            hex::encode(made.id_object),
+            hex::encode(made.encrypted_secret),
+        );
+        let auth = owner
+            .map(|o| authorise(o, &commands::prove_tpm(&id_object, &encrypted_secret)))
+            .transpose()?;
         match self
             .call(&Request::ProveTpm {
-                id_object: hex::encode(made.id_object),
-                encrypted_secret: hex::encode(made.encrypted_secret),
+                id_object,
+                encrypted_secret,
+                auth,
             })
             .await?
         {
-            Response::Proof { secret: s } if unhex(&s)? == secret => Ok(cert.fingerprint()),
+            Response::Proof { secret: s } if unhex(s.expose())? == secret => Ok(cert.fingerprint()),
             Response::Proof { .. } => Err(fail(
                 "the control plane's TPM returned a wrong secret".into(),
             )),
@@ -178,16 +202,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         }
     }
 
-    /// Owner: initialises the cluster; returns its ID.
+    /// Owner: initialises the cluster with its secrets and the owner's approval list; returns
+    /// its ID.
     pub async fn init(
         &mut self,
         master: &[u8; 32],
         salt: &[u8; 32],
+        approvals: &SignedApprovals,
+        owner: &OwnerKey,
     ) -> Result<String, ClientError> {
+        let cid = cluster_id_of(master, salt)?;
+        let auth = authorise(owner, &commands::init(&cid, &approvals.digest()))?;
         match self
             .call(&Request::Init {
-                master: hex::encode(master),
+                master: SecretHex::encode(master),
                 salt: hex::encode(salt),
+                approvals: approvals.clone(),
+                auth,
             })
             .await?
         {
@@ -201,15 +232,90 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         &mut self,
         master: &[u8; 32],
         salt: &[u8; 32],
+        owner: &OwnerKey,
     ) -> Result<String, ClientError> {
+        let cid = cluster_id_of(master, salt)?;
+        let auth = authorise(owner, &commands::recover(&cid))?;
         match self
             .call(&Request::Recover {
-                master: hex::encode(master),
+                master: SecretHex::encode(master),
                 salt: hex::encode(salt),
+                auth,
             })
             .await?
         {
             Response::Cluster { cluster_id } => Ok(cluster_id),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Owner: replaces the approval list.
+    pub async fn approve(&mut self, approvals: &SignedApprovals) -> Result<String, ClientError> {
+        match self
+            .call(&Request::Approve {
+                approvals: approvals.clone(),
+            })
+            .await?
+        {
+            Response::Accepted { detail } => Ok(detail),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Node: the owner's approval list as this control plane holds it.
+    pub async fn approvals(&mut self) -> Result<SignedApprovals, ClientError> {
+        match self.call(&Request::Approvals).await? {
+            Response::Approvals { approvals } => Ok(approvals),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Node: checks that this control plane's TPM (EK certificate SHA-256 `ek_sha256`, as
+    /// [`Session::verify_endorsement`] proved it) is one the owner (`owner_key`, PEM) approved
+    /// as a control plane, and that its cluster PCR holds the cluster of that approval list;
+    /// returns the cluster ID (hex).
+    pub async fn verify_approved(
+        &mut self,
+        owner_key: &[u8],
+        ek_sha256: &[u8; 32],
+    ) -> Result<String, ClientError> {
+        let fail = |e: String| ClientError::Endorsement(e);
+        let list = self
+            .approvals()
+            .await?
+            .verify_for_any_cluster(owner_key)
+            .map_err(|e| fail(e.to_string()))?;
+        let cid = veil_attest_core::bytes::decode_hex(&list.cluster_id)
+            .map_err(|e| fail(format!("approvals: cluster ID: {e}")))?;
+        let want = hex::encode(veil_reference::launch::cluster_pcr(
+            veil_attest_tpm::HashAlg::Sha256,
+            Some(&cid),
+        ));
+        if self.peer_cluster_pcr.as_deref() != Some(want.as_str()) {
+            return Err(fail(format!(
+                "the control plane's cluster PCR does not hold cluster {}, which its approval list is for",
+                list.cluster_id
+            )));
+        }
+        if !list.approves(ek_sha256, "control-plane") {
+            return Err(fail(format!(
+                "the owner has not approved this control plane's TPM (EK certificate sha256:{}) as a control plane",
+                hex::encode(ek_sha256)
+            )));
+        }
+        Ok(list.cluster_id)
+    }
+
+    /// Owner: acknowledges the refusals last seen at or before `up_to`.
+    pub async fn ack_refusals(
+        &mut self,
+        cluster_id: &str,
+        up_to: i64,
+        owner: &OwnerKey,
+    ) -> Result<String, ClientError> {
+        let auth = authorise(owner, &commands::ack_refusals(cluster_id, up_to))?;
+        match self.call(&Request::AckRefusals { up_to, auth }).await? {
+            Response::Accepted { detail } => Ok(detail),
             r => Err(unexpected(r)),
         }
     }
@@ -262,7 +368,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
             .map_err(|e| ClientError::Endorsement(e.to_string()))?;
         match self
             .call(&Request::Activate {
-                secret: hex::encode(secret),
+                secret: SecretHex::encode(&secret),
             })
             .await?
         {
@@ -285,7 +391,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
                 let control_plane = match control_plane {
                     None => None,
                     Some(h) => {
-                        let mut master = unhex(&h.master)?;
+                        let mut master = unhex(h.master.expose())?;
                         let salt: [u8; 32] = unhex(&h.salt)?.try_into().map_err(|_| {
                             ClientError::Unexpected("handed-over salt: expected 32 bytes".into())
                         })?;
@@ -298,7 +404,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
                                 "the handed-over secrets do not derive the cluster ID".into(),
                             ));
                         }
-                        Some(secrets)
+                        Some((secrets, h.approvals))
                     }
                 };
                 attester
@@ -307,7 +413,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
                 Ok(Joined {
                     node_id,
                     cluster_id: cid,
-                    state_key: unhex(&state_key)?,
+                    state_key: unhex(state_key.expose())?,
                     node_cert: unhex(&node_cert)?,
                     ca_cert: unhex(&ca_cert)?,
                     control_plane,
@@ -326,14 +432,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
     /// Owner: a cluster attestation report bound to `nonce`, signed by the control plane.
     pub async fn cluster_report(
         &mut self,
+        cluster_id: &str,
         nonce: &[u8; 32],
+        owner: &OwnerKey,
     ) -> Result<crate::report::SignedReport, ClientError> {
-        match self
-            .call(&Request::ClusterReport {
-                nonce: hex::encode(nonce),
-            })
-            .await?
-        {
+        let nonce = hex::encode(nonce);
+        let auth = authorise(owner, &commands::cluster_report(cluster_id, &nonce))?;
+        match self.call(&Request::ClusterReport { nonce, auth }).await? {
             Response::Report { report, evidence } => {
                 Ok(crate::report::SignedReport { report, evidence })
             }
@@ -341,19 +446,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         }
     }
 
-    /// Owner: removes a node (the MAC is [`crate::owner::command_mac`] of
-    /// `remove-node <node_id>` at `at`); returns whether this control plane had admitted it.
+    /// Owner: removes a node; returns whether this control plane had admitted it.
     pub async fn remove_node(
         &mut self,
+        cluster_id: &str,
         node_id: &str,
-        at: i64,
-        mac: &[u8; 32],
+        owner: &OwnerKey,
     ) -> Result<bool, ClientError> {
+        let auth = authorise(owner, &commands::remove_node(cluster_id, node_id))?;
         match self
             .call(&Request::RemoveNode {
                 node_id: node_id.to_string(),
-                at,
-                mac: hex::encode(mac),
+                auth,
             })
             .await?
         {
@@ -397,19 +501,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         }
     }
 
-    /// Owner: asks a node to rotate its mesh key (the MAC is [`crate::owner::command_mac`]
-    /// of `rotate-mesh-key <node_id>` at `at`).
+    /// Owner: asks a node to rotate its mesh key.
     pub async fn rotate_mesh_key(
         &mut self,
+        cluster_id: &str,
         node_id: &str,
-        at: i64,
-        mac: &[u8; 32],
+        owner: &OwnerKey,
     ) -> Result<(), ClientError> {
+        let auth = authorise(owner, &commands::rotate_mesh_key(cluster_id, node_id))?;
         match self
             .call(&Request::RotateMeshKey {
                 node_id: node_id.to_string(),
-                at,
-                mac: hex::encode(mac),
+                auth,
             })
             .await?
         {
@@ -431,8 +534,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
             })
             .await?
         {
-            Response::Key { key, .. } => unhex(&key),
+            Response::Key { key, .. } => unhex(key.expose()),
             r => Err(unexpected(r)),
         }
     }
+}
+
+/// The cluster ID (hex) the owner's secrets derive.
+fn cluster_id_of(master: &[u8; 32], salt: &[u8; 32]) -> Result<String, ClientError> {
+    let m = SecretBytes::from_slice("master secret", &mut master.to_owned())
+        .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+    ClusterSecrets::new(m, *salt)
+        .cluster_id()
+        .map(|c| c.to_string())
+        .map_err(|e| ClientError::Unexpected(e.to_string()))
 }

@@ -22,5 +22,6 @@ mod service;
 
 pub use client::{ClientError, Joined, Session};
 pub use service::{
-    ControlPlane, NodeMesh, NodeRecord, Refusal, Trust, prometheus_text, spki_sha256,
+    ControlPlane, NodeMesh, NodeRecord, Refusal, Trust, check_signer_under_ek, node_id,
+    prometheus_text, spki_sha256,
 };

@@ -56,6 +56,21 @@ pub fn check_join(m: &MeshJoin) -> Result<(), String> {
     }
 }
 
+/// Checks that a joining node's mesh endpoint is on the address it connects from: otherwise
+/// it could aim every peer's handshakes at any host.
+pub fn check_endpoint_source(m: &MeshJoin, source: std::net::IpAddr) -> Result<(), String> {
+    let ep: SocketAddr = m
+        .endpoint
+        .parse()
+        .map_err(|e| format!("endpoint `{}`: {e}", m.endpoint))?;
+    if ep.ip() != source {
+        return Err(format!(
+            "endpoint {ep} is not on the address the node connects from ({source})"
+        ));
+    }
+    Ok(())
+}
+
 fn host_range(network: Ipv4Addr, prefix: u8) -> Result<(u32, u32), String> {
     if !(8..=30).contains(&prefix) {
         return Err(format!("mesh prefix /{prefix}: expected /8 to /30"));
@@ -153,6 +168,7 @@ mod tests {
             node_id: id.into(),
             role: "worker".into(),
             ak_spki_sha256: [0; 32],
+            ek_cert: vec![],
             join_evidence: vec![],
             set: "s".into(),
             joined_at: veil_attest_core::UnixTime(0),

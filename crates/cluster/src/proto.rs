@@ -2,24 +2,80 @@
 //! TLS connection. Binary values are hex.
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroize;
+
+use crate::owner::{OwnerAuth, SignedApprovals};
+
+/// A secret on the wire (hex): zeroized when dropped, and never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretHex(String);
+
+impl SecretHex {
+    /// Hex of `bytes`.
+    pub fn encode(bytes: &[u8]) -> Self {
+        Self(hex::encode(bytes))
+    }
+
+    /// The hex text (to decode at once into a secret type).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for SecretHex {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl std::fmt::Debug for SecretHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
 
 /// A request to the control plane.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    /// The owner hands a fresh control-plane node the cluster's master secret and salt.
+    /// The owner hands a fresh control-plane node the cluster's master secret and salt, and
+    /// the nodes it approves (signed: `init <cluster ID> <SHA-256 of the approvals>`).
     Init {
         /// Master secret (hex, 32 bytes).
-        master: String,
+        master: SecretHex,
         /// Salt (hex, 32 bytes).
         salt: String,
+        /// The owner's approval list.
+        approvals: SignedApprovals,
+        /// The owner's signature.
+        auth: OwnerAuth,
     },
-    /// The owner resupplies the master secret after the control plane restarted.
+    /// The owner resupplies the master secret after the control plane restarted (signed:
+    /// `recover <cluster ID>`).
     Recover {
         /// Master secret (hex).
-        master: String,
+        master: SecretHex,
         /// Salt (hex).
         salt: String,
+        /// The owner's signature.
+        auth: OwnerAuth,
+    },
+    /// The owner replaces the approval list (a higher serial than the one held).
+    Approve {
+        /// The owner's approval list.
+        approvals: SignedApprovals,
+    },
+    /// An attested node asks for the owner's approval list (to check that this control plane
+    /// is one the owner approved).
+    Approvals,
+    /// The owner acknowledges the refusals last seen at or before `up_to` (signed:
+    /// `ack-refusals <cluster ID> <up_to>`): they no longer fail `veil verify`.
+    AckRefusals {
+        /// Seconds since the epoch.
+        up_to: i64,
+        /// The owner's signature.
+        auth: OwnerAuth,
     },
     /// A node asks to join: its role and TPM endorsement.
     Join {
@@ -39,40 +95,50 @@ pub enum Request {
     /// A joining node returns the secret its TPM recovered from the credential.
     Activate {
         /// The secret (hex).
-        secret: String,
+        secret: SecretHex,
     },
-    /// Anyone asks the control plane for its TPM endorsement (EK certificate, EK, AK).
-    Endorsement,
-    /// Anyone asks the control plane to activate a credential made for its EK and AK.
+    /// An attested node, or the owner (signed: `endorsement`), asks for the control plane's
+    /// TPM endorsement (EK certificate, EK, AK).
+    Endorsement {
+        /// The owner's signature, when the caller is not an attested node.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auth: Option<OwnerAuth>,
+    },
+    /// An attested node, or the owner (signed: `prove-tpm <SHA-256 of id_object ‖
+    /// encrypted_secret>`), asks the control plane to activate a credential made for its EK
+    /// and AK. Once per connection, and a few per second in all.
     ProveTpm {
         /// TPM2B_ID_OBJECT contents (hex).
         id_object: String,
         /// TPM2B_ENCRYPTED_SECRET contents (hex).
         encrypted_secret: String,
+        /// The owner's signature, when the caller is not an attested node.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auth: Option<OwnerAuth>,
     },
-    /// The owner asks for a cluster attestation report bound to its nonce.
+    /// The owner asks for a cluster attestation report bound to its nonce (signed:
+    /// `cluster-report <cluster ID> <nonce>`).
     ClusterReport {
         /// 32-byte nonce (hex).
         nonce: String,
+        /// The owner's signature.
+        auth: OwnerAuth,
     },
-    /// The owner removes a node from the cluster: it is served nothing more and leaves every
-    /// peer set; it may not join again.
+    /// The owner removes a node from the cluster (signed: `remove-node <cluster ID> <node>`):
+    /// it is served nothing more and leaves every peer set; it may not join again.
     RemoveNode {
         /// The node.
         node_id: String,
-        /// When the owner made the command (seconds since the epoch).
-        at: i64,
-        /// HMAC-SHA256 under the owner-commands key (hex).
-        mac: String,
+        /// The owner's signature.
+        auth: OwnerAuth,
     },
-    /// The owner asks a node to rotate its mesh key (it does at its next re-attestation).
+    /// The owner asks a node to rotate its mesh key (signed: `rotate-mesh-key <cluster ID>
+    /// <node>`); it does at its next re-attestation.
     RotateMeshKey {
         /// The node.
         node_id: String,
-        /// When the owner made the command (seconds since the epoch).
-        at: i64,
-        /// HMAC-SHA256 under the owner-commands key (hex).
-        mac: String,
+        /// The owner's signature.
+        auth: OwnerAuth,
     },
     /// A joined node registers its new mesh public key (re-attested, like a key request);
     /// the answer is its peer set.
@@ -126,9 +192,11 @@ pub struct MeshPeer {
 #[serde(deny_unknown_fields)]
 pub struct HandOver {
     /// Master secret (hex, 32 bytes).
-    pub master: String,
+    pub master: SecretHex,
     /// Salt (hex, 32 bytes).
     pub salt: String,
+    /// The owner's approval list the handing control plane holds.
+    pub approvals: SignedApprovals,
 }
 
 impl std::fmt::Debug for HandOver {
@@ -160,7 +228,7 @@ pub enum Response {
         /// The cluster ID (hex) to extend into the cluster PCR.
         cluster_id: String,
         /// The key of its encrypted state volume (hex).
-        state_key: String,
+        state_key: SecretHex,
         /// Its node certificate from the cluster CA (hex DER).
         node_cert: String,
         /// The cluster CA certificate (hex DER).
@@ -205,7 +273,17 @@ pub enum Response {
     /// The secret recovered from a credential.
     Proof {
         /// The secret (hex).
-        secret: String,
+        secret: SecretHex,
+    },
+    /// The owner's approval list.
+    Approvals {
+        /// As the owner signed it.
+        approvals: SignedApprovals,
+    },
+    /// The owner's word was taken (an approval list, an acknowledgement).
+    Accepted {
+        /// What was done.
+        detail: String,
     },
     /// A cluster attestation report, signed by the control plane's TPM.
     Report {
@@ -219,7 +297,7 @@ pub enum Response {
         /// The key ID.
         key_id: String,
         /// The key (hex).
-        key: String,
+        key: SecretHex,
     },
     /// Not now: the cluster is not initialised yet, or the control plane awaits recovery.
     /// Nothing is wrong with the caller; it may retry.

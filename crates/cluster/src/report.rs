@@ -4,13 +4,14 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha512};
+
 use veil_attest_core::UnixTime;
 use veil_attest_core::bytes::decode_hex;
 use veil_node_attest::{Membership, TpmAppraiser};
 use veil_reference::ReferenceValues;
 
 /// Format version.
-pub const REPORT_VERSION: u32 = 1;
+pub const REPORT_VERSION: u32 = 2;
 
 /// The report, as the control plane signs it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,10 +25,11 @@ pub struct ClusterReport {
     pub nonce: String,
     /// When the control plane made it (seconds since the epoch).
     pub created_at: i64,
+    /// The serial of the owner's approval list the control plane holds.
+    pub approvals_serial: Option<u64>,
     /// Every admitted node.
     pub nodes: Vec<ReportedNode>,
-    /// Nodes refused since the control plane started (most recent last).
-    #[serde(default)]
+    /// Every refusal the owner has not acknowledged (aggregated per source and kind).
     pub refused: Vec<crate::Refusal>,
 }
 
@@ -45,6 +47,8 @@ pub struct ReportedNode {
     pub joined_at: i64,
     /// SHA-256 of its AK SPKI (hex), bound to its EK at join.
     pub ak_spki_sha256: String,
+    /// Its EK certificate (hex DER): the TPM the owner must have approved.
+    pub ek_cert: String,
     /// The evidence the control plane appraised at join (hex).
     pub join_evidence: String,
     /// Its place in the mesh, if any.
@@ -95,6 +99,8 @@ pub struct Expectations {
     /// The AKs the control plane may have signed with (each proven to the owner in the TPM of
     /// the control-plane node's recorded EK).
     pub control_plane_aks: Vec<[u8; 32]>,
+    /// The owner's current approval list: every admitted node's TPM must be on it, in its role.
+    pub approvals: crate::owner::Approvals,
     /// The nonce the report must carry (`None` when re-verifying a saved report).
     pub nonce: Option<[u8; 32]>,
     /// Verification time.
@@ -199,8 +205,18 @@ pub fn verify_report(signed: &SignedReport, exp: &Expectations) -> Result<Cluste
                 membership: Membership::Fresh,
                 now: exp.now,
             };
+            let ek = decode_hex(&n.ek_cert).map_err(|e| format!("EK certificate: {e}"))?;
+            let ek_sha256: [u8; 32] = sha2::Sha256::digest(&ek).into();
+            if !exp.approvals.approves(&ek_sha256, &n.role) {
+                return Err(format!(
+                    "NOT APPROVED by the owner: its TPM (EK certificate sha256:{}) is not on the approval list (serial {}) as `{}`",
+                    hex::encode(ek_sha256),
+                    exp.approvals.serial,
+                    n.role
+                ));
+            }
             a.appraise_recorded(&ev)
-                .map(|c| format!("matches set `{}`", c.set))
+                .map(|c| format!("matches set `{}`; approved", c.set))
         })();
         nodes.push(NodeVerdict {
             node: n.node_id.clone(),
@@ -227,15 +243,25 @@ pub fn verify_report(signed: &SignedReport, exp: &Expectations) -> Result<Cluste
     }
     for r in &report.refused {
         nodes.push(NodeVerdict {
-            node: r
-                .ak_spki_sha256
-                .as_deref()
-                .map(|a| format!("refused (AK {})", a.get(..12).unwrap_or(a)))
-                .unwrap_or_else(|| "refused (unknown)".into()),
+            node: match &r.ak_spki_sha256 {
+                Some(a) => format!("refused {} (AK {})", r.source, a.get(..12).unwrap_or(a)),
+                None => format!("refused {}", r.source),
+            },
             role: "-".into(),
-            tee: TEE.into(),
+            tee: "-".into(),
             ok: false,
-            reason: format!("refused at {}: {}", r.at, r.reason),
+            reason: format!(
+                "{}{} ({}x, first {}, last {}; not acknowledged)",
+                if r.reason.starts_with(&format!("{}:", r.kind)) {
+                    String::new()
+                } else {
+                    format!("{}: ", r.kind)
+                },
+                r.reason,
+                r.count,
+                UnixTime(r.first_seen),
+                UnixTime(r.last_seen)
+            ),
             mesh: "-".into(),
         });
     }

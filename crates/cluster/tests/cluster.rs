@@ -1,5 +1,6 @@
 //! A control plane and worker nodes, each with its own manufactured software TPM, and the
-//! owner: init, join, keys and recovery over attested TLS, with every refusal the issue names.
+//! owner: init, approvals, join, keys and recovery over attested TLS, with every refusal the
+//! issue names.
 
 #![allow(
     clippy::unwrap_used,
@@ -8,133 +9,87 @@
     clippy::indexing_slicing
 )]
 
-use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
+use common::*;
+use tokio::net::TcpListener;
 use veil_attest_core::x509::Certificate;
-use veil_cluster::{ClientError, ControlPlane, Session, Trust};
+use veil_cluster::{ClientError, ControlPlane, Trust};
 use veil_keys::{ClusterSecrets, KeyId, SecretBytes};
-use veil_node_attest::{Membership, TpmAppraiser, TpmAttester};
-use veil_reference::launch::{Launch, cluster_event};
+use veil_node_attest::Membership;
+use veil_reference::launch::Launch;
 use veil_reference::{MeasurementSet, ReferenceValues};
-use veil_swtpm::{LocalCa, SwTpm};
-use veil_tpm_device::{AkKind, NodeTpm};
+use veil_swtpm::LocalCa;
 
 use veil_cluster::clock::now;
-
-struct Node {
-    attester: Arc<TpmAttester>,
-    _swtpm: SwTpm,
-}
-
-fn boot(dir: &Path, ca: &LocalCa, launch: &Launch, cluster: Option<&[u8]>) -> Node {
-    ca.manufacture(dir).unwrap();
-    let swtpm = SwTpm::start(dir).unwrap();
-    let mut tpm = NodeTpm::open(&swtpm.tcti()).unwrap();
-    for c in &launch.components {
-        tpm.extend(c.pcr, &c.sha1.0, &c.sha256.0).unwrap();
-    }
-    tpm.load_ek().unwrap();
-    tpm.create_ak(AkKind::EccP256).unwrap();
-    let attester = Arc::new(TpmAttester::new(tpm, launch.event_log()));
-    if let Some(id) = cluster {
-        attester.join_cluster(id).unwrap();
-        let _ = cluster_event(id);
-    }
-    Node {
-        attester,
-        _swtpm: swtpm,
-    }
-}
-
-fn appraiser(refs: &ReferenceValues, membership: Membership) -> TpmAppraiser {
-    TpmAppraiser {
-        reference: refs.clone(),
-        role: "control-plane".into(),
-        trusted_aks: None,
-        membership,
-        now: now(),
-    }
-}
-
-async fn session(
-    addr: std::net::SocketAddr,
-    node: Option<&Node>,
-    app: &TpmAppraiser,
-) -> Result<Session<TcpStream>, ClientError> {
-    let sock = TcpStream::connect(addr).await.unwrap();
-    sock.set_nodelay(true).unwrap();
-    Ok(Session::connect(
-        sock,
-        node.map(|n| n.attester.as_ref() as &dyn veil_atls::Attester),
-        app,
-    )
-    .await?)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_join_keys_refusals_and_recovery() {
     let dir = tempfile::tempdir().unwrap();
     let ca = LocalCa::at(&dir.path().join("ca"));
-    let cp_launch = Launch::measure(b"veil-agent 1", b"role: control-plane", b"image 1");
-    let worker_launch = Launch::measure(b"veil-agent 1", b"role: worker", b"image 1");
-    let mut set = MeasurementSet::from_launch("release-1", &cp_launch, &["control-plane"]);
-    let w = MeasurementSet::from_launch("release-1", &worker_launch, &["worker"]);
-    set.roles.extend(w.roles);
-    let refs = ReferenceValues {
-        version: 1,
-        insecure_local_roots: true,
-        tpm_roots: vec![],
-        sets: vec![set],
-    };
-
+    let (cp_launch, worker_launch, refs) = release_1();
+    let (master, salt) = ([0x11u8; 32], [0x22u8; 32]);
+    let owner = Owner::new(master, salt);
     let cp_node = boot(&dir.path().join("cp"), &ca, &cp_launch, None);
-    let roots = Certificate::parse_many(&ca.root_pem().unwrap(), "root").unwrap();
-    let issuer = Certificate::parse_many(&ca.issuer_pem().unwrap(), "issuer").unwrap();
-    let trust = Trust {
-        reference: refs.clone(),
-        ek_roots: roots.clone(),
-        ek_intermediates: issuer.clone(),
-        local_roots: true,
-    };
-    let cp = Arc::new(ControlPlane::new(trust, cp_node.attester.clone()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(cp.clone().serve(listener));
+    let (roots, issuer) = roots(&ca);
+    let (cp, addr) = serve(&cp_node, &refs, &ca, &owner.public).await;
 
     // A worker that comes before init is told to wait: not refused, and not recorded as a
     // refusal (the report below names exactly the real ones).
     let early = boot(&dir.path().join("w0"), &ca, &worker_launch, None);
-    let e = session(addr, Some(&early), &appraiser(&refs, Membership::Fresh))
-        .await
-        .unwrap()
-        .join(&early.attester, "worker", &node_key())
-        .await
-        .unwrap_err();
+    let e = session(
+        addr,
+        Some(early.attester.as_ref()),
+        &appraiser(&refs, Membership::Fresh),
+    )
+    .await
+    .unwrap()
+    .join(&early.attester, "worker", &node_key())
+    .await
+    .unwrap_err();
     assert!(
         matches!(&e, ClientError::Unavailable(r) if r.contains("not initialised")),
         "{e}"
     );
 
-    // The owner appraises the fresh control-plane node, checks its TPM endorsement, inits.
-    let (master, salt) = ([0x11u8; 32], [0x22u8; 32]);
-    let mut owner = session(addr, None, &appraiser(&refs, Membership::Fresh))
+    // Nobody but the owner initialises: an unsigned (here: wrongly signed) init is refused.
+    let impostor = Owner::new(master, salt);
+    let mut s = session(addr, None, &appraiser(&refs, Membership::Fresh))
         .await
         .unwrap();
-    owner
-        .verify_endorsement(&roots, &issuer, now())
+    let e = s
+        .init(&master, &salt, &impostor.signed(), &impostor.key)
         .await
-        .unwrap();
-    let cid_hex = owner.init(&master, &salt).await.unwrap();
-    let secrets = ClusterSecrets::new(
-        SecretBytes::from_slice("m", &mut master.clone()).unwrap(),
-        salt,
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("signature does not verify")),
+        "{e}"
     );
+    // The owner appraises the fresh control-plane node, checks its TPM endorsement (signing
+    // its requests), inits with the approval list.
+    let mut s = session(addr, None, &appraiser(&refs, Membership::Fresh))
+        .await
+        .unwrap();
+    s.verify_endorsement(&roots, &issuer, now(), Some(&owner.key))
+        .await
+        .unwrap();
+    // Without the owner's signature an unattested caller may not use the TPM.
+    let e = s
+        .verify_endorsement(&roots, &issuer, now(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("only an attested node or the owner")),
+        "{e}"
+    );
+    owner.init(addr, &cp_node, &refs).await;
+    let secrets = owner.secrets();
     let cid = secrets.cluster_id().unwrap();
-    assert_eq!(cid_hex, cid.to_string());
+    assert_eq!(cp.cluster_id(), Some(cid));
     // Init happens once.
-    let mut owner = session(
+    let mut s = session(
         addr,
         None,
         &appraiser(&refs, Membership::Member(cid.0.to_vec())),
@@ -142,25 +97,60 @@ async fn init_join_keys_refusals_and_recovery() {
     .await
     .unwrap();
     assert!(
-        matches!(owner.init(&master, &salt).await, Err(ClientError::Refused(r)) if r.contains("already initialised"))
+        matches!(s.init(&master, &salt, &owner.signed(), &owner.key).await, Err(ClientError::Refused(r)) if r.contains("already initialised"))
     );
     // An unattested caller gets no key.
     assert!(
-        matches!(owner.get_key("node/node-000000000000/state", b"").await, Err(ClientError::Refused(r)) if r.contains("not attested"))
+        matches!(s.get_key("node/node-000000000000/state", b"").await, Err(ClientError::Refused(r)) if r.contains("not attested"))
     );
 
-    // Two workers join; each gets its own state key, as derived from the master secret.
+    // A genuine, fresh worker the owner has not approved is refused, its TPM named.
     let cp_app = appraiser(&refs, Membership::Member(cid.0.to_vec()));
     let w1 = boot(&dir.path().join("w1"), &ca, &worker_launch, None);
     let w2 = boot(&dir.path().join("w2"), &ca, &worker_launch, None);
+    let e = session(addr, Some(w1.attester.as_ref()), &cp_app)
+        .await
+        .unwrap()
+        .join(&w1.attester, "worker", &node_key())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("has not approved this TPM") && r.contains(&ek_sha256(&w1.attester))),
+        "{e}"
+    );
+    owner
+        .approve_at(
+            addr,
+            &refs,
+            &[(&w1.attester, "worker"), (&w2.attester, "worker")],
+        )
+        .await;
+    // An older list is not taken back.
+    let old = {
+        let mut l = owner.list.lock().unwrap().clone();
+        l.serial = 1;
+        veil_cluster::owner::SignedApprovals::sign(&l, &owner.key).unwrap()
+    };
+    let e = session(addr, None, &cp_app)
+        .await
+        .unwrap()
+        .approve(&old)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("older than")),
+        "{e}"
+    );
+
+    // Two workers join; each gets its own state key, as derived from the master secret.
     let w1_key = node_key();
-    let j1 = session(addr, Some(&w1), &cp_app)
+    let j1 = session(addr, Some(w1.attester.as_ref()), &cp_app)
         .await
         .unwrap()
         .join(&w1.attester, "worker", &w1_key)
         .await
         .unwrap();
-    let j2 = session(addr, Some(&w2), &cp_app)
+    let j2 = session(addr, Some(w2.attester.as_ref()), &cp_app)
         .await
         .unwrap()
         .join(&w2.attester, "worker", &node_key())
@@ -200,7 +190,9 @@ async fn init_join_keys_refusals_and_recovery() {
 
     // Keys: a node gets its own, never another node's; it cannot join twice.
     let (c1, c2) = (j1.node_cert.clone(), j2.node_cert.clone());
-    let mut s1 = session(addr, Some(&w1), &cp_app).await.unwrap();
+    let mut s1 = session(addr, Some(w1.attester.as_ref()), &cp_app)
+        .await
+        .unwrap();
     assert_eq!(
         s1.get_key(&format!("node/{id1}/state"), &c1).await.unwrap(),
         key1
@@ -262,7 +254,7 @@ async fn init_join_keys_refusals_and_recovery() {
         &Launch::measure(b"veil-agent 1 patched", b"role: worker", b"image 1"),
         None,
     );
-    match session(addr, Some(&evil), &cp_app).await {
+    match session(addr, Some(evil.attester.as_ref()), &cp_app).await {
         Err(ClientError::Atls(veil_atls::AtlsError::RefusedByPeer(r))) => {
             assert!(
                 r.contains("PCR sha1:8") || r.contains("PCR sha256:8"),
@@ -279,7 +271,7 @@ async fn init_join_keys_refusals_and_recovery() {
         &worker_launch,
         Some(b"another cluster"),
     );
-    let e = session(addr, Some(&foreign), &cp_app)
+    let e = session(addr, Some(foreign.attester.as_ref()), &cp_app)
         .await
         .unwrap()
         .join(&foreign.attester, "worker", &node_key())
@@ -297,7 +289,7 @@ async fn init_join_keys_refusals_and_recovery() {
         &worker_launch,
         None,
     );
-    let e = session(addr, Some(&stranger), &cp_app)
+    let e = session(addr, Some(stranger.attester.as_ref()), &cp_app)
         .await
         .unwrap()
         .join(&stranger.attester, "worker", &node_key())
@@ -309,7 +301,7 @@ async fn init_join_keys_refusals_and_recovery() {
     );
     // A worker asking to join as control plane is refused.
     let w3 = boot(&dir.path().join("w3"), &ca, &worker_launch, None);
-    let e = session(addr, Some(&w3), &cp_app)
+    let e = session(addr, Some(w3.attester.as_ref()), &cp_app)
         .await
         .unwrap()
         .join(&w3.attester, "control-plane", &node_key())
@@ -322,35 +314,108 @@ async fn init_join_keys_refusals_and_recovery() {
 
     // Whole-cluster attestation: a report bound to the owner's nonce, signed by the control
     // plane's TPM, verified against the workspace's expectations; any altered byte fails.
-    let mut owner = session(addr, None, &cp_app).await.unwrap();
-    owner
-        .verify_endorsement(&roots, &issuer, now())
+    let mut os = session(addr, None, &cp_app).await.unwrap();
+    os.verify_endorsement(&roots, &issuer, now(), Some(&owner.key))
         .await
         .unwrap();
     let nonce = [0x5cu8; 32];
-    let signed = owner.cluster_report(&nonce).await.unwrap();
+    let cid_hex = cid.to_string();
+    // Only the owner gets a report.
+    let e = os
+        .cluster_report(&cid_hex, &nonce, &impostor.key)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("report: the owner's signature")),
+        "{e}"
+    );
+    let signed = os
+        .cluster_report(&cid_hex, &nonce, &owner.key)
+        .await
+        .unwrap();
     let exp = veil_cluster::report::Expectations {
         reference: refs.clone(),
         cluster_id: cid.0.to_vec(),
-        control_plane_aks: vec![owner.peer_ak()],
+        control_plane_aks: vec![os.peer_ak()],
+        approvals: owner.list.lock().unwrap().clone(),
         nonce: Some(nonce),
         now: now(),
     };
     let verdict = veil_cluster::report::verify_report(&signed, &exp).unwrap();
-    // The control plane and the two workers pass; the five refusals are named, failing.
+    // The control plane and the two workers pass; every refusal is named, failing: each kind
+    // from each caller once, however often it happened.
     let (ok, failed): (Vec<_>, Vec<_>) = verdict.nodes.iter().partition(|n| n.ok);
     assert_eq!(ok.len(), 3, "{verdict:?}");
     assert!(ok.iter().any(|n| n.node == id1));
-    assert_eq!(failed.len(), 5, "{failed:?}"); // re-join, modified agent, foreign, stranger, wrong role
-    assert!(
-        failed.iter().any(|n| n.reason.contains("PCR sha1:8")),
-        "{failed:?}"
-    );
-    assert!(
-        failed.iter().any(|n| n.reason.contains("EK certificate")),
-        "{failed:?}"
-    );
+    let refusals = cp.refusals();
+    assert_eq!(failed.len(), refusals.len(), "{failed:?}");
+    for (kind, why) in [
+        ("init", "signature does not verify"),
+        ("init", "already initialised"),
+        ("endorsement", "only an attested node or the owner"),
+        ("get_key", "not attested"),
+        ("join", "has not approved this TPM"),
+        ("approve", "older than"),
+        ("get_key", "does not belong"),
+        ("join", "already belongs"),
+        ("evidence", "PCR sha1:8"),
+        ("join", "EK certificate"),
+        ("join", "role `control-plane`"),
+        ("report", "signature"),
+    ] {
+        assert!(
+            failed
+                .iter()
+                .any(|n| n.reason.starts_with(&format!("{kind}: ")) && n.reason.contains(why)),
+            "no `{kind}` refusal saying `{why}` in {failed:?}"
+        );
+    }
+    // A node that keeps asking for what it may not have is one entry, counted.
+    let before = refusals
+        .iter()
+        .find(|r| r.reason.contains("`cluster/etcd` does not belong"))
+        .unwrap()
+        .count;
+    for _ in 0..3 {
+        s1.get_key("cluster/etcd", &c1).await.unwrap_err();
+    }
+    let after: Vec<_> = cp
+        .refusals()
+        .into_iter()
+        .filter(|r| r.reason.contains("`cluster/etcd` does not belong"))
+        .collect();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].count, before + 3);
+    assert_eq!(cp.refusals().len(), refusals.len());
     assert!(!verdict.all_ok());
+    // A node the owner no longer approves fails the verdict, even if a control plane admitted it.
+    let e = veil_cluster::report::verify_report(
+        &signed,
+        &veil_cluster::report::Expectations {
+            approvals: veil_cluster::owner::Approvals {
+                nodes: vec![],
+                ..exp.approvals.clone()
+            },
+            ..exp.clone()
+        },
+    )
+    .unwrap();
+    assert!(
+        e.nodes
+            .iter()
+            .any(|n| n.node == id1 && !n.ok && n.reason.contains("NOT APPROVED")),
+        "{e:?}"
+    );
+    // The owner acknowledges what it saw: those refusals no longer fail the verdict.
+    let t = now().0;
+    os.ack_refusals(&cid_hex, t, &owner.key).await.unwrap();
+    assert!(cp.refusals().is_empty(), "{:?}", cp.refusals());
+    let e = os
+        .ack_refusals(&cid_hex, t, &impostor.key)
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, ClientError::Refused(_)), "{e}");
+    assert_eq!(cp.refusals().len(), 1, "the impostor's attempt is recorded");
     let mut altered = signed.clone();
     altered.report = altered.report.replacen("worker", "workes", 1);
     assert!(veil_cluster::report::verify_report(&altered, &exp).is_err());
@@ -375,7 +440,7 @@ async fn init_join_keys_refusals_and_recovery() {
 
     // Restart: the control plane forgets its secrets; keys wait for the owner.
     cp.forget_secrets();
-    let e = session(addr, Some(&w1), &cp_app)
+    let e = session(addr, Some(w1.attester.as_ref()), &cp_app)
         .await
         .unwrap()
         .get_key(&format!("node/{id1}/state"), &c1)
@@ -385,17 +450,27 @@ async fn init_join_keys_refusals_and_recovery() {
         matches!(&e, ClientError::Unavailable(r) if r.contains("awaits recovery")),
         "{e}"
     );
-    let mut owner = session(addr, None, &cp_app).await.unwrap();
-    let e = owner.recover(&[0x12; 32], &salt).await.unwrap_err();
+    let mut os = session(addr, None, &cp_app).await.unwrap();
+    let e = os.recover(&master, &salt, &impostor.key).await.unwrap_err();
     assert!(
-        matches!(&e, ClientError::Refused(r) if r.contains("belongs to cluster")),
+        matches!(&e, ClientError::Refused(r) if r.contains("signature")),
         "{e}"
     );
+    let e = os
+        .recover(&[0x12; 32], &salt, &owner.key)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("signature")),
+        "a recover for another cluster's ID is not signed for this one: {e}"
+    );
     assert_eq!(
-        owner.recover(&master, &salt).await.unwrap(),
+        os.recover(&master, &salt, &owner.key).await.unwrap(),
         cid.to_string()
     );
-    let mut s1 = session(addr, Some(&w1), &cp_app).await.unwrap();
+    let mut s1 = session(addr, Some(w1.attester.as_ref()), &cp_app)
+        .await
+        .unwrap();
     assert_eq!(
         s1.get_key(&format!("node/{id1}/state"), &c1).await.unwrap(),
         key1
@@ -405,13 +480,16 @@ async fn init_join_keys_refusals_and_recovery() {
     // and then serves the workers' keys from their certificates, with no shared registry.
     assert!(j1.control_plane.is_none() && j2.control_plane.is_none());
     let cp2_node = boot(&dir.path().join("cp2"), &ca, &cp_launch, None);
-    let j = session(addr, Some(&cp2_node), &cp_app)
+    owner
+        .approve_at(addr, &refs, &[(&cp2_node.attester, "control-plane")])
+        .await;
+    let j = session(addr, Some(cp2_node.attester.as_ref()), &cp_app)
         .await
         .unwrap()
         .join(&cp2_node.attester, "control-plane", &node_key())
         .await
         .unwrap();
-    let handed = j
+    let (handed, approvals) = j
         .control_plane
         .expect("a control-plane node gets the secrets");
     assert_eq!(handed.cluster_id().unwrap(), cid);
@@ -421,16 +499,25 @@ async fn init_join_keys_refusals_and_recovery() {
             ek_roots: roots.clone(),
             ek_intermediates: issuer.clone(),
             local_roots: true,
+            owner_key: owner.public.clone(),
         },
         cp2_node.attester.clone(),
     ));
-    assert_eq!(cp2.adopt(handed.clone()).unwrap(), cid);
+    // Approvals another owner signed are not taken with the secrets.
+    let e = cp2.adopt(handed.clone(), impostor.signed()).unwrap_err();
+    assert!(e.contains("approvals"), "{e}");
+    assert_eq!(cp2.adopt(handed.clone(), approvals.clone()).unwrap(), cid);
     assert!(cp2.serving());
-    assert!(cp2.adopt(handed).is_err(), "adopted twice");
+    assert!(
+        cp2.adopt(handed, approvals.clone()).is_err(),
+        "adopted twice"
+    );
     let listener2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr2 = listener2.local_addr().unwrap();
     tokio::spawn(cp2.clone().serve(listener2));
-    let mut at_cp2 = session(addr2, Some(&w1), &cp_app).await.unwrap();
+    let mut at_cp2 = session(addr2, Some(w1.attester.as_ref()), &cp_app)
+        .await
+        .unwrap();
     assert_eq!(
         at_cp2
             .get_key(&format!("node/{id1}/state"), &c1)
@@ -449,30 +536,40 @@ async fn init_join_keys_refusals_and_recovery() {
     // A control plane of another cluster adopts nothing from this one's peers.
     let other = ClusterSecrets::new(SecretBytes::from_slice("m", &mut [0x77; 32]).unwrap(), salt);
     cp2.forget_secrets();
-    let e = cp2.adopt(other).unwrap_err();
+    let e = cp2.adopt(other, approvals).unwrap_err();
     assert!(e.contains("belongs to cluster"), "{e}");
 
-    // The owner removes w2: only a command MACed under the master secret, made just now, is
-    // taken; then w2 is served nothing, while w1 still is.
-    let t = now().0;
-    let mut owner = session(addr, None, &cp_app).await.unwrap();
-    let wrong =
-        veil_cluster::owner::command_mac(&secrets, &format!("remove-node {id1}"), t).unwrap();
-    let e = owner.remove_node(&id2, t, &wrong).await.unwrap_err();
+    // The owner removes w2: only a command the owner signed, just now, is taken; then w2 is
+    // served nothing, while w1 still is.
+    let mut os = session(addr, None, &cp_app).await.unwrap();
+    let e = os
+        .remove_node(&cid_hex, &id2, &impostor.key)
+        .await
+        .unwrap_err();
     assert!(
-        matches!(&e, ClientError::Refused(r) if r.contains("MAC")),
+        matches!(&e, ClientError::Refused(r) if r.contains("signature")),
         "{e}"
     );
-    let old = veil_cluster::owner::command_mac(&secrets, &format!("remove-node {id2}"), t - 3600)
+    let stale = owner
+        .key
+        .authorise(
+            &veil_cluster::owner::commands::remove_node(&cid_hex, &id2),
+            now().0 - 3600,
+        )
         .unwrap();
-    let e = owner.remove_node(&id2, t - 3600, &old).await.unwrap_err();
+    let e = os
+        .call(&veil_cluster::proto::Request::RemoveNode {
+            node_id: id2.clone(),
+            auth: stale,
+        })
+        .await
+        .unwrap();
     assert!(
-        matches!(&e, ClientError::Refused(r) if r.contains("clock")),
-        "{e}"
+        matches!(&e, veil_cluster::proto::Response::Refused { reason } if reason.contains("clock")),
+        "{e:?}"
     );
-    let mac = veil_cluster::owner::command_mac(&secrets, &format!("remove-node {id2}"), t).unwrap();
-    assert!(owner.remove_node(&id2, t, &mac).await.unwrap());
-    let e = session(addr, Some(&w2), &cp_app)
+    assert!(os.remove_node(&cid_hex, &id2, &owner.key).await.unwrap());
+    let e = session(addr, Some(w2.attester.as_ref()), &cp_app)
         .await
         .unwrap()
         .get_key(&format!("node/{id2}/state"), &c2)
@@ -483,7 +580,9 @@ async fn init_join_keys_refusals_and_recovery() {
         "{e}"
     );
     assert!(!cp.nodes().iter().any(|n| n.node_id == id2));
-    let mut s1 = session(addr, Some(&w1), &cp_app).await.unwrap();
+    let mut s1 = session(addr, Some(w1.attester.as_ref()), &cp_app)
+        .await
+        .unwrap();
     assert_eq!(
         s1.get_key(&format!("node/{id1}/state"), &c1).await.unwrap(),
         key1
@@ -503,12 +602,15 @@ async fn init_join_keys_refusals_and_recovery() {
         .unwrap();
     assert_eq!(cp_mesh.to_string(), "10.215.9.1");
     let w4 = boot(&dir.path().join("w4"), &ca, &worker_launch, None);
+    owner
+        .approve_at(addr, &refs, &[(&w4.attester, "worker")])
+        .await;
     let mesh_key = [3u8; 32];
     let mesh = veil_cluster::proto::MeshJoin {
         public_key: b64(&mesh_key),
-        endpoint: "10.213.9.13:51820".into(),
+        endpoint: "127.0.0.1:51820".into(),
     };
-    let e = session(addr, Some(&w4), &cp_app)
+    let e = session(addr, Some(w4.attester.as_ref()), &cp_app)
         .await
         .unwrap()
         .join_mesh(&w4.attester, "worker", &node_key(), Some(mesh.clone()))
@@ -520,14 +622,30 @@ async fn init_join_keys_refusals_and_recovery() {
     );
     w4.attester
         .set_context(veil_cluster::mesh::key_context(&mesh_key));
-    let j4 = session(addr, Some(&w4), &cp_app)
+    // A mesh endpoint elsewhere than where the node connects from would aim its peers'
+    // handshakes at any host: refused.
+    let elsewhere = veil_cluster::proto::MeshJoin {
+        endpoint: "10.213.9.13:51820".into(),
+        ..mesh.clone()
+    };
+    let e = session(addr, Some(w4.attester.as_ref()), &cp_app)
+        .await
+        .unwrap()
+        .join_mesh(&w4.attester, "worker", &node_key(), Some(elsewhere))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("not on the address the node connects from")),
+        "{e}"
+    );
+    let j4 = session(addr, Some(w4.attester.as_ref()), &cp_app)
         .await
         .unwrap()
         .join_mesh(&w4.attester, "worker", &node_key(), Some(mesh))
         .await
         .unwrap();
     assert_eq!(j4.mesh_address.unwrap().to_string(), "10.215.9.17");
-    let (peers, rotate) = session(addr, Some(&w4), &cp_app)
+    let (peers, rotate) = session(addr, Some(w4.attester.as_ref()), &cp_app)
         .await
         .unwrap()
         .mesh_peers(&j4.node_cert)
@@ -537,7 +655,7 @@ async fn init_join_keys_refusals_and_recovery() {
     assert_eq!(peers.len(), 1, "{peers:?}");
     assert_eq!(peers[0].address, "10.215.9.1");
     // A rekey whose key this connection's evidence does not vouch for is refused.
-    let e = session(addr, Some(&w4), &cp_app)
+    let e = session(addr, Some(w4.attester.as_ref()), &cp_app)
         .await
         .unwrap()
         .mesh_rekey(&j4.node_cert, &b64(&[4; 32]))
@@ -547,11 +665,6 @@ async fn init_join_keys_refusals_and_recovery() {
         matches!(&e, ClientError::Refused(r) if r.contains("vouches for")),
         "{e}"
     );
-}
-
-/// A fresh node key (SubjectPublicKeyInfo DER) for the cluster CA to certify.
-fn node_key() -> Vec<u8> {
-    veil_cluster::ca::fresh_node_key().unwrap()
 }
 
 fn derive_other(s: &ClusterSecrets, id: &str, purpose: &str) -> Vec<u8> {
@@ -578,28 +691,21 @@ async fn local_roots_are_refused_unless_reference_values_accept_them() {
         sets: vec![set],
     };
     let cp_node = boot(&dir.path().join("cp"), &ca, &cp_launch, None);
-    let trust = Trust {
-        reference: refs.clone(),
-        ek_roots: Certificate::parse_many(&ca.root_pem().unwrap(), "root").unwrap(),
-        ek_intermediates: Certificate::parse_many(&ca.issuer_pem().unwrap(), "issuer").unwrap(),
-        local_roots: true,
-    };
-    let cp = Arc::new(ControlPlane::new(trust, cp_node.attester.clone()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(cp.clone().serve(listener));
-    let mut owner = session(addr, None, &appraiser(&refs, Membership::Fresh))
-        .await
-        .unwrap();
-    let cid = owner.init(&[1; 32], &[2; 32]).await.unwrap();
-    let cid = veil_attest_core::bytes::decode_hex(&cid).unwrap();
+    let owner = Owner::new([1; 32], [2; 32]);
+    let (cp, addr) = serve(&cp_node, &refs, &ca, &owner.public).await;
+    owner.init(addr, &cp_node, &refs).await;
+    let cid = cp.cluster_id().unwrap().0.to_vec();
     let w = boot(&dir.path().join("w"), &ca, &worker_launch, None);
-    let e = session(addr, Some(&w), &appraiser(&refs, Membership::Member(cid)))
-        .await
-        .unwrap()
-        .join(&w.attester, "worker", &node_key())
-        .await
-        .unwrap_err();
+    let e = session(
+        addr,
+        Some(w.attester.as_ref()),
+        &appraiser(&refs, Membership::Member(cid)),
+    )
+    .await
+    .unwrap()
+    .join(&w.attester, "worker", &node_key())
+    .await
+    .unwrap_err();
     assert!(
         matches!(&e, ClientError::Refused(r) if r.contains("local software CA")),
         "{e}"

@@ -17,6 +17,7 @@ use veil_attest_tpm::evidence::{TpmEvidence, batch_digest};
 use veil_attest_tpm::{EventLog, Public, QuoteEvidence, QuoteSignature, TpmPolicy, authenticate};
 use veil_cluster::ClientError;
 use veil_node_attest::{Membership, TpmAppraiser};
+use veil_reference::launch::Launch;
 use veil_swtpm::LocalCa;
 
 use veil_cluster::clock::now;
@@ -81,11 +82,9 @@ async fn forged_quote_through_an_unrestricted_key() {
 
     // A control plane refuses it at the attested connection, before any request, and records it.
     let cp_node = boot(&dir.path().join("cp"), &ca, &cp_launch, None);
-    let (cp, addr) = serve(&cp_node, &refs, &ca).await;
-    let mut owner = session(addr, None, &appraiser(&refs, Membership::Fresh))
-        .await
-        .unwrap();
-    owner.init(&[1; 32], &[2; 32]).await.unwrap();
+    let owner = Owner::new([1; 32], [2; 32]);
+    let (cp, addr) = serve(&cp_node, &refs, &ca, &owner.public).await;
+    owner.init(addr, &cp_node, &refs).await;
     let cid = cp.cluster_id().unwrap();
     let e = session(
         addr,
@@ -111,15 +110,14 @@ async fn quote_whose_signer_is_not_the_presented_key() {
     let ca = LocalCa::at(&dir.path().join("ca"));
     let (cp_launch, worker_launch, refs) = release_1();
     let cp_node = boot(&dir.path().join("cp"), &ca, &cp_launch, None);
-    let (cp, addr) = serve(&cp_node, &refs, &ca).await;
-    session(addr, None, &appraiser(&refs, Membership::Fresh))
-        .await
-        .unwrap()
-        .init(&[1; 32], &[2; 32])
-        .await
-        .unwrap();
+    let owner = Owner::new([1; 32], [2; 32]);
+    let (cp, addr) = serve(&cp_node, &refs, &ca, &owner.public).await;
+    owner.init(addr, &cp_node, &refs).await;
     let cid = cp.cluster_id().unwrap();
     let node = boot(&dir.path().join("w"), &ca, &worker_launch, None);
+    owner
+        .approve_at(addr, &refs, &[(&node.attester, "worker")])
+        .await;
     let altered = AlteredAk(node.attester.clone());
     let e = session(
         addr,
@@ -153,5 +151,116 @@ impl veil_atls::Attester for AlteredAk {
         };
         ev.ak_public[at + 3] ^= 1 << 2;
         Ok(ev.to_bytes().unwrap())
+    }
+}
+
+/// Finding 2: a fresh, genuine TPM of an accepted manufacturer, its PCRs extended with
+/// `tpm2_pcrextend` to a real control plane's launch digests, quoting with a genuine restricted
+/// AK. Its evidence matches the control-plane reference values; the owner never approved its
+/// TPM, so it gets neither the master secret nor anything else, and the refusal names the TPM.
+/// Posing as a control plane itself, it cannot show workers an approval list the owner signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_holder_of_an_accepted_tpm_becomes_a_control_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::at(&dir.path().join("ca"));
+    let (cp_launch, worker_launch, refs) = release_1();
+    let cp_node = boot(&dir.path().join("cp"), &ca, &cp_launch, None);
+    let owner = Owner::new([3; 32], [4; 32]);
+    let (cp, addr) = serve(&cp_node, &refs, &ca, &owner.public).await;
+    owner.init(addr, &cp_node, &refs).await;
+    let cid = cp.cluster_id().unwrap();
+
+    let attacker = extended_by_hand(&dir.path().join("attacker"), &ca, &cp_launch);
+    let member = appraiser(&refs, Membership::Member(cid.0.to_vec()));
+    // Its evidence is good enough to connect as a control plane…
+    let mut s = session(addr, Some(attacker.attester.as_ref()), &member)
+        .await
+        .unwrap();
+    // …but the owner did not approve its TPM.
+    let e = s
+        .join(&attacker.attester, "control-plane", &node_key())
+        .await
+        .unwrap_err();
+    let ek = ek_sha256(&attacker.attester);
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("has not approved this TPM") && r.contains(&ek)),
+        "{e}"
+    );
+    assert!(cp.nodes().is_empty(), "nothing was handed over");
+    assert!(
+        cp.refusals()
+            .iter()
+            .any(|r| r.kind == "join" && r.reason.contains(&ek)),
+        "the refusal is in the report: {:?}",
+        cp.refusals()
+    );
+
+    // The attacker runs a control plane of its own on that TPM (its software is its own: it
+    // takes its own key as the owner's, initialises itself, approves itself).
+    let rogue_owner = Owner::new([5; 32], [6; 32]);
+    let (_rogue, rogue_addr) = serve(&attacker, &refs, &ca, &rogue_owner.public).await;
+    rogue_owner.init(rogue_addr, &attacker, &refs).await;
+    // A worker checks a control plane before it joins: genuine TPM (it is), and approved as
+    // a control plane by the owner its measured configuration names (it is not).
+    let worker = boot(&dir.path().join("w"), &ca, &worker_launch, None);
+    let (roots, issuer) = roots(&ca);
+    let mut s = session(
+        rogue_addr,
+        Some(worker.attester.as_ref()),
+        &appraiser(&refs, Membership::Any),
+    )
+    .await
+    .unwrap();
+    let rogue_ek = s
+        .verify_endorsement(&roots, &issuer, now(), None)
+        .await
+        .expect("the attacker's TPM is genuine");
+    let e = s
+        .verify_approved(&owner.public, &rogue_ek)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Endorsement(r) if r.contains("signature does not verify")),
+        "{e}"
+    );
+    // The real control plane passes the same check.
+    let mut s = session(
+        addr,
+        Some(worker.attester.as_ref()),
+        &appraiser(&refs, Membership::Any),
+    )
+    .await
+    .unwrap();
+    let ek = s
+        .verify_endorsement(&roots, &issuer, now(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.verify_approved(&owner.public, &ek).await.unwrap(),
+        cid.to_string()
+    );
+}
+
+/// A genuine TPM manufactured by `ca` whose PCRs an attacker extended with tpm2-tools to
+/// `launch`'s digests; its agent (a genuine restricted AK) replays `launch`'s event log.
+fn extended_by_hand(dir: &std::path::Path, ca: &LocalCa, launch: &Launch) -> Node {
+    ca.manufacture(dir).unwrap();
+    let swtpm = veil_swtpm::SwTpm::start(dir).unwrap();
+    for c in &launch.components {
+        tpm2(
+            &swtpm.tcti(),
+            dir,
+            &[
+                "tpm2_pcrextend",
+                &format!("{}:sha1={},sha256={}", c.pcr, c.sha1, c.sha256),
+            ],
+        );
+    }
+    let mut tpm = veil_tpm_device::NodeTpm::open(&swtpm.tcti()).unwrap();
+    tpm.load_ek().unwrap();
+    tpm.create_ak(veil_tpm_device::AkKind::EccP256).unwrap();
+    Node {
+        attester: std::sync::Arc::new(veil_node_attest::TpmAttester::new(tpm, launch.event_log())),
+        _swtpm: swtpm,
     }
 }

@@ -33,6 +33,10 @@ pub struct TpmAttester {
     queue: Mutex<Queue>,
     served: Condvar,
     context: Mutex<[u8; 32]>,
+    /// Whether the last quote succeeded.
+    healthy: std::sync::atomic::AtomicBool,
+    /// Quotes that failed even after reconnecting.
+    failures: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -51,7 +55,20 @@ impl TpmAttester {
             queue: Mutex::new(Queue::default()),
             served: Condvar::new(),
             context: Mutex::new([0; 32]),
+            healthy: std::sync::atomic::AtomicBool::new(true),
+            failures: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Whether the TPM answered the last quote (after one reconnection, if needed): a node
+    /// whose TPM cannot quote cannot attest, and its health check says so.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Quotes that failed even after reconnecting to the TPM.
+    pub fn quote_failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sets what this node's evidence vouches for from now on (e.g. the hash of its mesh
@@ -109,13 +126,29 @@ impl TpmAttester {
             .lock()
             .map_err(|_| "log lock poisoned".to_string())?
             .to_bytes();
-        let q = tpm
-            .quote(
-                &batch_digest(&bindings),
-                &[Bank::Sha1, Bank::Sha256],
-                &QUOTED_PCRS,
-            )
-            .map_err(|e| e.to_string())?;
+        let digest = batch_digest(&bindings);
+        let quote =
+            |tpm: &mut NodeTpm| tpm.quote(&digest, &[Bank::Sha1, Bank::Sha256], &QUOTED_PCRS);
+        // A failed quote may be a broken connection (the TPM restarted, descriptors ran out):
+        // reconnect, with the same AK, and try once more before reporting unhealthy.
+        let q = match quote(&mut tpm) {
+            Ok(q) => q,
+            Err(first) => {
+                tracing::warn!(error = %first, "quote failed; reconnecting to the TPM");
+                match tpm.reconnect().and_then(|()| quote(&mut tpm)) {
+                    Ok(q) => q,
+                    Err(e) => {
+                        self.failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.healthy
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
+                        return Err(format!("quote: {first}; after reconnecting: {e}"));
+                    }
+                }
+            }
+        };
+        self.healthy
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         TpmEvidence {
             ak_public: tpm.ak_public().to_vec(),
             attest: q.attest,

@@ -95,6 +95,32 @@ impl Launch {
     }
 }
 
+/// Checks that the launch recorded in `log` measured exactly `config` as the agent's
+/// configuration (PCR 9): what an agent loaded is what its firmware measured.
+pub fn check_config_measured(log: &EventLog, config: &[u8]) -> Result<(), String> {
+    let want = HashAlg::Sha256.hash(&[config]);
+    let found: Vec<String> = log
+        .events
+        .iter()
+        .filter(|e| e.pcr == PCR_CONFIG && e.event_type == EV_EVENT_TAG)
+        .flat_map(|e| e.digests.iter())
+        .filter(|(b, _)| *b == HashAlg::Sha256)
+        .map(|(_, d)| hex::encode(d))
+        .collect();
+    if found.contains(&hex::encode(&want)) {
+        return Ok(());
+    }
+    Err(format!(
+        "PCR {PCR_CONFIG} (agent configuration): the configuration loaded hashes to sha256:{}, the event log measured {}",
+        hex::encode(want),
+        if found.is_empty() {
+            "nothing".to_string()
+        } else {
+            found.join(", ")
+        }
+    ))
+}
+
 /// The event a node appends to its log when it extends the cluster ID into [`PCR_CLUSTER_ID`].
 pub fn cluster_event(cluster_id: &[u8]) -> Event {
     Event {

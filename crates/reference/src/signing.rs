@@ -47,6 +47,17 @@ pub fn generate_key() -> Result<(String, String), SigningError> {
     ))
 }
 
+/// The public key (PEM) of a PKCS#8 PEM ECDSA P-256 private key.
+pub fn public_key_pem(private_pem: &[u8]) -> Result<String, SigningError> {
+    let p = pem::parse(private_pem).map_err(|e| SigningError::BadPrivateKey(e.to_string()))?;
+    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, p.contents())
+        .map_err(|e| SigningError::BadPrivateKey(format!("not an ECDSA P-256 key: {e}")))?;
+    let public = PublicKey::ec(KeyType::EcP256, kp.public_key().as_ref())
+        .and_then(|k| k.spki_der())
+        .map_err(|e| SigningError::BadPublicKey(e.to_string()))?;
+    Ok(pem::encode(&pem::Pem::new("PUBLIC KEY", public)))
+}
+
 /// Signs `message` with a PKCS#8 PEM private key; returns the base64 signature text.
 pub fn sign(private_pem: &[u8], message: &[u8]) -> Result<String, SigningError> {
     let p = pem::parse(private_pem).map_err(|e| SigningError::BadPrivateKey(e.to_string()))?;

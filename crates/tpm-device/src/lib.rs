@@ -111,9 +111,15 @@ impl KeyCustomization for NoDictionaryAttackLockout {
 #[derive(Debug)]
 pub struct NodeTpm {
     ctx: Context,
+    tcti: String,
     ek: Option<KeyHandle>,
     ak: Option<KeyHandle>,
     ak_public: Vec<u8>,
+    /// The AK as the TPM wrapped it (private under the EK, public), to load it again.
+    ak_blob: Option<(
+        tss_esapi::structures::Private,
+        tss_esapi::structures::Public,
+    )>,
 }
 
 fn pcr_slot(pcr: u32) -> Result<PcrSlot, TpmDeviceError> {
@@ -137,10 +143,35 @@ impl NodeTpm {
         })?;
         Ok(Self {
             ctx,
+            tcti: tcti.to_string(),
             ek: None,
             ak: None,
             ak_public: Vec::new(),
+            ak_blob: None,
         })
+    }
+
+    /// Opens a fresh connection to the same TPM and loads the same EK and AK again (after a
+    /// broken connection: every command on the old context would fail). The AK keeps its
+    /// identity: it is the key the TPM wrapped at creation, loaded anew.
+    pub fn reconnect(&mut self) -> Result<(), TpmDeviceError> {
+        // Free the old objects if the old connection still reaches the TPM (no resource
+        // manager: they would take its few object slots).
+        for h in [self.ak.take(), self.ek.take()].into_iter().flatten() {
+            let _ = self.ctx.flush_context(h.into());
+        }
+        let mut fresh = Self::open(&self.tcti)?;
+        fresh.load_ek()?;
+        if let Some((private, public)) = &self.ak_blob {
+            let ek = fresh.ek()?;
+            let handle = ak::load_ak(&mut fresh.ctx, ek, None, private.clone(), public.clone())
+                .map_err(cmd("load AK"))?;
+            fresh.ak = Some(handle);
+            fresh.ak_public = self.ak_public.clone();
+            fresh.ak_blob = self.ak_blob.clone();
+        }
+        *self = fresh;
+        Ok(())
     }
 
     /// The RSA-2048 EK certificate (DER) from its NV index.
@@ -213,7 +244,7 @@ impl NodeTpm {
             &mut self.ctx,
             ek,
             None,
-            created.out_private,
+            created.out_private.clone(),
             created.out_public.clone(),
         )
         .map_err(cmd("load AK"))?;
@@ -222,6 +253,7 @@ impl NodeTpm {
             .out_public
             .marshall()
             .map_err(cmd("marshal AK public"))?;
+        self.ak_blob = Some((created.out_private, created.out_public));
         Ok(self.ak_public.clone())
     }
 

@@ -12,14 +12,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
 use veil_attest_core::x509::Certificate;
 use veil_attest_tpm::HashAlg;
 use veil_attest_tpm::eventlog::EventLog;
 use veil_attest_tpm::evidence::{TpmEvidence, batch_digest};
+use veil_cluster::owner::{APPROVALS_VERSION, Approvals, ApprovedNode, OwnerKey, SignedApprovals};
 use veil_cluster::{ClientError, ControlPlane, Session, Trust};
+use veil_keys::{ClusterSecrets, SecretBytes};
 use veil_node_attest::{Membership, TpmAppraiser, TpmAttester};
 use veil_reference::launch::{Launch, PCR_CLUSTER_ID, QUOTED_PCRS};
 use veil_reference::{MeasurementSet, ReferenceValues};
@@ -80,11 +82,112 @@ pub fn roots(ca: &LocalCa) -> (Vec<Certificate>, Vec<Certificate>) {
     )
 }
 
-/// A control plane on `node`, serving on a loopback port.
+/// The owner: its signing key, the cluster's secrets, and the approval list it keeps.
+pub struct Owner {
+    pub key: OwnerKey,
+    /// The public key (PEM), as nodes' configurations name it.
+    pub public: Vec<u8>,
+    pub master: [u8; 32],
+    pub salt: [u8; 32],
+    /// The cluster ID (hex) the secrets derive.
+    pub cid: String,
+    pub list: Mutex<Approvals>,
+}
+
+impl Owner {
+    pub fn new(master: [u8; 32], salt: [u8; 32]) -> Self {
+        let (sk, pk) = veil_reference::signing::generate_key().unwrap();
+        let secrets = ClusterSecrets::new(
+            SecretBytes::from_slice("m", &mut master.to_owned()).unwrap(),
+            salt,
+        );
+        let cid = secrets.cluster_id().unwrap().to_string();
+        Self {
+            key: OwnerKey::from_pem(sk.into_bytes()).unwrap(),
+            public: pk.into_bytes(),
+            master,
+            salt,
+            list: Mutex::new(Approvals {
+                version: APPROVALS_VERSION,
+                cluster_id: cid.clone(),
+                serial: 1,
+                nodes: vec![],
+            }),
+            cid,
+        }
+    }
+
+    pub fn secrets(&self) -> ClusterSecrets {
+        ClusterSecrets::new(
+            SecretBytes::from_slice("m", &mut self.master.to_owned()).unwrap(),
+            self.salt,
+        )
+    }
+
+    /// Adds `nodes` (role each) to the list, with a higher serial; returns it signed.
+    pub fn approve(&self, nodes: &[(&TpmAttester, &str)]) -> SignedApprovals {
+        let mut list = self.list.lock().unwrap();
+        for (a, role) in nodes {
+            list.nodes.push(ApprovedNode {
+                ek_sha256: ek_sha256(a),
+                role: role.to_string(),
+                name: String::new(),
+            });
+        }
+        list.serial += 1;
+        SignedApprovals::sign(&list, &self.key).unwrap()
+    }
+
+    /// The current list, signed.
+    pub fn signed(&self) -> SignedApprovals {
+        SignedApprovals::sign(&self.list.lock().unwrap(), &self.key).unwrap()
+    }
+
+    /// Initialises the control plane at `addr` (attested fresh, its TPM checked), approving
+    /// it as a control plane.
+    pub async fn init(&self, addr: std::net::SocketAddr, cp: &Node, refs: &ReferenceValues) {
+        let approvals = self.approve(&[(&cp.attester, "control-plane")]);
+        let mut s = session(addr, None, &appraiser(refs, Membership::Fresh))
+            .await
+            .unwrap();
+        let cid = s
+            .init(&self.master, &self.salt, &approvals, &self.key)
+            .await
+            .unwrap();
+        assert_eq!(cid, self.cid);
+    }
+
+    /// Sends the control plane at `addr` a list approving `nodes` too.
+    pub async fn approve_at(
+        &self,
+        addr: std::net::SocketAddr,
+        refs: &ReferenceValues,
+        nodes: &[(&TpmAttester, &str)],
+    ) {
+        let approvals = self.approve(nodes);
+        let member = Membership::Member(veil_attest_core::bytes::decode_hex(&self.cid).unwrap());
+        session(addr, None, &appraiser(refs, member))
+            .await
+            .unwrap()
+            .approve(&approvals)
+            .await
+            .unwrap();
+    }
+}
+
+/// SHA-256 of a node's EK certificate (hex).
+pub fn ek_sha256(a: &TpmAttester) -> String {
+    let der = a.with_tpm(|t| t.ek_certificate()).unwrap().unwrap();
+    hex::encode(Certificate::from_der(&der, "EK").unwrap().fingerprint())
+}
+
+/// A control plane on `node`, serving on a loopback port, for the owner whose public key
+/// (PEM) is `owner`.
 pub async fn serve(
     node: &Node,
     refs: &ReferenceValues,
     ca: &LocalCa,
+    owner: &[u8],
 ) -> (Arc<ControlPlane>, std::net::SocketAddr) {
     let (ek_roots, ek_intermediates) = roots(ca);
     let trust = Trust {
@@ -92,6 +195,7 @@ pub async fn serve(
         ek_roots,
         ek_intermediates,
         local_roots: true,
+        owner_key: owner.to_vec(),
     };
     let cp = Arc::new(ControlPlane::new(trust, node.attester.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
