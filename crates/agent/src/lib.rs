@@ -103,8 +103,28 @@ pub fn load_reference(cfg: &AgentConfig) -> anyhow::Result<ReferenceValues> {
     Ok(ReferenceValues::parse(&body)?)
 }
 
-/// Runs the agent until killed.
+/// Runs the agent until killed. If it cannot run (its configuration is not what was
+/// measured, its TPM cannot be opened, …) its status file says so: phase `failed`, with the
+/// reason.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let r = run_until_stopped(&cfg).await;
+    if let Err(e) = &r {
+        write_status(
+            &cfg.state_dir,
+            &Status {
+                name: cfg.name.clone(),
+                role: cfg.role.clone(),
+                phase: "failed".into(),
+                error: Some(format!("{e:#}")),
+                ..Status::default()
+            },
+        );
+    }
+    r
+}
+
+async fn run_until_stopped(cfg: &AgentConfig) -> anyhow::Result<()> {
+    let cfg = cfg.clone();
     let mut status = Status {
         name: cfg.name.clone(),
         role: cfg.role.clone(),

@@ -7,7 +7,7 @@
 //!    attests and whether it requires the peer's evidence, and a 32-byte context it vouches for
 //!    ([`Attester::context`], e.g. the hash of another key it holds);
 //! 2. each attesting side makes evidence whose report data is
-//!    `SHA-512("veil-atls-v2\0" ‖ verifier's nonce ‖ attester's nonce ‖ context ‖ SHA-256(own TLS SPKI))`
+//!    `SHA-512("veil-atls-v3\0" ‖ verifier's nonce ‖ attester's nonce ‖ context ‖ SHA-256(own TLS SPKI) ‖ verifier's flags ‖ attester's flags)`
 //!    and puts it in the self-signed certificate of its TLS key (extension [`EVIDENCE_OID`]);
 //! 3. the TLS 1.3 handshake runs with those certificates: each side's CertificateVerify
 //!    proves it holds the key the evidence names;

@@ -10,7 +10,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::tls::{Identity, client_config, evidence_of, server_config, spki_sha256};
 
-const DOMAIN: &[u8] = b"veil-atls-v2\0";
+const DOMAIN: &[u8] = b"veil-atls-v3\0";
 const MAX_FRAME: u32 = 1 << 20;
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a frame's buffer starts with before its bytes arrive.
@@ -87,6 +87,10 @@ pub struct BindingInput {
     /// SHA-256 of the attester's TLS SubjectPublicKeyInfo: the key that must then sign this
     /// TLS 1.3 handshake (CertificateVerify).
     pub attester_spki_sha256: [u8; 32],
+    /// The flags of the verifier's hello (what it asked for).
+    pub verifier_flags: u8,
+    /// The flags of the attester's hello (what it said it does).
+    pub attester_flags: u8,
 }
 
 /// The report data evidence must carry for `input`.
@@ -97,6 +101,7 @@ pub fn binding(input: &BindingInput) -> [u8; 64] {
         .chain_update(input.attester_nonce)
         .chain_update(input.attester_context)
         .chain_update(input.attester_spki_sha256)
+        .chain_update([input.verifier_flags, input.attester_flags])
         .finalize()
         .into()
 }
@@ -236,6 +241,8 @@ fn own_certificate(
                 attester_nonce: own.nonce,
                 attester_context: own.context,
                 attester_spki_sha256: id.spki_sha256(),
+                verifier_flags: peer.flags,
+                attester_flags: own.flags,
             });
             Some(blocking(|| a.attest(&rd)).map_err(AtlsError::Attester)?)
         }
@@ -274,6 +281,8 @@ where
                 attester_nonce: peer.nonce,
                 attester_context: peer.context,
                 attester_spki_sha256: peer_spki,
+                verifier_flags: own.flags,
+                attester_flags: peer.flags,
             });
             a.appraise(&ev, &expected)
                 .map(Some)

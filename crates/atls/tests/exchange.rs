@@ -216,8 +216,25 @@ fn binding_depends_on_every_input() {
         attester_nonce: [2; 32],
         attester_context: [4; 32],
         attester_spki_sha256: [3; 32],
+        verifier_flags: 2,
+        attester_flags: 1,
     };
     let b = binding(&base);
+    // The hellos' flags are bound: a man in the middle flipping one breaks the binding.
+    assert_ne!(
+        b,
+        binding(&BindingInput {
+            verifier_flags: 0,
+            ..base
+        })
+    );
+    assert_ne!(
+        b,
+        binding(&BindingInput {
+            attester_flags: 3,
+            ..base
+        })
+    );
     assert_ne!(
         b,
         binding(&BindingInput {
@@ -383,6 +400,8 @@ async fn evidence_travels_in_the_certificate() {
         attester_nonce: node_nonce,
         attester_context: node_context,
         attester_spki_sha256: <sha2::Sha256 as sha2::Digest>::digest(&spki).into(),
+        verifier_flags: 2,
+        attester_flags: node_hello[32],
     });
     assert_eq!(
         TrustedTee(tee.public()).appraise(&ext.value, &expected),

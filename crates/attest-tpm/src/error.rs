@@ -52,6 +52,19 @@ pub enum TpmError {
         /// Quoted value (hex).
         quoted: String,
     },
+    /// An event's data does not match its digest, for an event type whose digest is the hash
+    /// of its data.
+    #[error("event log: event {index} ({event_type}, PCR {pcr}): {reason}")]
+    EventData {
+        /// Position in the log.
+        index: usize,
+        /// PCR.
+        pcr: u32,
+        /// Event type name.
+        event_type: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The AK certificate certifies another key.
     #[error(
         "AK certificate `{subject}` certifies a different key than the one that signed the quote"

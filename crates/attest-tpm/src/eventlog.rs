@@ -18,6 +18,55 @@ pub const EV_SEPARATOR: u32 = 0x4;
 pub const EV_EVENT_TAG: u32 = 0x6;
 /// EV_IPL.
 pub const EV_IPL: u32 = 0xd;
+/// EV_S_CRTM_VERSION.
+pub const EV_S_CRTM_VERSION: u32 = 0x8;
+/// EV_EFI_VARIABLE_DRIVER_CONFIG (e.g. SecureBoot, PK, KEK, db, dbx).
+pub const EV_EFI_VARIABLE_DRIVER_CONFIG: u32 = 0x8000_0001;
+/// EV_EFI_GPT_EVENT.
+pub const EV_EFI_GPT_EVENT: u32 = 0x8000_0006;
+/// EV_EFI_VARIABLE_AUTHORITY.
+pub const EV_EFI_VARIABLE_AUTHORITY: u32 = 0x8000_00e0;
+
+/// Whether the TCG PC Client profile defines this event type's digest as the hash of its
+/// data, so that the data can be checked against the digest (and then read by policy).
+pub fn digest_is_of_data(event_type: u32) -> bool {
+    matches!(
+        event_type,
+        EV_SEPARATOR | EV_EFI_VARIABLE_DRIVER_CONFIG | EV_EFI_GPT_EVENT | EV_EFI_VARIABLE_AUTHORITY
+    )
+}
+
+impl Event {
+    /// For events whose digest is defined as the hash of their data (see
+    /// [`digest_is_of_data`]), checks that every digest is that hash, and that a separator
+    /// holds one of the two values the profile allows. A log whose event *data* was altered
+    /// while its digests still replay is refused here, before any policy reads the data.
+    pub fn check_data(&self) -> Result<(), String> {
+        if !digest_is_of_data(self.event_type) {
+            return Ok(());
+        }
+        if self.event_type == EV_SEPARATOR
+            && self.data != [0, 0, 0, 0]
+            && self.data != [0xff, 0xff, 0xff, 0xff]
+        {
+            return Err(format!(
+                "separator data: expected 00000000 or ffffffff, found {}",
+                hex::encode(&self.data)
+            ));
+        }
+        for (bank, digest) in &self.digests {
+            let want = bank.hash(&[&self.data]);
+            if *digest != want {
+                return Err(format!(
+                    "{bank} digest {} is not the hash of the event data ({})",
+                    hex::encode(digest),
+                    hex::encode(want)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 const MAX_EVENTS: usize = 1 << 16;
 const MAX_EVENT_SIZE: u32 = 1 << 24;
 /// Highest PCR index accepted in a log.
@@ -379,6 +428,32 @@ pub fn event_type_name(t: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_data_must_match_the_digest_where_the_digest_is_of_the_data() {
+        let mut log = EventLog::new(vec![HashAlg::Sha1, HashAlg::Sha256]);
+        log.measure(7, EV_EFI_VARIABLE_DRIVER_CONFIG, b"SecureBoot=1");
+        log.measure(7, EV_SEPARATOR, &[0, 0, 0, 0]);
+        log.measure(8, EV_EVENT_TAG, b"component");
+        for e in &log.events {
+            e.check_data().unwrap();
+        }
+        // The Secure Boot state altered in the data, the digests left as they were.
+        let mut altered = log.events[0].clone();
+        altered.data = b"SecureBoot=0".to_vec();
+        let e = altered.check_data().unwrap_err();
+        assert!(e.contains("not the hash of the event data"), "{e}");
+        // A separator with any other value.
+        let mut sep = EventLog::new(vec![HashAlg::Sha256]);
+        sep.measure(7, EV_SEPARATOR, &[1, 0, 0, 0]);
+        let e = sep.events[0].check_data().unwrap_err();
+        assert!(e.contains("expected 00000000 or ffffffff"), "{e}");
+        // Events whose digest is of something else (a component Veil measured) are not held
+        // to their data.
+        let mut tag = log.events[2].clone();
+        tag.data = b"anything".to_vec();
+        tag.check_data().unwrap();
+    }
 
     #[test]
     fn builds_parses_and_replays() {

@@ -256,6 +256,16 @@ pub fn authenticate(
     let events = match ev.event_log {
         None => None,
         Some(log) => {
+            for (i, e) in log.events.iter().enumerate() {
+                if let Err(reason) = e.check_data() {
+                    return Err(TpmError::EventData {
+                        index: i,
+                        pcr: e.pcr,
+                        event_type: event_type_name(e.event_type),
+                        reason,
+                    });
+                }
+            }
             for ((bank, index), replayed) in log.replay() {
                 if let Some(q) = quoted.get(&bank).and_then(|b| b.get(&index))
                     && *q != hex::encode(&replayed)

@@ -44,6 +44,13 @@ pub enum MeasurementsCommand {
         /// Accept TPMs endorsed by a local software CA (local clusters only; insecure).
         #[arg(long)]
         insecure_local_roots: bool,
+        /// The node boots with `veil mini`'s local firmware (its boot chain in PCRs 0-7).
+        #[arg(long, conflicts_with = "boot_pcrs")]
+        local_firmware: bool,
+        /// Pin the boot chain (PCRs 0-7) to these values, read from a known-good node of the
+        /// same platform (`tpm2_pcrread` text: `sha256: 0 : 0x…` or `INDEX HEX` lines).
+        #[arg(long, value_name = "FILE")]
+        boot_pcrs: Option<PathBuf>,
         /// The reference-values file to write.
         #[arg(long, short, value_name = "FILE")]
         output: PathBuf,
@@ -111,20 +118,34 @@ fn execute(cmd: MeasurementsCommand) -> anyhow::Result<ExitCode> {
             name,
             tpm_roots,
             insecure_local_roots,
+            local_firmware,
+            boot_pcrs,
             output,
         } => {
             // What a node measures of its configuration, computed by the same function its
             // firmware and its agent use (the keys it names are read from their files).
             let cfg: AgentConfig = serde_norway::from_slice(&read(&config)?)
                 .with_context(|| format!("{}: not an agent configuration", config.display()))?;
-            let launch = Launch::measure(
-                &read(&agent)?,
-                &cfg.measured_from_files()
-                    .with_context(|| format!("{}", config.display()))?,
-                &read(&image)?,
-            );
+            let measured = cfg
+                .measured_from_files()
+                .with_context(|| format!("{}", config.display()))?;
+            let launch = if local_firmware {
+                Launch::local(&read(&agent)?, &measured, &read(&image)?)
+            } else {
+                Launch::measure(&read(&agent)?, &measured, &read(&image)?)
+            };
             let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
-            let set = MeasurementSet::from_launch(&name, &launch, &roles);
+            let mut set = MeasurementSet::from_launch(&name, &launch, &roles);
+            if let Some(file) = &boot_pcrs {
+                let text = String::from_utf8(read(file)?).context("--boot-pcrs is not text")?;
+                let values = veil_attest_tpm::parse_pcr_text(&text)
+                    .with_context(|| format!("{}", file.display()))?;
+                let pinned = set.pin_boot_chain(&values);
+                if pinned == 0 {
+                    bail!("{}: no value for any of PCRs 0-7", file.display());
+                }
+                println!("boot chain: {pinned} PCR values of PCRs 0-7 pinned");
+            }
             let mut doc = if output.exists() {
                 ReferenceValues::parse(&read(&output)?)?
             } else {

@@ -416,7 +416,7 @@ fn start_cluster(
     step("computing and signing reference values");
     let mut set: Option<MeasurementSet> = None;
     for cfg in &planned {
-        let launch = Launch::measure(&agent_bytes, &cfg.measured_from_files()?, &image);
+        let launch = Launch::local(&agent_bytes, &cfg.measured_from_files()?, &image);
         let s = MeasurementSet::from_launch("mini", &launch, &[cfg.role.as_str()]);
         match &mut set {
             None => set = Some(s),
@@ -438,7 +438,7 @@ fn start_cluster(
 
     for (cfg, node) in planned.iter().zip(state.nodes.iter_mut()) {
         step(&format!(
-            "{}: measured launch (agent → PCR 8, config → PCR 9, image → PCR 11)",
+            "{}: measured boot (firmware → PCR 0, separators → 0-7) and launch (agent → PCR 8, config → PCR 9, image → PCR 11, each closed by a separator)",
             cfg.name
         ));
         node.pid = launch_agent(ws, cfg, agent, node.netns.as_deref())?;
@@ -488,7 +488,10 @@ fn stop_all(state: &MiniState) -> anyhow::Result<()> {
             pid == 0 || !alive(pid)
         });
         let port = n.tpm_port;
-        let _ = in_node(n.netns.as_deref(), || veil_swtpm::stop_port(port));
+        let _ = in_node(n.netns.as_deref(), || {
+            orderly_shutdown(port);
+            veil_swtpm::stop_port(port)
+        });
     }
     if let Some(lan) = &state.lan {
         let netns: Vec<String> = state.nodes.iter().filter_map(|n| n.netns.clone()).collect();
@@ -507,6 +510,15 @@ fn stop_all(state: &MiniState) -> anyhow::Result<()> {
         lan.destroy(&all)?;
     }
     Ok(())
+}
+
+/// Sends the TPM listening on `port` (here) TPM2_Shutdown, as a platform does before power
+/// off, so that restarts never count against its dictionary-attack protection.
+fn orderly_shutdown(port: u16) {
+    let tcti = format!("swtpm:host=127.0.0.1,port={port}");
+    if let Err(e) = NodeTpm::open(&tcti).and_then(|mut t| t.shutdown()) {
+        eprintln!("warning: TPM on port {port}: no orderly shutdown: {e}");
+    }
 }
 
 fn load(ws: &Path) -> anyhow::Result<MiniState> {
@@ -553,7 +565,12 @@ fn print_nodes(state: &MiniState) {
             n.role,
             n.addr,
             if alive(n.pid) { "running" } else { "stopped" },
-            s.phase,
+            // A stopped agent's last status is history, not its phase.
+            if alive(n.pid) || s.phase == "failed" {
+                s.phase.clone()
+            } else {
+                "down".to_string()
+            },
             s.node_id.unwrap_or_else(|| "-".into()),
             s.key_fetches,
             mesh
@@ -580,7 +597,7 @@ fn launch_agent(
     netns: Option<&str>,
 ) -> anyhow::Result<u32> {
     let image = std::fs::read(ws.join("node-image.txt"))?;
-    let launch = Launch::measure(&std::fs::read(agent)?, &cfg.measured_from_files()?, &image);
+    let launch = Launch::local(&std::fs::read(agent)?, &cfg.measured_from_files()?, &image);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -628,6 +645,7 @@ fn restart(ws: &Path, name: &str) -> anyhow::Result<ExitCode> {
     let netns = node.netns.clone();
     let tpm_state = node.dir.join("tpm");
     let tpm = in_node(netns.as_deref(), || -> anyhow::Result<SwTpm> {
+        orderly_shutdown(port);
         let _ = veil_swtpm::stop_port(port);
         wait_for("the TPM to stop", Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_err()

@@ -837,6 +837,56 @@ fn measurements_keygen_compute_sign_verify() {
         &d("other.yaml"),
     ]);
     assert_ne!(pcr9(&r.stdout), pcr9(&r2.stdout));
+    // On hardware, the boot chain (PCRs 0-7) is pinned from a known-good node's values.
+    std::fs::write(
+        d("boot.txt"),
+        format!(
+            "sha256:\n  0 : 0x{}\n  7 : 0x{}\n",
+            "ab".repeat(32),
+            "cd".repeat(32)
+        ),
+    )
+    .unwrap();
+    let r = ok(&[
+        "measurements",
+        "compute",
+        "--agent",
+        &d("agent"),
+        "--config",
+        &d("config"),
+        "--image",
+        &d("image"),
+        "--name",
+        "hw",
+        "--boot-pcrs",
+        &d("boot.txt"),
+        "-o",
+        &d("hw.yaml"),
+    ]);
+    assert!(
+        r.stdout.contains("2 PCR values of PCRs 0-7 pinned"),
+        "{}",
+        r.stdout
+    );
+    let hw = std::fs::read_to_string(d("hw.yaml")).unwrap();
+    assert!(hw.contains(&"cd".repeat(32)), "{hw}");
+    // A local node's firmware measures its own boot chain.
+    let r = ok(&[
+        "measurements",
+        "compute",
+        "--agent",
+        &d("agent"),
+        "--config",
+        &d("config"),
+        "--image",
+        &d("image"),
+        "--name",
+        "local",
+        "--local-firmware",
+        "-o",
+        &d("local.yaml"),
+    ]);
+    assert!(r.stdout.contains("firmware      PCR  0"), "{}", r.stdout);
     // A file that is not an agent configuration is refused, named.
     std::fs::write(d("raw"), b"role: worker").unwrap();
     let r = veil(&[

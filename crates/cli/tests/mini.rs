@@ -37,12 +37,15 @@ fn status_of(dir: &Path) -> Option<Status> {
 /// Starts an extra worker on the local cluster's workspace, measured with the given agent
 /// bytes and configuration; returns its final status after it tried to join. On a cluster
 /// with namespaces it gets a namespace of its own on the cluster's LAN, like any node. With
-/// `approve`, the owner approves its TPM first (`veil node approve --ek-cert`).
+/// `approve`, the owner approves its TPM first (`veil node approve --ek-cert`). With `swap`,
+/// that file gets those bytes after the firmware measured the node and before its agent
+/// starts (the host changing a file under a measured node).
 fn rogue_worker(
     ws: &Path,
     name: &str,
     agent_bytes: &[u8],
     approve: bool,
+    swap: Option<(std::path::PathBuf, Vec<u8>)>,
     tweak: impl FnOnce(&mut AgentConfig),
 ) -> (Status, u32) {
     static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(50);
@@ -117,7 +120,7 @@ fn rogue_worker(
     )
     .unwrap();
     let image = std::fs::read(ws.join("node-image.txt")).unwrap();
-    let launch = Launch::measure(agent_bytes, &cfg.measured_from_files().unwrap(), &image);
+    let launch = Launch::local(agent_bytes, &cfg.measured_from_files().unwrap(), &image);
     let mut child = None;
     in_node(&mut || {
         let mut t = NodeTpm::open(&cfg.tcti).unwrap();
@@ -126,6 +129,9 @@ fn rogue_worker(
         }
         drop(t);
         std::fs::write(&cfg.event_log, launch.event_log().to_bytes()).unwrap();
+        if let Some((path, bytes)) = &swap {
+            std::fs::write(path, bytes).unwrap();
+        }
         child = Some(
             Command::new(env!("CARGO_BIN_EXE_veil-agent"))
                 .arg("--config")
@@ -530,6 +536,24 @@ fn mini_on_loopback_comes_up_verifies_and_goes() {
         2,
         "{out}"
     );
+    // Finding 7 (issue 8): restarts never lock a node's TPM out (orderly shutdowns, noDA
+    // attestation keys). The control plane restarts five times; each time the owner recovers
+    // it and the whole cluster verifies.
+    for round in 1..=5 {
+        let (code, out, err) = veil(&["mini", "restart", "cp-0", "--workspace", &w]);
+        assert_eq!(code, 0, "restart {round}: {out}\n{err}");
+        let (code, out, err) = veil(&["recover", "--workspace", &w]);
+        assert_eq!(code, 0, "recover {round}: {out}\n{err}");
+        let worker = ws.join("nodes/worker-0");
+        let fetched = status_of(&worker).unwrap().key_fetches;
+        wait_until("the worker to fetch its key again", 20, || {
+            status_of(&worker).is_some_and(|s| s.key_fetches > fetched && s.error.is_none())
+        });
+        let (code, out, err) = veil(&["verify", "--workspace", &w]);
+        assert_eq!(code, 0, "verify after restart {round}: {out}\n{err}");
+    }
+    let log = std::fs::read_to_string(ws.join("nodes/cp-0/agent.log")).unwrap();
+    assert!(!log.contains("lockout"), "{log}");
     down_leaves_nothing(&ws);
 }
 
@@ -763,7 +787,7 @@ fn mini_up_join_refusals_and_down() {
     let agent = std::fs::read(env!("CARGO_BIN_EXE_veil-agent")).unwrap();
     let mut patched = agent.clone();
     patched.extend_from_slice(b"backdoor");
-    let (s, _) = rogue_worker(&ws, "rogue-binary", &patched, true, |_| {});
+    let (s, _) = rogue_worker(&ws, "rogue-binary", &patched, true, None, |_| {});
     assert_ne!(s.phase, "joined");
     let e = s.error.unwrap();
     assert!(
@@ -772,7 +796,7 @@ fn mini_up_join_refusals_and_down() {
     );
     // A worker whose configuration differs (same control plane, written differently: its
     // IPv4 address as one decimal number, which the resolver accepts).
-    let (s, _) = rogue_worker(&ws, "rogue-config", &agent, true, |c| {
+    let (s, _) = rogue_worker(&ws, "rogue-config", &agent, true, None, |c| {
         let addr: std::net::SocketAddrV4 = c.control_planes[0].parse().unwrap();
         c.control_planes = vec![format!("{}:{}", u32::from(*addr.ip()), addr.port())];
     });
@@ -782,14 +806,62 @@ fn mini_up_join_refusals_and_down() {
         e.contains("PCR sha1:9") || e.contains("PCR sha256:9"),
         "{e}"
     );
+    // Finding 3 (issue 8): every input that decides what an agent trusts is measured. A
+    // worker run on reference values of its own (signed by a key of its own): PCR 9.
+    let (rogue_sk, rogue_pk) = veil_reference::signing::generate_key().unwrap();
+    let (s, _) = rogue_worker(&ws, "rogue-reference-key", &agent, true, None, |c| {
+        let dir = c.state_dir.clone();
+        std::fs::write(dir.join("rogue.pub"), &rogue_pk).unwrap();
+        let refs = std::fs::read(&c.reference_values).unwrap();
+        let sig = veil_reference::signing::sign(rogue_sk.as_bytes(), &refs).unwrap();
+        std::fs::write(dir.join("rogue-refs.yaml"), &refs).unwrap();
+        std::fs::write(dir.join("rogue-refs.yaml.sig"), sig).unwrap();
+        c.reference_key = dir.join("rogue.pub");
+        c.reference_values = dir.join("rogue-refs.yaml");
+        c.reference_signature = dir.join("rogue-refs.yaml.sig");
+    });
+    assert_ne!(s.phase, "joined");
+    let e = s.error.unwrap();
+    assert!(
+        e.contains("PCR sha1:9") || e.contains("PCR sha256:9"),
+        "{e}"
+    );
+    // A worker that takes another key for the owner's: PCR 9.
+    let (s, _) = rogue_worker(&ws, "rogue-owner-key", &agent, true, None, |c| {
+        std::fs::write(c.state_dir.join("owner.pub"), &rogue_pk).unwrap();
+        c.owner_key = c.state_dir.join("owner.pub");
+    });
+    assert_ne!(s.phase, "joined");
+    let e = s.error.unwrap();
+    assert!(
+        e.contains("PCR sha1:9") || e.contains("PCR sha256:9"),
+        "{e}"
+    );
+    // The host swaps the reference key after the firmware measured the node: the agent sees
+    // that what it loaded is not what was measured, and refuses to run.
+    let swapped = ws.join("nodes/rogue-swap/reference.pub");
+    let (s, _) = rogue_worker(
+        &ws,
+        "rogue-swap",
+        &agent,
+        true,
+        Some((swapped.clone(), rogue_pk.clone().into_bytes())),
+        |c| {
+            std::fs::copy(&c.reference_key, &swapped).unwrap();
+            c.reference_key = swapped.clone();
+        },
+    );
+    assert_eq!(s.phase, "failed", "{s:?}");
+    let e = s.error.unwrap();
+    assert!(e.contains("not the one its firmware measured"), "{e}");
     // A genuine worker with the right measurements whose TPM the owner has not approved:
     // refused, its TPM named.
-    let (s, _) = rogue_worker(&ws, "unapproved", &agent, false, |_| {});
+    let (s, _) = rogue_worker(&ws, "unapproved", &agent, false, None, |_| {});
     assert_ne!(s.phase, "joined");
     let e = s.error.unwrap();
     assert!(e.contains("has not approved this TPM"), "{e}");
     // An honest late worker the owner approved joins.
-    let (s, _) = rogue_worker(&ws, "late-worker", &agent, true, |_| {});
+    let (s, _) = rogue_worker(&ws, "late-worker", &agent, true, None, |_| {});
     assert_eq!(s.phase, "joined", "{:?}", s.error);
 
     // Prometheus metrics of the control plane.

@@ -22,6 +22,7 @@ mod service;
 
 pub use client::{ClientError, Joined, Session};
 pub use service::{
-    ControlPlane, NodeMesh, NodeRecord, Refusal, Trust, check_signer_under_ek, node_id,
-    prometheus_text, spki_sha256,
+    ControlPlane, IDLE_TIMEOUT, MAX_ACTIVATIONS_PER_SECOND, MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_SOURCE, NodeMesh, NodeRecord, Refusal, Trust, check_signer_under_ek,
+    node_id, prometheus_text, spki_sha256,
 };

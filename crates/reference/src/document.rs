@@ -140,6 +140,28 @@ impl MeasurementSet {
     }
 }
 
+impl MeasurementSet {
+    /// Pins PCRs 0-7 (the platform's boot chain) in every role to `values` (as read from a
+    /// known-good node); returns how many values were pinned per role.
+    pub fn pin_boot_chain(&mut self, values: &veil_attest_tpm::PcrValues) -> usize {
+        let mut pinned = 0;
+        for policy in self.roles.values_mut() {
+            pinned = 0;
+            for ((bank, index), v) in values {
+                if crate::launch::BOOT_PCRS.contains(index) {
+                    policy
+                        .pcrs
+                        .entry(*bank)
+                        .or_default()
+                        .insert(*index, OneOrMany::One(v.clone()));
+                    pinned += 1;
+                }
+            }
+        }
+        pinned
+    }
+}
+
 /// The TPM policy violation of the best-matching set, for callers that want the typed reason.
 pub fn first_violation(
     doc: &ReferenceValues,

@@ -1,13 +1,22 @@
 //! Veil's measured launch: which component is measured into which PCR, and the event log
 //! that records it. `veil mini` plays this as a node's firmware; `veil measurements compute`
 //! derives the reference values from the same inputs, so the two cannot drift apart.
+//!
+//! The launch is *closed*: after the agent, its configuration and the node image, a
+//! separator event is extended into each of their PCRs, and the reference values include it.
+//! Whatever is extended later — by a process on the node, or by someone replaying the
+//! published digests into a fresh TPM and then carrying on — moves the PCR away from every
+//! value the reference values accept. A local node's firmware (`veil mini`) also measures a
+//! boot chain into PCRs 0–7, closed by separators, as a real platform's firmware does, so
+//! reference values can pin PCRs 0–7 the same way (on hardware: from a known-good node's
+//! values, `veil measurements compute --boot-pcrs`).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 use veil_attest_core::Bytes;
 use veil_attest_tpm::HashAlg;
-use veil_attest_tpm::eventlog::{EV_EVENT_TAG, Event, EventLog};
+use veil_attest_tpm::eventlog::{EV_EVENT_TAG, EV_S_CRTM_VERSION, EV_SEPARATOR, Event, EventLog};
 
 /// PCR holding the node agent binary.
 pub const PCR_AGENT: u32 = 8;
@@ -17,16 +26,39 @@ pub const PCR_CONFIG: u32 = 9;
 pub const PCR_IMAGE: u32 = 11;
 /// PCR holding the cluster ID once a node has joined (zero before).
 pub const PCR_CLUSTER_ID: u32 = 15;
-/// PCRs a node's quote must cover.
-pub const QUOTED_PCRS: [u32; 4] = [PCR_AGENT, PCR_CONFIG, PCR_IMAGE, PCR_CLUSTER_ID];
+/// PCRs of the platform's boot chain (firmware, its configuration, option ROMs, boot
+/// loader, Secure Boot policy), closed by the firmware's separators.
+pub const BOOT_PCRS: [u32; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+/// PCRs a node's quote must cover: the boot chain, the launch, the cluster ID.
+pub const QUOTED_PCRS: [u32; 12] = [
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    PCR_AGENT,
+    PCR_CONFIG,
+    PCR_IMAGE,
+    PCR_CLUSTER_ID,
+];
+/// What the local firmware of `veil mini` records as its version (PCR 0).
+pub const LOCAL_FIRMWARE: &[u8] = b"veil-mini local firmware 1 (software TPM, insecure)";
 /// Banks Veil measures into.
 pub const BANKS: [HashAlg; 2] = [HashAlg::Sha1, HashAlg::Sha256];
 
-/// One measured component.
+/// One measured component (or a separator).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Component {
-    /// What it is (`veil-agent`, `agent-config`, `node-image`).
+    /// What it is (`veil-agent`, `agent-config`, `node-image`, `separator`, `firmware`).
     pub name: &'static str,
+    /// The event type it is logged as.
+    pub event_type: u32,
+    /// The event data logged.
+    #[serde(skip)]
+    pub data: Vec<u8>,
     /// PCR it is extended into.
     pub pcr: u32,
     /// SHA-256 of the component.
@@ -42,29 +74,69 @@ pub struct Launch {
     pub components: Vec<Component>,
 }
 
-fn component(name: &'static str, pcr: u32, content: &[u8]) -> Component {
+fn digests(content: &[u8]) -> (Bytes<32>, Bytes<20>) {
     let mut sha256 = [0u8; 32];
     sha256.copy_from_slice(&HashAlg::Sha256.hash(&[content]));
     let mut sha1 = [0u8; 20];
     sha1.copy_from_slice(&HashAlg::Sha1.hash(&[content]));
+    (Bytes(sha256), Bytes(sha1))
+}
+
+fn component(name: &'static str, pcr: u32, content: &[u8]) -> Component {
+    let (sha256, sha1) = digests(content);
     Component {
         name,
+        event_type: EV_EVENT_TAG,
+        data: format!("{name} sha256:{sha256}").into_bytes(),
         pcr,
-        sha256: Bytes(sha256),
-        sha1: Bytes(sha1),
+        sha256,
+        sha1,
     }
 }
 
+/// An event whose digest is that of its data (a separator, a firmware version).
+fn event_of_data(name: &'static str, event_type: u32, pcr: u32, data: &[u8]) -> Component {
+    let (sha256, sha1) = digests(data);
+    Component {
+        name,
+        event_type,
+        data: data.to_vec(),
+        pcr,
+        sha256,
+        sha1,
+    }
+}
+
+/// The separator the TCG PC Client profile defines (data 00000000).
+fn separator(pcr: u32) -> Component {
+    event_of_data("separator", EV_SEPARATOR, pcr, &[0, 0, 0, 0])
+}
+
 impl Launch {
-    /// Measures the agent binary, its configuration and the node image description.
+    /// Measures the agent binary, its configuration and the node image description, then
+    /// closes each of their PCRs with a separator.
     pub fn measure(agent: &[u8], config: &[u8], image: &[u8]) -> Self {
-        Self {
-            components: vec![
-                component("veil-agent", PCR_AGENT, agent),
-                component("agent-config", PCR_CONFIG, config),
-                component("node-image", PCR_IMAGE, image),
-            ],
-        }
+        let mut components = vec![
+            component("veil-agent", PCR_AGENT, agent),
+            component("agent-config", PCR_CONFIG, config),
+            component("node-image", PCR_IMAGE, image),
+        ];
+        components.extend([PCR_AGENT, PCR_CONFIG, PCR_IMAGE].map(separator));
+        Self { components }
+    }
+
+    /// What a `veil mini` node's firmware measures: its boot chain (the local firmware's
+    /// version into PCR 0, separators into PCRs 0–7), then [`Launch::measure`].
+    pub fn local(agent: &[u8], config: &[u8], image: &[u8]) -> Self {
+        let mut components = vec![event_of_data(
+            "firmware",
+            EV_S_CRTM_VERSION,
+            0,
+            LOCAL_FIRMWARE,
+        )];
+        components.extend(BOOT_PCRS.map(separator));
+        components.extend(Self::measure(agent, config, image).components);
+        Self { components }
     }
 
     /// The event log firmware writes for this launch (crypto-agile, SHA-1 and SHA-256).
@@ -73,12 +145,12 @@ impl Launch {
         for c in &self.components {
             log.events.push(Event {
                 pcr: c.pcr,
-                event_type: EV_EVENT_TAG,
+                event_type: c.event_type,
                 digests: vec![
                     (HashAlg::Sha1, c.sha1.0.to_vec()),
                     (HashAlg::Sha256, c.sha256.0.to_vec()),
                 ],
-                data: format!("{} sha256:{}", c.name, c.sha256).into_bytes(),
+                data: c.data.clone(),
             });
         }
         log
@@ -150,11 +222,25 @@ mod tests {
         let l = Launch::measure(b"agent", b"config", b"image");
         let p = l.expected_pcrs();
         let h = |d: &[u8]| HashAlg::Sha256.hash(&[d]);
-        assert_eq!(
-            p[&HashAlg::Sha256][&PCR_AGENT],
-            HashAlg::Sha256.hash(&[&[0u8; 32], &h(b"agent")])
-        );
         assert_eq!(p[&HashAlg::Sha1].len(), 3);
+        // Each launch PCR is closed: the component, then a separator.
+        let sep = HashAlg::Sha256.hash(&[&[0u8, 0, 0, 0][..]]);
+        let closed = |c: &[u8]| {
+            let once = HashAlg::Sha256.hash(&[&[0u8; 32], &h(c)]);
+            HashAlg::Sha256.hash(&[&once, &sep])
+        };
+        assert_eq!(p[&HashAlg::Sha256][&PCR_AGENT], closed(b"agent"));
+        for e in &l.event_log().events {
+            e.check_data().unwrap();
+        }
+        // A local node's firmware measures a boot chain into PCRs 0-7, closed too.
+        let local = Launch::local(b"agent", b"config", b"image").expected_pcrs();
+        assert_eq!(local[&HashAlg::Sha256].len(), 11);
+        assert_eq!(local[&HashAlg::Sha256][&PCR_AGENT], closed(b"agent"));
+        assert_eq!(
+            local[&HashAlg::Sha256][&1],
+            HashAlg::Sha256.hash(&[&[0u8; 32], &sep])
+        );
         assert_eq!(cluster_pcr(HashAlg::Sha256, None), vec![0; 32]);
         assert_ne!(cluster_pcr(HashAlg::Sha256, Some(b"id")), vec![0; 32]);
         // Another config changes exactly the config PCR.

@@ -125,7 +125,36 @@ impl LocalCa {
                 .arg("--config")
                 .arg(&setup_conf),
         )?;
+        // swtpm_localca writes its private keys 0640: the CA's keys are the owner's secrets
+        // like any other (0600), and the CA directory is the owner's alone.
+        use std::os::unix::fs::PermissionsExt;
+        let private = |p: &Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(io(p))
+        };
+        private(&dir, 0o700)?;
+        for entry in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.contains("key") && !name.ends_with(".pub") {
+                private(&entry.path(), 0o600)?;
+            }
+        }
         Ok(())
+    }
+
+    /// The CA's private key files (for checks of their permissions).
+    pub fn private_key_files(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.contains("key") && !n.ends_with(".pub"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 

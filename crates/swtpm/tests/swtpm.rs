@@ -29,6 +29,14 @@ fn manufactured_tpm_has_an_ek_certificate_from_the_local_ca() {
     let ca = LocalCa::at(&dir.path().join("ca"));
     let state = dir.path().join("node-1");
     ca.manufacture(&state).unwrap();
+    // The CA's private keys are the owner's secrets: 0600 (swtpm_localca writes 0640).
+    use std::os::unix::fs::PermissionsExt;
+    let keys = ca.private_key_files();
+    assert!(keys.len() >= 2, "{keys:?}");
+    for k in keys {
+        let mode = std::fs::metadata(&k).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is readable by others", k.display());
+    }
     let mut tpm = SwTpm::start(&state).unwrap();
     // Read the RSA EK certificate from its NV index (0x01c00002), as a node agent would.
     let out = Command::new("tpm2_nvread")

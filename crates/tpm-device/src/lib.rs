@@ -366,6 +366,18 @@ impl NodeTpm {
         })
     }
 
+    /// TPM2_Shutdown(CLEAR): what a platform sends before it powers the TPM off. Without it
+    /// the next startup counts as a failed authorisation (dictionary-attack protection), and
+    /// a few unorderly restarts lock the TPM out.
+    pub fn shutdown(&mut self) -> Result<(), TpmDeviceError> {
+        for h in [self.ak.take(), self.ek.take()].into_iter().flatten() {
+            let _ = self.ctx.flush_context(h.into());
+        }
+        self.ctx
+            .shutdown(tss_esapi::constants::StartupType::Clear)
+            .map_err(cmd("shutdown"))
+    }
+
     /// The AK's TPMT_PUBLIC (empty before [`NodeTpm::create_ak`]).
     pub fn ak_public(&self) -> &[u8] {
         &self.ak_public

@@ -40,6 +40,7 @@ use crate::proto::{MeshPeer, Request, Response};
 
 use appraise::{AnyRole, Appraised};
 pub use refusals::{Refusal, Refusals};
+pub use tpm_ops::MAX_ACTIVATIONS_PER_SECOND;
 
 /// The node certificate last verified on a connection (verified once per connection).
 type CertCache = Option<(Vec<u8>, NodeIdentity)>;
