@@ -15,6 +15,7 @@ case "$1" in
   azure_evidence) ls "$v"/snp/azure-vtpm-*/evidence*.json "$v"/tdx/azure-tdx-vtpm/evidence*.json ;;
   reference_values) ls "$(dirname "$0")"/seeds/reference_values/* ;;
   mesh_datagram) ls "$(dirname "$0")"/seeds/mesh_datagram/* ;;
+  atls_evidence_extension) ls "$(dirname "$0")"/seeds/atls_evidence_extension/* ;;
   cluster_wire) ls "$(dirname "$0")"/seeds/cluster_wire/* "$v"/snp/milan-trustee-vcek/vcek.der ;;
   *) ;;
 esac

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VEIL_SETUP_FUZZ=0 scripts/setup.sh
-cargo build --release --locked -q -p veil-cli
+cargo build --release --locked -q -p veil-cli -p veil-mini -p veil-agent
 bin=${CARGO_TARGET_DIR:-target}/release
 veil=$bin/veil
 v=testvectors

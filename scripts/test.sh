@@ -5,5 +5,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The binaries first: tests of one crate run the binaries of others (veil, veil-mini, veil-agent).
+cargo build --workspace --bins --locked
 cargo test --workspace --locked
 scripts/fuzz-smoke.sh "${VEIL_FUZZ_SECONDS:-15}"

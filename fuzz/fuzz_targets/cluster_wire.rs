@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use veil_attest_core::UnixTime;
 use veil_cluster::ca::ClusterCa;
-use veil_cluster::proto::{Request, Response};
-use veil_cluster::report::{Expectations, SignedReport, verify_report};
+use veil_wire::proto::{Request, Response};
+use veil_appraisal::report::{Expectations, SignedReport, verify_report};
 use veil_keys::{ClusterSecrets, SecretBytes};
 use veil_reference::ReferenceValues;
 
@@ -28,8 +28,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<Response>(data);
     let _ = ca().verify(data, UnixTime(1_900_000_000));
     // An approval list a peer control plane hands over (checked against the owner's key).
-    if let Ok(a) = serde_json::from_slice::<veil_cluster::owner::SignedApprovals>(data) {
-        let _ = a.verify_for_any_cluster(OWNER_KEY.as_bytes());
+    if let Ok(a) = serde_json::from_slice::<veil_wire::owner::SignedApprovals>(data) {
+        let _ = veil_appraisal::owner::verify_approvals_for_any_cluster(&a, OWNER_KEY.as_bytes());
     }
     if let Ok(signed) = serde_json::from_slice::<SignedReport>(data) {
         let exp = Expectations {
@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
             },
             cluster_id: vec![0u8; 32],
             control_plane_aks: vec![[1u8; 32]],
-            approvals: veil_cluster::owner::Approvals {
+            approvals: veil_wire::owner::Approvals {
                 version: 1,
                 cluster_id: "00".repeat(32),
                 serial: 1,

@@ -1,0 +1,79 @@
+//! Every identifier Veil puts on the wire or into a signature, in one place: X.509 object
+//! identifiers and URIs, HKDF labels, and the domain-separation prefixes of everything signed,
+//! hashed into a binding or MACed. An identifier is never reused for another meaning: a
+//! format that changes gets a new version suffix, and the old entry stays here, marked retired.
+
+/// The X.509 extension that carries attestation evidence in an attested-TLS certificate:
+/// `id-pe-cmw` (1.3.6.1.5.5.7.1.35), the IETF RATS conceptual message wrapper extension. Its
+/// value is a CMW (CBOR record) whose media type is [`EVIDENCE_MEDIA_TYPE`].
+pub const EVIDENCE_OID: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 1, 35];
+/// [`EVIDENCE_OID`] in dotted form.
+pub const EVIDENCE_OID_DOTTED: &str = "1.3.6.1.5.5.7.1.35";
+/// The media type of Veil TPM evidence inside the CMW.
+pub const EVIDENCE_MEDIA_TYPE: &str = "application/vnd.veil.tpm-evidence";
+/// Retired: the unregistered arc the evidence extension used before (raw evidence bytes).
+pub const RETIRED_EVIDENCE_OID_DOTTED: &str = "1.3.9901.1.1";
+/// The TLS server name attested-TLS clients ask for (the certificate's own name).
+pub const ATLS_SERVER_NAME: &str = "veil-atls";
+
+/// The attested-TLS binding: `SHA-512(this ‖ verifier's nonce ‖ attester's nonce ‖ context ‖
+/// SHA-256(attester's TLS SPKI) ‖ verifier's flags ‖ attester's flags)`. (v1 and v2 retired.)
+pub const ATLS_BINDING: &[u8] = b"veil-atls-v3\0";
+/// A batch of bindings one TPM quote answers: its extraData is `SHA-512(this ‖ bindings…)`.
+pub const TPM_BATCH: &[u8] = b"veil-tpm-batch-v1\0";
+/// What a node's evidence vouches for about its mesh key: `SHA-256(this ‖ public key)`.
+pub const MESH_KEY_CONTEXT: &[u8] = b"veil-mesh-key\0";
+/// A cluster report's digest, which the control plane's quote covers.
+pub const CLUSTER_REPORT: &[u8] = b"veil-cluster-report-v1\0";
+/// An owner command's signed message: `this ‖ time ‖ 0 ‖ command`.
+pub const OWNER_COMMAND: &[u8] = b"veil-owner-command-v1\0";
+/// An owner approval list's signed message: `this ‖ document`.
+pub const OWNER_APPROVALS: &[u8] = b"veil-owner-approvals-v1\0";
+/// The data of the event that records the cluster ID extended into PCR 15.
+pub const CLUSTER_ID_EVENT: &[u8] = b"veil-cluster-id";
+
+/// HKDF-SHA256 info of the cluster ID (salt: the owner's salt; key: the master secret).
+pub const HKDF_CLUSTER_ID: &[u8] = b"veil/v1/cluster-id";
+/// HKDF-SHA256 info prefix of a derived key: `this ‖ key ID` (e.g. `node/<id>/state`).
+pub const HKDF_KEY_PREFIX: &str = "veil/v1/key/";
+/// The key ID of the cluster CA's signing key.
+pub const KEY_CLUSTER_CA: &str = "cluster/ca";
+
+/// Node certificates name the node's role as `this ‖ role` (a URI subject alternative name).
+pub const ROLE_URI: &str = "urn:veil:role:";
+/// Node certificates name the AK proven at join as `this ‖ hex SHA-256 of its SPKI`.
+pub const AK_URI: &str = "urn:veil:ak-sha256:";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_prefix_is_a_prefix_of_another() {
+        let all: [&[u8]; 8] = [
+            ATLS_BINDING,
+            TPM_BATCH,
+            MESH_KEY_CONTEXT,
+            CLUSTER_REPORT,
+            OWNER_COMMAND,
+            OWNER_APPROVALS,
+            CLUSTER_ID_EVENT,
+            HKDF_CLUSTER_ID,
+        ];
+        for (i, a) in all.iter().enumerate() {
+            for (j, b) in all.iter().enumerate() {
+                if i != j {
+                    assert!(!b.starts_with(a), "{:?} / {:?}", a, b);
+                }
+            }
+        }
+        assert_eq!(
+            EVIDENCE_OID
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join("."),
+            EVIDENCE_OID_DOTTED
+        );
+    }
+}
