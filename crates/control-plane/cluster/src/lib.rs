@@ -1,15 +1,20 @@
-//! Veil's control-plane services over attested TLS.
+//! Veil's control-plane services, the server side, over attested TLS (clients are
+//! `veil-client`'s; the messages `veil-wire`'s; every decision from bytes `veil-appraisal`'s).
 //!
-//! - **Init** (owner → first control-plane node): the master secret and salt; the node derives
-//!   the cluster ID and extends it into its cluster PCR.
-//! - **Join** (node → control plane): the node's evidence is appraised against the reference
-//!   values of its role; its cluster PCR must be zero; its EK certificate must chain to an
-//!   accepted manufacturer root; its AK is bound to that EK by a credential only that TPM can
-//!   activate. Then it receives its node ID, the cluster ID and its state-volume key.
-//! - **Keys** (joined node → control plane): keys derived under stable IDs, each released
-//!   only to the node that owns it, over a connection appraised just now.
-//! - **Recover** (owner → restarted control plane): the master secret again; accepted only if
-//!   it derives the same cluster ID.
+//! - **The owner** (signed by the owner's key, named in this node's measured configuration):
+//!   init (the master secret, the salt and the approval list), recovery, approval lists,
+//!   cluster reports, node removal and key rotation, acknowledging refusals.
+//! - **Join** (node → control plane): evidence appraised against the reference values of the
+//!   requested role, cluster PCR zero, EK certificate chained to an accepted manufacturer root,
+//!   the quote's signer under that EK, the TPM on the owner's approval list for that role, the
+//!   AK activated from a credential only that TPM can activate; then its node ID, the cluster
+//!   ID, its state-volume key and node certificate (and, for a control plane, the secrets).
+//! - **Keys and the mesh** (joined node): re-appraised on every connection; keys derived under
+//!   stable IDs, each released only to the node that owns it.
+//! - **This node's TPM** (attested nodes, or the owner): endorsement and credential
+//!   activation, once per connection and rate-limited.
+//!
+//! Every refusal is kept (aggregated, persisted) until the owner acknowledges it.
 
 pub mod ca;
 pub mod mesh;

@@ -620,3 +620,103 @@ fn rss_kib() -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap()
 }
+
+/// Finding 3: trust inputs outside what a node measured. The reference-values key and the
+/// owner's key are measured into PCR 9 with the configuration (one function computes it for
+/// the firmware, the agent and `veil measurements compute`): a node run on a key of its own is
+/// refused, PCR 9 named, and an agent whose key file was swapped after the measurement finds
+/// that what it loaded is not what was measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_inputs_that_are_not_measured() {
+    use veil_reference::node_config::AgentConfig;
+    use veil_reference::signing::generate_key;
+    use veil_reference::{MeasurementSet, ReferenceValues};
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    let mut keys = Vec::new();
+    for name in ["reference", "owner", "rogue"] {
+        let (_, public) = generate_key().unwrap();
+        std::fs::write(d(&format!("{name}.pub")), &public).unwrap();
+        keys.push(public);
+    }
+    let cfg = |role: &str, reference: &str, owner: &str| AgentConfig {
+        name: "n".into(),
+        role: role.into(),
+        control_planes: vec!["10.0.0.1:7443".into()],
+        listen: None,
+        tcti: "swtpm:port=1".into(),
+        event_log: d("log"),
+        reference_values: d("refs.yaml"),
+        reference_signature: d("refs.yaml.sig"),
+        reference_key: d(reference),
+        owner_key: d(owner),
+        tpm_roots_local: true,
+        state_dir: d("state"),
+        metrics: None,
+        mesh: None,
+    };
+    let launch = |c: &AgentConfig| {
+        veil_reference::launch::Launch::local(
+            b"veil-agent 1",
+            &c.measured_from_files().unwrap(),
+            b"image 1",
+        )
+    };
+    let cp_launch = launch(&cfg("control-plane", "reference.pub", "owner.pub"));
+    let honest = launch(&cfg("worker", "reference.pub", "owner.pub"));
+    let mut set = MeasurementSet::from_launch("release-1", &cp_launch, &["control-plane"]);
+    set.roles
+        .extend(MeasurementSet::from_launch("release-1", &honest, &["worker"]).roles);
+    let refs = ReferenceValues {
+        version: 1,
+        insecure_local_roots: true,
+        tpm_roots: vec![],
+        sets: vec![set],
+    };
+    let ca = LocalCa::at(&d("ca"));
+    let cp_node = boot(&d("cp"), &ca, &cp_launch, None);
+    let owner = Owner::new([14; 32], [15; 32]);
+    let (cp, addr) = serve(&cp_node, &refs, &ca, &owner.public).await;
+    owner.init(addr, &cp_node, &refs).await;
+    let member = appraiser(
+        &refs,
+        Membership::Member(cp.cluster_id().unwrap().0.to_vec()),
+    );
+    // The honest worker connects; one on reference values of its own, or another owner, not.
+    let w = boot(&d("w"), &ca, &honest, None);
+    session(addr, Some(w.attester.as_ref()), &member)
+        .await
+        .expect("the honest worker's evidence is accepted");
+    for (name, reference, owner_key) in [
+        ("own-reference-key", "rogue.pub", "owner.pub"),
+        ("other-owner", "reference.pub", "rogue.pub"),
+    ] {
+        let rogue = boot(
+            &d(name),
+            &ca,
+            &launch(&cfg("worker", reference, owner_key)),
+            None,
+        );
+        let e = session(addr, Some(rogue.attester.as_ref()), &member)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("PCR sha1:9") || e.contains("PCR sha256:9"),
+            "{name}: {e}"
+        );
+    }
+    // The key file swapped after the firmware measured the node.
+    let log = honest.event_log();
+    std::fs::write(d("reference.pub"), &keys[2]).unwrap();
+    let loaded = cfg("worker", "reference.pub", "owner.pub")
+        .measured_from_files()
+        .unwrap();
+    let e = veil_reference::launch::check_config_measured(&log, &loaded).unwrap_err();
+    assert!(e.contains("PCR 9"), "{e}");
+    std::fs::write(d("reference.pub"), &keys[0]).unwrap();
+    let loaded = cfg("worker", "reference.pub", "owner.pub")
+        .measured_from_files()
+        .unwrap();
+    veil_reference::launch::check_config_measured(&log, &loaded).unwrap();
+}

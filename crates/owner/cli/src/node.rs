@@ -265,6 +265,16 @@ fn owner_command(ws_dir: &Path, node: &str, op: Op) -> anyhow::Result<ExitCode> 
                     "warning: no control plane had admitted {node}; it is barred from joining"
                 );
             }
+            // Its TPM leaves the approval list too (node IDs are the start of the EK
+            // certificate's SHA-256).
+            let prefix = node.trim_start_matches("node-").to_string();
+            let (list, _) = crate::workspace::load_approvals(ws_dir, &ws.record.cluster_id)?;
+            if list.nodes.iter().any(|n| n.ek_sha256.starts_with(&prefix)) {
+                println!("{node}: taken off the approval list");
+                return update_approvals(ws_dir, &ws, |list| {
+                    list.nodes.retain(|n| !n.ek_sha256.starts_with(&prefix))
+                });
+            }
             Ok(code)
         }
     }

@@ -311,3 +311,36 @@ pub enum Response {
         reason: String,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 8, finding 8: secrets travelled as plain strings and printed in `Debug`, which
+    /// reaches errors and logs.
+    #[test]
+    fn secrets_on_the_wire_print_redacted() {
+        let master = "11".repeat(32);
+        let req = Request::Recover {
+            master: SecretHex(master.clone()),
+            salt: "22".repeat(32),
+            auth: OwnerAuth {
+                at: 1,
+                signature: "sig".into(),
+            },
+        };
+        let shown = format!("{req:?}");
+        assert!(!shown.contains(&master), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        let resp = Response::Key {
+            key_id: "node/n/state".into(),
+            key: SecretHex::encode(&[0xab; 32]),
+        };
+        assert!(!format!("{resp:?}").contains(&"ab".repeat(32)));
+        // On the wire it is the hex, as before.
+        let json = serde_json::to_string(&req).unwrap();
+        assert!(json.contains(&master));
+        let back: Request = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, req);
+    }
+}
