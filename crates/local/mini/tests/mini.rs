@@ -528,7 +528,7 @@ fn mesh_checks(ws: &Path) {
 }
 
 #[test]
-fn mini_on_loopback_comes_up_verifies_and_goes() {
+fn mini_on_loopback_comes_up_verifies_restarts_five_times_and_goes() {
     let tmp = tempfile::tempdir().unwrap();
     let ws = tmp.path().join("ws");
     let w = ws.display().to_string();
