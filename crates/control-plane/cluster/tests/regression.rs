@@ -547,12 +547,26 @@ async fn denial_of_service_and_lockout() {
             .unwrap();
         assert_eq!(key, joined.state_key);
     }
-    session(addr, None, &member)
-        .await
-        .unwrap()
+    // …and the whole cluster verifies, as `veil verify` checks it: nothing refused.
+    let mut os = session(addr, None, &member).await.unwrap();
+    let signed = os
         .cluster_report(&cid.to_string(), &[3; 32], &owner.key)
         .await
         .unwrap();
+    let verdict = veil_appraisal::report::verify_report(
+        &signed,
+        &veil_appraisal::report::Expectations {
+            reference: refs.clone(),
+            cluster_id: cid.0.to_vec(),
+            control_plane_aks: vec![os.peer_ak()],
+            approvals: owner.list.lock().unwrap().clone(),
+            nonce: Some([3; 32]),
+            now: now(),
+        },
+    )
+    .unwrap();
+    assert!(verdict.all_ok(), "{verdict:?}");
+    assert_eq!(verdict.nodes.len(), 2, "the control plane and the worker");
     let rss_during = rss_kib();
     println!(
         "control plane (in this test process) with 500 idle and 100 partial-frame connections: RSS {} -> {} MiB",
