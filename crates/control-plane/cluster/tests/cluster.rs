@@ -526,6 +526,19 @@ async fn init_join_keys_refusals_and_recovery() {
             .unwrap(),
         key1
     );
+    // Control planes pass on the owner's newer lists (never an older one, nor a forged one).
+    let serial_at_cp2 = |signed: veil_appraisal::owner::SignedApprovals| {
+        veil_appraisal::owner::verify_approvals(&signed, &owner.public, &cid.to_string())
+            .unwrap()
+            .serial
+    };
+    let held = serial_at_cp2(at_cp2.approvals().await.unwrap());
+    let newer = owner.approve(&[]);
+    cp2.offer_approvals(impostor.signed());
+    cp2.offer_approvals(old.clone());
+    assert_eq!(serial_at_cp2(at_cp2.approvals().await.unwrap()), held);
+    cp2.offer_approvals(newer);
+    assert_eq!(serial_at_cp2(at_cp2.approvals().await.unwrap()), held + 1);
     let e = at_cp2
         .get_key(&format!("node/{id2}/state"), &c2)
         .await

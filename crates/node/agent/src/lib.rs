@@ -353,7 +353,13 @@ async fn share_peers(
                     &attester,
                 )
                 .await?;
-                anyhow::Ok(s.mesh_peers(&cert).await?.0)
+                let peers = s.mesh_peers(&cert).await?.0;
+                // A peer may hold a newer approval list from the owner (this node was down,
+                // or its state file was rolled back): take it if the owner signed it.
+                if let Ok(signed) = s.approvals().await {
+                    cp.offer_approvals(signed);
+                }
+                anyhow::Ok(peers)
             }
             .await;
             match got {

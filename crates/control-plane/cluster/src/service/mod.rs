@@ -593,6 +593,28 @@ impl ControlPlane {
         Ok(cid)
     }
 
+    /// Takes an approval list a peer control plane holds, if the owner signed it for this
+    /// cluster and it is newer than the one held (lists are never taken back to older ones).
+    pub fn offer_approvals(&self, signed: SignedApprovals) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        if st
+            .approvals
+            .as_ref()
+            .is_some_and(|a| a.signed.document == signed.document)
+        {
+            return;
+        }
+        match st.take_approvals(&self.trust.owner_key, signed) {
+            Ok(serial) => {
+                tracing::info!(event = "approvals_updated", serial, from = "peer");
+                self.persist(st);
+            }
+            Err(e) => tracing::debug!(reason = %e, "a peer's approval list not taken"),
+        }
+    }
+
     /// Puts this control plane's own node in the mesh: addresses are allocated in
     /// `network/prefix`, and this node, number `index` in the cluster's control-plane list,
     /// takes `.(1 + index)`. Returns its address.
