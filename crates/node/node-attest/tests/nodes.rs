@@ -287,3 +287,42 @@ fn concurrent_requests_share_quotes_and_each_finds_its_binding() {
         .to_string();
     assert!(e.contains("does not contain this session's binding"), "{e}");
 }
+
+/// Issue 8, finding 7: after its TPM restarted under it, a node's attester reconnects (same AK)
+/// and attests again; while its TPM is gone it says it is unhealthy.
+#[test]
+fn the_attester_reconnects_to_its_tpm_and_reports_its_health() {
+    use veil_atls::Attester;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::at(&dir.path().join("ca"));
+    let state = dir.path().join("tpm");
+    ca.manufacture(&state).unwrap();
+    let mut swtpm = SwTpm::start(&state).unwrap();
+    let port = swtpm.port();
+    let launch = Launch::measure(b"agent", b"role: worker", b"image");
+    let mut tpm = NodeTpm::open(&swtpm.tcti()).unwrap();
+    for c in &launch.components {
+        tpm.extend(c.pcr, &c.sha1.0, &c.sha256.0).unwrap();
+    }
+    tpm.load_ek().unwrap();
+    tpm.create_ak(AkKind::EccP256).unwrap();
+    let attester = TpmAttester::new(tpm, launch.event_log());
+    let first = attester.attest(&[1; 64]).unwrap();
+    assert!(attester.healthy());
+    // The TPM goes away: the attester says so.
+    swtpm.stop().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(attester.attest(&[2; 64]).is_err());
+    assert!(!attester.healthy());
+    assert!(attester.quote_failures() >= 1);
+    // It comes back: the attester reconnects on its own, with the same AK.
+    let _back = SwTpm::start_on(&state, port).unwrap();
+    let again = attester.attest(&[3; 64]).unwrap();
+    assert!(attester.healthy());
+    let ak = |ev: &[u8]| {
+        veil_attest_tpm::evidence::TpmEvidence::parse(ev)
+            .unwrap()
+            .ak_public
+    };
+    assert_eq!(ak(&first), ak(&again));
+}

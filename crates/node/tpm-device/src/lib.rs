@@ -130,19 +130,23 @@ fn pcr_slot(pcr: u32) -> Result<PcrSlot, TpmDeviceError> {
     PcrSlot::try_from(bit).map_err(|e| TpmDeviceError::Argument(format!("PCR {pcr}: {e}")))
 }
 
+/// A context on the TPM behind `tcti`.
+fn context(tcti: &str) -> Result<Context, TpmDeviceError> {
+    let conf = TctiNameConf::from_str(tcti).map_err(|e| TpmDeviceError::Tcti {
+        tcti: tcti.to_string(),
+        detail: e.to_string(),
+    })?;
+    Context::new(conf).map_err(|e| TpmDeviceError::Tcti {
+        tcti: tcti.to_string(),
+        detail: e.to_string(),
+    })
+}
+
 impl NodeTpm {
     /// Connects through a TCTI (e.g. `swtpm:path=/run/veil/tpm.sock` or `device:/dev/tpmrm0`).
     pub fn open(tcti: &str) -> Result<Self, TpmDeviceError> {
-        let conf = TctiNameConf::from_str(tcti).map_err(|e| TpmDeviceError::Tcti {
-            tcti: tcti.to_string(),
-            detail: e.to_string(),
-        })?;
-        let ctx = Context::new(conf).map_err(|e| TpmDeviceError::Tcti {
-            tcti: tcti.to_string(),
-            detail: e.to_string(),
-        })?;
         Ok(Self {
-            ctx,
+            ctx: context(tcti)?,
             tcti: tcti.to_string(),
             ek: None,
             ak: None,
@@ -160,17 +164,16 @@ impl NodeTpm {
         for h in [self.ak.take(), self.ek.take()].into_iter().flatten() {
             let _ = self.ctx.flush_context(h.into());
         }
-        let mut fresh = Self::open(&self.tcti)?;
-        fresh.load_ek()?;
-        if let Some((private, public)) = &self.ak_blob {
-            let ek = fresh.ek()?;
-            let handle = ak::load_ak(&mut fresh.ctx, ek, None, private.clone(), public.clone())
-                .map_err(cmd("load AK"))?;
-            fresh.ak = Some(handle);
-            fresh.ak_public = self.ak_public.clone();
-            fresh.ak_blob = self.ak_blob.clone();
+        // The old context goes before any object exists on the new one: when it is dropped
+        // it flushes the handles it still believes open, and the TPM reuses handle numbers.
+        drop(std::mem::replace(&mut self.ctx, context(&self.tcti)?));
+        self.load_ek()?;
+        if let Some((private, public)) = self.ak_blob.clone() {
+            let ek = self.ek()?;
+            let handle =
+                ak::load_ak(&mut self.ctx, ek, None, private, public).map_err(cmd("load AK"))?;
+            self.ak = Some(handle);
         }
-        *self = fresh;
         Ok(())
     }
 

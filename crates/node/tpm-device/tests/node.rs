@@ -141,3 +141,52 @@ fn node_attests_from_ek_certificate_to_reference_values() {
             .contains("PCR 24")
     );
 }
+
+/// Issue 8, finding 7: a TPM connection that broke (here: the TPM restarted under the agent)
+/// left every later quote failing until the agent restarted. The attester reconnects, loading
+/// the same AK again from its wrapped blob, and quotes again; an orderly shutdown is accepted.
+#[test]
+fn a_broken_tpm_connection_is_reopened_with_the_same_attestation_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::at(&dir.path().join("ca"));
+    let state = dir.path().join("tpm");
+    ca.manufacture(&state).unwrap();
+    let mut swtpm = SwTpm::start(&state).unwrap();
+    let port = swtpm.port();
+    let mut tpm = NodeTpm::open(&swtpm.tcti()).unwrap();
+    tpm.load_ek().unwrap();
+    let ak = tpm.create_ak(AkKind::EccP256).unwrap();
+    tpm.quote(&[1; 32], &[Bank::Sha256], &[8]).unwrap();
+    // The TPM goes away and comes back (its state, and so its seeds, kept).
+    swtpm.stop().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let swtpm = SwTpm::start_on(&state, port).unwrap();
+    assert!(
+        tpm.quote(&[2; 32], &[Bank::Sha256], &[8]).is_err(),
+        "the old connection still works: nothing to test"
+    );
+    tpm.reconnect().unwrap();
+    let q = tpm.quote(&[3; 32], &[Bank::Sha256], &[8]).unwrap();
+    assert_eq!(tpm.ak_public(), &ak[..], "the AK kept its identity");
+    let public = Public::parse(&ak).unwrap();
+    let sig = QuoteSignature::from_bytes(&q.signature, &public.key).unwrap();
+    verify_quote(
+        &QuoteEvidence {
+            attest: &q.attest,
+            signature: &sig,
+            ak: &public.key,
+            ak_qualified_name: None,
+            pcrs: None,
+            event_log: None,
+        },
+        None,
+        &TpmPolicy {
+            nonce: Some(HexValue(vec![3; 32])),
+            ..TpmPolicy::default()
+        },
+        now(),
+    )
+    .unwrap();
+    tpm.shutdown().unwrap();
+    drop(swtpm);
+}
