@@ -15,7 +15,6 @@ use rcgen::{
 use veil_attest_core::UnixTime;
 use veil_attest_core::x509::{Certificate, verify_chain};
 use veil_keys::{ClusterSecrets, KeyId};
-
 use veil_wire::ids::{AK_URI, ROLE_URI};
 
 /// A fresh P-256 key for a node certificate, as its SubjectPublicKeyInfo (DER). Only the public

@@ -22,6 +22,5 @@ mod service;
 
 pub use service::{
     ControlPlane, IDLE_TIMEOUT, MAX_ACTIVATIONS_PER_SECOND, MAX_CONNECTIONS,
-    MAX_CONNECTIONS_PER_SOURCE, NodeMesh, NodeRecord, Refusal, Trust, check_signer_under_ek,
-    node_id, prometheus_text, spki_sha256,
+    MAX_CONNECTIONS_PER_SOURCE, NodeMesh, NodeRecord, Refusal, Trust, prometheus_text,
 };

@@ -455,7 +455,9 @@ async fn refusals_that_vanish() {
         "{:?}",
         cp.refusals()
     );
-    // The control plane restarts: its refusals are still there.
+    // The control plane restarts (after the agent's periodic flush): its refusals are still
+    // there, counted.
+    cp.flush();
     serving.abort();
     drop(cp);
     let cp = std::sync::Arc::new(
@@ -578,7 +580,7 @@ async fn denial_of_service_and_lockout() {
         "memory grew by {} KiB",
         rss_during - rss_before
     );
-    let (metrics, _) = (cp.metrics_text(), ());
+    let metrics = cp.metrics_text();
     assert!(
         metrics.contains("veil_connections_shed_total 0"),
         "{metrics}"
@@ -599,6 +601,22 @@ async fn denial_of_service_and_lockout() {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap();
     assert_eq!(shed, 10);
+    // Each shedding is a refusal naming the limit, one entry for the address however often.
+    let limit: Vec<_> = cp
+        .refusals()
+        .into_iter()
+        .filter(|r| r.kind == "limit")
+        .collect();
+    assert_eq!(limit.len(), 1, "{limit:?}");
+    assert_eq!(limit[0].source, "127.0.0.99");
+    assert_eq!(limit[0].count, 10);
+    assert!(
+        limit[0].reason.contains(&format!(
+            "at most {}",
+            veil_cluster::MAX_CONNECTIONS_PER_SOURCE
+        )),
+        "{limit:?}"
+    );
     // Silent connections are closed once the exchange timeout passes.
     tokio::time::sleep(std::time::Duration::from_secs(11)).await;
     let mut closed = 0;

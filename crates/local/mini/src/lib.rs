@@ -516,8 +516,7 @@ fn stop_all(state: &MiniState) -> anyhow::Result<()> {
 /// Sends the TPM listening on `port` (here) TPM2_Shutdown, as a platform does before power
 /// off, so that restarts never count against its dictionary-attack protection.
 fn orderly_shutdown(port: u16) {
-    let tcti = format!("swtpm:host=127.0.0.1,port={port}");
-    if let Err(e) = NodeTpm::open(&tcti).and_then(|mut t| t.shutdown()) {
+    if let Err(e) = NodeTpm::open(&veil_swtpm::tcti(port)).and_then(|mut t| t.shutdown()) {
         eprintln!("warning: TPM on port {port}: no orderly shutdown: {e}");
     }
 }

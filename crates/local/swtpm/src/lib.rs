@@ -233,7 +233,7 @@ impl SwTpm {
 
     /// The TCTI configuration string (for tss-esapi or `TPM2TOOLS_TCTI`).
     pub fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
+        tcti(self.port)
     }
 
     /// The command port.
@@ -257,6 +257,11 @@ impl SwTpm {
         )?;
         Ok(())
     }
+}
+
+/// The TCTI of the swtpm listening on loopback `port` (in the caller's network namespace).
+pub fn tcti(port: u16) -> String {
+    format!("swtpm:host=127.0.0.1,port={port}")
 }
 
 /// Stops the swtpm listening on `port` (control channel on `port + 1`), e.g. one started by

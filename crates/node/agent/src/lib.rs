@@ -69,12 +69,12 @@ fn reference_roots(reference: &ReferenceValues) -> anyhow::Result<Vec<Certificat
     Ok(certs)
 }
 
-/// Loads signed reference values, refusing them if the signature does not hold.
-pub fn load_reference(cfg: &AgentConfig) -> anyhow::Result<ReferenceValues> {
+/// Loads signed reference values, refusing them if the signature by `reference_key` (the key
+/// that was measured, as [`AgentConfig::trusted_keys`] read it) does not hold.
+pub fn load_reference(cfg: &AgentConfig, reference_key: &[u8]) -> anyhow::Result<ReferenceValues> {
     let body = read(&cfg.reference_values)?;
     let sig = String::from_utf8(read(&cfg.reference_signature)?)?;
-    signing::verify(&read(&cfg.reference_key)?, &body, &sig)
-        .context("reference values signature")?;
+    signing::verify(reference_key, &body, &sig).context("reference values signature")?;
     Ok(ReferenceValues::parse(&body)?)
 }
 
@@ -115,8 +115,10 @@ async fn run_until_stopped(cfg: &AgentConfig) -> anyhow::Result<()> {
     veil_reference::launch::check_config_measured(&log, &cfg.measured(&keys))
         .map_err(anyhow::Error::msg)
         .context("the configuration this agent runs with is not the one its firmware measured")?;
-    let owner_key = read(&cfg.owner_key)?;
-    let reference = load_reference(&cfg)?;
+    // The keys are used as they were read for the check above, never read again: a file
+    // swapped in between would otherwise be trusted unmeasured.
+    let owner_key = keys.owner_key.clone();
+    let reference = load_reference(&cfg, &keys.reference_key)?;
     let certs = reference_roots(&reference)?;
     let (ek_roots, ek_intermediates): (Vec<_>, Vec<_>) =
         certs.into_iter().partition(Certificate::is_self_issued);
@@ -240,6 +242,7 @@ async fn run_until_stopped(cfg: &AgentConfig) -> anyhow::Result<()> {
                         write_status(&cfg.state_dir, &status);
                     }
                 }
+                cp.flush();
                 let cid = cp.cluster_id().map(|c| c.to_string());
                 let phase = match (&cid, cp.serving()) {
                     (_, true) => "serving",

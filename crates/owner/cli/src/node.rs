@@ -91,9 +91,9 @@ pub fn ack(a: AckArgs) -> ExitCode {
     finish((|| {
         let ws = crate::workspace::load(&a.workspace)?;
         let up_to = a.up_to.unwrap_or_else(|| crate::clock::now().0);
-        each_control_plane(&ws, |mut s, cid, owner| async move {
-            let detail = s.ack_refusals(&cid, up_to, &owner).await?;
-            anyhow::Ok(detail)
+        let owner = &ws.owner;
+        each_control_plane(&ws, |mut s, cid| async move {
+            anyhow::Ok(s.ack_refusals(&cid, up_to, owner).await?)
         })
     })())
 }
@@ -109,26 +109,21 @@ fn finish(r: anyhow::Result<ExitCode>) -> ExitCode {
 }
 
 /// Runs `f` on a session with every control plane (attested as a member of the cluster and on
-/// the TPM the owner enrolled); prints each outcome; exit 1 if any failed.
+/// the TPM the owner enrolled), with the cluster ID; prints each outcome; exit 1 if any failed.
 fn each_control_plane<F, Fut>(ws: &Workspace, f: F) -> anyhow::Result<ExitCode>
 where
-    F: Fn(
-        veil_client::Session<tokio::net::TcpStream>,
-        String,
-        std::sync::Arc<veil_appraisal::owner::OwnerKey>,
-    ) -> Fut,
+    F: Fn(veil_client::Session<tokio::net::TcpStream>, String) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<String>>,
 {
     let cid = decode_hex(&ws.record.cluster_id)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let owner = std::sync::Arc::new(crate::workspace::owner_key_shared(ws)?);
     let mut failed = false;
     for (i, cp) in ws.record.control_planes.iter().enumerate() {
         let r = rt.block_on(async {
             let a = attest_recorded(ws, i, Membership::Member(cid.clone())).await?;
-            f(a.session, ws.record.cluster_id.clone(), owner.clone()).await
+            f(a.session, ws.record.cluster_id.clone()).await
         });
         match r {
             Ok(detail) => println!("{}: {detail}", cp.address),
@@ -157,7 +152,7 @@ fn update_approvals(
     list.serial += 1;
     let signed = sign_approvals(&list, &ws.owner)?;
     crate::workspace::save_approvals(ws_dir, &signed)?;
-    each_control_plane(ws, |mut s, _, _| {
+    each_control_plane(ws, |mut s, _| {
         let signed = signed.clone();
         async move { Ok(s.approve(&signed).await?) }
     })
@@ -218,14 +213,14 @@ fn owner_command(ws_dir: &Path, node: &str, op: Op) -> anyhow::Result<ExitCode> 
         bail!("`{node}`: expected a node ID (node-…)");
     }
     let ws = crate::workspace::load(ws_dir)?;
-    let known = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let k = known.clone();
-    let code = each_control_plane(&ws, |mut s, cid, owner| {
-        let (node, k) = (node.to_string(), k.clone());
+    let known = std::cell::Cell::new(false);
+    let owner = &ws.owner;
+    let code = each_control_plane(&ws, |mut s, cid| {
+        let known = &known;
         async move {
             let here = match op {
-                Op::Remove => s.remove_node(&cid, &node, &owner).await?,
-                Op::RotateKeys => match s.rotate_mesh_key(&cid, &node, &owner).await {
+                Op::Remove => s.remove_node(&cid, node, owner).await?,
+                Op::RotateKeys => match s.rotate_mesh_key(&cid, node, owner).await {
                     Ok(()) => true,
                     // Only the control plane it joined knows its mesh key.
                     Err(veil_client::ClientError::Refused(r)) if r.contains("no node") => false,
@@ -233,7 +228,7 @@ fn owner_command(ws_dir: &Path, node: &str, op: Op) -> anyhow::Result<ExitCode> 
                 },
             };
             if here {
-                k.store(true, std::sync::atomic::Ordering::Relaxed);
+                known.set(true);
             }
             let done = match op {
                 Op::Remove => "removed",
@@ -249,7 +244,7 @@ fn owner_command(ws_dir: &Path, node: &str, op: Op) -> anyhow::Result<ExitCode> 
             ))
         }
     })?;
-    let known = known.load(std::sync::atomic::Ordering::Relaxed);
+    let known = known.get();
     if code != ExitCode::SUCCESS {
         return Ok(code);
     }

@@ -80,7 +80,6 @@ pub struct Trusted {
 /// The workspace of an initialised cluster.
 #[derive(Debug)]
 pub struct Workspace {
-    pub dir: std::path::PathBuf,
     pub record: WorkspaceRecord,
     pub trust: Trusted,
     pub owner: OwnerKey,
@@ -109,7 +108,6 @@ pub fn load(ws: &Path) -> anyhow::Result<Workspace> {
         bail!("workspace.json records no control-plane node");
     }
     Ok(Workspace {
-        dir: ws.to_path_buf(),
         record,
         trust: load_trust(ws)?,
         owner: owner_key(ws)?,
@@ -139,11 +137,6 @@ pub fn owner_key_from_file(path: &Path) -> anyhow::Result<String> {
     let private = read(path)?;
     OwnerKey::from_pem(private.clone())?;
     Ok(signing::public_key_pem(&private)?)
-}
-
-/// The workspace's owner key once more, for tasks that need their own handle.
-pub fn owner_key_shared(ws: &Workspace) -> anyhow::Result<OwnerKey> {
-    owner_key(&ws.dir)
 }
 
 /// The owner's signing key.

@@ -26,20 +26,17 @@ fn cbor_head(major: u8, len: usize, out: &mut Vec<u8>) {
     }
 }
 
-/// A DER length.
+/// A DER length (its shortest form, as DER requires).
 fn der_len(len: usize, out: &mut Vec<u8>) {
-    match len {
-        0..=0x7f => out.push(len as u8),
-        0x80..=0xff => out.extend([0x81, len as u8]),
-        0x100..=0xffff => {
-            out.push(0x82);
-            out.extend((len as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(0x84);
-            out.extend((len as u32).to_be_bytes());
-        }
+    if len < 0x80 {
+        out.push(len as u8);
+        return;
     }
+    let bytes = (len as u32).to_be_bytes();
+    let skip = bytes.iter().take_while(|b| **b == 0).count();
+    let digits = bytes.get(skip..).unwrap_or_default();
+    out.push(0x80 | digits.len() as u8);
+    out.extend(digits);
 }
 
 /// The extension value for `evidence`.
@@ -126,10 +123,17 @@ pub fn decode(value: &[u8]) -> Result<&[u8], String> {
     }
     let len = match c.byte("CMW length")? {
         n @ 0..=0x7f => usize::from(n),
-        0x81 => c.be(1, "CMW length")?,
-        0x82 => c.be(2, "CMW length")?,
-        0x83 => c.be(3, "CMW length")?,
-        0x84 => c.be(4, "CMW length")?,
+        n @ 0x81..=0x84 => {
+            let digits = usize::from(n & 0x7f);
+            let len = c.be(digits, "CMW length")?;
+            // DER: the shortest form only.
+            if len < 0x80 || len >> (8 * (digits - 1)) == 0 {
+                return Err(format!(
+                    "CMW length: {len} in {digits} bytes is not the shortest (DER) form"
+                ));
+            }
+            len
+        }
         n => return Err(format!("CMW length: unsupported form {n:#04x}")),
     };
     if len != c.rest.len() {
@@ -178,6 +182,11 @@ mod tests {
                 assert!(decode(&v[..cut]).is_err(), "{n} cut at {cut}");
             }
         }
+        // A length in a longer form than it needs is not DER.
+        let inner = &encode(b"x").unwrap()[2..];
+        let mut long = vec![0x04, 0x81, inner.len() as u8];
+        long.extend(inner);
+        assert!(decode(&long).unwrap_err().contains("shortest"));
         let v = encode(b"evidence").unwrap();
         let mut extra = v.clone();
         extra.push(0);

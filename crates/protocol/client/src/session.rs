@@ -275,7 +275,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
     }
 
     /// Node: checks that this control plane's TPM (EK certificate SHA-256 `ek_sha256`, as
-    /// [`Session::verify_endorsement`] proved it) is one the owner (`owner_key`, PEM) approved
+    /// [`Session::verify_endorsement`] proved it) is one the owner (`owner_key`, DER or PEM) approved
     /// as a control plane, and that its cluster PCR holds the cluster of that approval list;
     /// returns the cluster ID (hex).
     pub async fn verify_approved(

@@ -75,7 +75,7 @@ impl OwnerKey {
     }
 }
 
-/// Checks that the owner (public key `owner_key`, PEM) signed `command` within
+/// Checks that the owner (public key `owner_key`: SubjectPublicKeyInfo, DER or PEM) signed `command` within
 /// [`MAX_SKEW_SECS`] of `now`.
 pub fn check(
     owner_key: &[u8],
@@ -108,7 +108,7 @@ pub fn sign_approvals(
     })
 }
 
-/// The list in `signed`, if the owner (`owner_key`, PEM) signed it for cluster `cluster_id`.
+/// The list in `signed`, if the owner (`owner_key`, DER or PEM) signed it for cluster `cluster_id`.
 pub fn verify_approvals(
     signed: &SignedApprovals,
     owner_key: &[u8],

@@ -75,10 +75,11 @@ pub fn sign(private_pem: &[u8], message: &[u8]) -> Result<String, SigningError> 
     Ok(base64::engine::general_purpose::STANDARD.encode(sig.as_ref()))
 }
 
-/// Verifies a base64 signature (as [`sign`] writes it) over `message`.
-pub fn verify(public_pem: &[u8], message: &[u8], signature_b64: &str) -> Result<(), SigningError> {
+/// Verifies a base64 signature (as [`sign`] writes it) over `message` with a public key (a PEM
+/// `PUBLIC KEY` or its SubjectPublicKeyInfo DER).
+pub fn verify(public_key: &[u8], message: &[u8], signature_b64: &str) -> Result<(), SigningError> {
     let key =
-        public_key_from_spki(public_pem).map_err(|e| SigningError::BadPublicKey(e.to_string()))?;
+        public_key_from_spki(public_key).map_err(|e| SigningError::BadPublicKey(e.to_string()))?;
     if key.kind() != KeyType::EcP256 {
         return Err(SigningError::BadPublicKey(format!(
             "expected ECDSA P-256, found {}",

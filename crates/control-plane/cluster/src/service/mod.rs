@@ -63,8 +63,9 @@ pub struct Trust {
     /// Whether these roots are a local software CA (`veil mini`): TPMs they endorse are
     /// accepted only if the reference values say `insecure_local_roots: true`.
     pub local_roots: bool,
-    /// The owner's public key (PEM), from the node's measured configuration: only what it
-    /// signs initialises, recovers, approves or commands this control plane.
+    /// The owner's public key (SubjectPublicKeyInfo, DER or PEM), from the node's measured
+    /// configuration: only what it signs initialises, recovers, approves or commands this
+    /// control plane.
     pub owner_key: Vec<u8>,
 }
 
@@ -154,6 +155,10 @@ struct State {
     open: HashMap<std::net::IpAddr, usize>,
     /// Snapshots of the public state taken for the state file.
     persist_seq: u64,
+    /// When refusals were last written because of a refusal (seconds since the epoch).
+    refusals_written_at: i64,
+    /// Whether the state changed since it was last written.
+    unwritten: bool,
 }
 
 impl State {
@@ -198,25 +203,45 @@ impl State {
 
     /// Takes an approval list the owner signed for this cluster, unless it is older than the
     /// one held (a replayed list must not bring back a revoked approval).
-    fn take_approvals(&mut self, owner_key: &[u8], signed: SignedApprovals) -> Result<u64, String> {
+    fn take_approvals(
+        &mut self,
+        owner_key: &[u8],
+        signed: SignedApprovals,
+    ) -> Result<u64, ApprovalsRefused> {
         let cid = self
             .cluster_id
-            .ok_or("the cluster is not initialised")?
+            .ok_or_else(|| ApprovalsRefused::Invalid("the cluster is not initialised".into()))?
             .to_string();
         let list = veil_appraisal::owner::verify_approvals(&signed, owner_key, &cid)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ApprovalsRefused::Invalid(e.to_string()))?;
         if let Some(held) = &self.approvals
             && held.list.serial > list.serial
         {
-            return Err(format!(
-                "approvals: serial {} is older than the list held (serial {})",
-                list.serial, held.list.serial
-            ));
+            return Err(ApprovalsRefused::Older {
+                offered: list.serial,
+                held: held.list.serial,
+            });
         }
         let serial = list.serial;
         self.approvals = Some(HeldApprovals { list, signed });
         Ok(serial)
     }
+}
+
+/// Why an approval list was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum ApprovalsRefused {
+    /// Not the owner's, not for this cluster, or not a list.
+    #[error("{0}")]
+    Invalid(String),
+    /// The owner's, but older than the one held (a replay must not bring back an approval).
+    #[error("approvals: serial {offered} is older than the list held (serial {held})")]
+    Older {
+        /// The list offered.
+        offered: u64,
+        /// The list held.
+        held: u64,
+    },
 }
 
 /// What survives a restart: public state only (never the master secret).
@@ -280,7 +305,7 @@ fn secrets_from(master: &str, salt: &str) -> Result<ClusterSecrets, String> {
     Ok(ClusterSecrets::new(master, salt))
 }
 
-pub use veil_appraisal::endorsement::{check_signer_under_ek, node_id, spki_sha256};
+use veil_appraisal::endorsement::{check_signer_under_ek, node_id, spki_sha256};
 
 /// Who is calling, on one connection.
 struct Caller<'a> {
@@ -408,6 +433,7 @@ impl ControlPlane {
             return;
         };
         st.persist_seq += 1;
+        st.unwritten = false;
         let seq = st.persist_seq;
         let p = Persisted {
             cluster_id: cid.to_string(),
@@ -438,9 +464,27 @@ impl ControlPlane {
     }
 
     /// Records a refusal (in the report, and on disk once the cluster exists).
+    /// A new kind of refusal is written at once; a repeated one at most once a second (and
+    /// at the next [`ControlPlane::flush`]), so a flood of refusals is not a flood of writes.
     fn refuse(&self, source: &str, ak: Option<String>, kind: &str, reason: &str) {
         if let Ok(mut st) = self.state.lock() {
-            st.refusals.record(source, ak, kind, reason, now().0);
+            let t = now().0;
+            let new = st.refusals.record(source, ak, kind, reason, t);
+            if new || st.refusals_written_at < t {
+                st.refusals_written_at = t;
+                self.persist(st);
+            } else {
+                st.unwritten = true;
+            }
+        }
+    }
+
+    /// Writes what the state file does not hold yet (refusal counts held back by
+    /// [`ControlPlane::refuse`]); the agent calls it several times a second.
+    pub fn flush(&self) {
+        if let Ok(st) = self.state.lock()
+            && st.unwritten
+        {
             self.persist(st);
         }
     }
@@ -581,7 +625,7 @@ impl ControlPlane {
         st.cluster_id = Some(cid);
         if let Err(e) = st.take_approvals(&self.trust.owner_key, approvals) {
             // An older list than ours is fine (ours stays); one the owner did not sign is not.
-            if !e.contains("older than") {
+            if !matches!(e, ApprovalsRefused::Older { .. }) {
                 st.cluster_id = before;
                 return Err(format!("the peer's approvals: {e}"));
             }
@@ -717,10 +761,15 @@ impl ControlPlane {
                     continue;
                 }
             };
-            let Some(slot) = self.admit(peer.ip()) else {
-                bump(&self.metrics.connections_shed);
-                drop(sock);
-                continue;
+            let slot = match self.admit(peer.ip()) {
+                Ok(slot) => slot,
+                Err(reason) => {
+                    bump(&self.metrics.connections_shed);
+                    drop(sock);
+                    tracing::warn!(event = "connection_refused", source = %peer.ip(), kind = "limit", %reason);
+                    self.refuse(&peer.ip().to_string(), None, "limit", &reason);
+                    continue;
+                }
             };
             let _ = sock.set_nodelay(true);
             let (cp, id) = (self.clone(), id.clone());
@@ -734,15 +783,22 @@ impl ControlPlane {
     }
 
     /// A connection slot for `source`, if it may have one.
-    fn admit(self: &Arc<Self>, source: std::net::IpAddr) -> Option<Slot> {
-        let mut st = self.state.lock().ok()?;
-        let total: usize = st.open.values().sum();
-        let mine = st.open.entry(source).or_default();
-        if total >= MAX_CONNECTIONS || *mine >= MAX_CONNECTIONS_PER_SOURCE {
-            return None;
+    fn admit(self: &Arc<Self>, source: std::net::IpAddr) -> Result<Slot, String> {
+        let mut st = self.lock_state()?;
+        let mine = st.open.get(&source).copied().unwrap_or(0);
+        if mine >= MAX_CONNECTIONS_PER_SOURCE {
+            return Err(format!(
+                "connection shed: {mine} connections open from this address (at most {MAX_CONNECTIONS_PER_SOURCE})"
+            ));
         }
-        *mine += 1;
-        Some(Slot {
+        let total: usize = st.open.values().sum();
+        if total >= MAX_CONNECTIONS {
+            return Err(format!(
+                "connection shed: {total} connections open in all (at most {MAX_CONNECTIONS})"
+            ));
+        }
+        *st.open.entry(source).or_default() += 1;
+        Ok(Slot {
             cp: self.clone(),
             source,
         })

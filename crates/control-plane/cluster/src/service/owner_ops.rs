@@ -13,7 +13,12 @@ use veil_wire::proto::Response;
 
 impl ControlPlane {
     /// Checks the owner signed `command`.
-    fn owner_signed(&self, op: &str, command: &str, auth: &OwnerAuth) -> Result<(), Response> {
+    pub(super) fn owner_signed(
+        &self,
+        op: &str,
+        command: &str,
+        auth: &OwnerAuth,
+    ) -> Result<(), Response> {
         veil_appraisal::owner::check(&self.trust.owner_key, command, auth, now().0)
             .map_err(|e| refused(format!("{op}: {e}")))
     }

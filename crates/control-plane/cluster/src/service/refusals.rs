@@ -55,8 +55,15 @@ fn truncated(reason: &str) -> String {
 }
 
 impl Refusals {
-    /// Records one refusal at `now`.
-    pub fn record(&mut self, source: &str, ak: Option<String>, kind: &str, reason: &str, now: i64) {
+    /// Records one refusal at `now`; returns whether it made a new entry.
+    pub fn record(
+        &mut self,
+        source: &str,
+        ak: Option<String>,
+        kind: &str,
+        reason: &str,
+        now: i64,
+    ) -> bool {
         let reason = truncated(reason);
         let class = reason_class(&reason);
         let same = |r: &Refusal, source: &str, ak: &Option<String>, kind: &str, class: &str| {
@@ -82,17 +89,21 @@ impl Refusals {
                 r.reason = reason;
                 r.last_seen = now;
                 r.count = r.count.saturating_add(1);
+                false
             }
-            None => self.0.push(Refusal {
-                source,
-                ak_spki_sha256: ak,
-                kind,
-                reason,
-                class,
-                first_seen: now,
-                last_seen: now,
-                count: 1,
-            }),
+            None => {
+                self.0.push(Refusal {
+                    source,
+                    ak_spki_sha256: ak,
+                    kind,
+                    reason,
+                    class,
+                    first_seen: now,
+                    last_seen: now,
+                    count: 1,
+                });
+                true
+            }
         }
     }
 
@@ -117,15 +128,16 @@ mod tests {
     #[test]
     fn a_retrying_node_is_one_entry_and_cannot_flush_the_others() {
         let mut r = Refusals::default();
-        r.record("10.0.0.9", None, "tls", "junk", 1);
+        assert!(r.record("10.0.0.9", None, "tls", "junk", 1));
         for t in 0..10_000 {
-            r.record(
+            let new = r.record(
                 "10.0.0.5",
                 Some("ak".into()),
                 "join",
                 &format!("try {t}"),
                 10 + t,
             );
+            assert_eq!(new, t == 0, "only the first retry makes an entry");
         }
         assert_eq!(r.entries().len(), 2);
         assert_eq!(

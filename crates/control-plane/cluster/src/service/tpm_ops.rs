@@ -53,8 +53,7 @@ impl ControlPlane {
             return Ok(());
         }
         match auth {
-            Some(a) => veil_appraisal::owner::check(&self.trust.owner_key, command, a, now().0)
-                .map_err(|e| refused(format!("{op}: {e}"))),
+            Some(a) => self.owner_signed(op, command, a),
             None => Err(refused(format!(
                 "{op}: only an attested node or the owner (signed) may ask"
             ))),
