@@ -752,3 +752,39 @@ async fn trust_inputs_that_are_not_measured() {
         .unwrap();
     veil_reference::launch::check_config_measured(&log, &loaded).unwrap();
 }
+
+/// Finding 8: an event log whose event *data* was altered was accepted as long as its digests
+/// still replayed. A node's genuine evidence with a separator's data changed (its digest left
+/// as measured) is refused, naming the event, before any policy reads the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_data_altered_while_the_digests_still_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::at(&dir.path().join("ca"));
+    let (_, worker_launch, refs) = release_1();
+    let node = boot(&dir.path().join("w"), &ca, &worker_launch, None);
+    let binding = [5u8; 64];
+    let genuine = veil_atls::Attester::attest(node.attester.as_ref(), &binding).unwrap();
+    let app = TpmAppraiser {
+        role: "worker".into(),
+        ..appraiser(&refs, Membership::Fresh)
+    };
+    app.appraise(&genuine, &binding)
+        .expect("the genuine evidence passes");
+    let mut ev = TpmEvidence::parse(&genuine).unwrap();
+    let mut log = EventLog::parse(&ev.event_log).unwrap();
+    let sep = log
+        .events
+        .iter()
+        .position(|e| e.event_type == veil_attest_tpm::eventlog::EV_SEPARATOR)
+        .expect("the launch is closed by separators");
+    log.events[sep].data = vec![0xff, 0xff, 0xff, 0xfe];
+    ev.event_log = log.to_bytes();
+    let e = app
+        .appraise(&ev.to_bytes().unwrap(), &binding)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("event {sep} (EV_SEPARATOR")) && e.contains("separator data"),
+        "{e}"
+    );
+}

@@ -521,3 +521,49 @@ async fn an_appraiser_fault_is_not_a_refusal() {
     }
     let _ = node.await;
 }
+
+/// Issue 8, finding 8: the hello flags were outside the binding. A man in the middle that
+/// rewrites the attesting node's flags on the way (here: adds "requires evidence" to its
+/// hello) makes its evidence fail to bind, and the client refuses it.
+#[tokio::test]
+async fn hello_flags_rewritten_on_the_way_break_the_binding() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tee = SoftTee::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node_addr = listener.local_addr().unwrap();
+    let node = {
+        let tee = tee.clone();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let id = Identity::generate().unwrap();
+            let _ =
+                server::<_, TrustedTee>(sock, &id, Some(tee.as_ref() as &dyn Attester), None).await;
+        })
+    };
+    let mitm = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mitm_addr = mitm.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (client_side, _) = mitm.accept().await.unwrap();
+        let node_side = TcpStream::connect(node_addr).await.unwrap();
+        let (mut cr, mut cw) = client_side.into_split();
+        let (mut nr, mut nw) = node_side.into_split();
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut cr, &mut nw).await;
+        });
+        let mut hello = [0u8; 65];
+        nr.read_exact(&mut hello).await.unwrap();
+        assert_eq!(hello[32], 1, "the node says it attests");
+        hello[32] |= 2;
+        cw.write_all(&hello).await.unwrap();
+        let _ = tokio::io::copy(&mut nr, &mut cw).await;
+    });
+    let sock = TcpStream::connect(mitm_addr).await.unwrap();
+    let id = Identity::generate().unwrap();
+    match client(sock, &id, None, Some(&TrustedTee(tee.public()))).await {
+        Err(AtlsError::Refused(reason)) => {
+            assert!(reason.contains("not bound to this session"), "{reason}")
+        }
+        other => panic!("the rewritten hello went unnoticed: {other:?}"),
+    }
+    let _ = node.await;
+}
