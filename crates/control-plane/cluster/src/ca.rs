@@ -72,21 +72,11 @@ fn ca_params(cluster: &str) -> CertificateParams {
 impl ClusterCa {
     /// The CA of the cluster whose secrets are `secrets` (key from `cluster/ca`).
     pub fn derive(secrets: &ClusterSecrets) -> Result<Self, String> {
-        let scalar = secrets
-            .derive(&KeyId::parse(veil_wire::ids::KEY_CLUSTER_CA).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        // RFC 5915 ECPrivateKey { version 1, privateKey, [0] prime256v1 }.
-        let mut der = vec![0x30, 0x31, 0x02, 0x01, 0x01, 0x04, 0x20];
-        der.extend_from_slice(scalar.expose());
-        der.extend_from_slice(&[
-            0xa0, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
-        ]);
-        let kp = EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_ASN1_SIGNING, &der)
+        let pkcs8 = secrets
+            .derive_p256(&KeyId::parse(veil_wire::ids::KEY_CLUSTER_CA).map_err(|e| e.to_string())?)
             .map_err(|e| format!("cluster CA key: {e}"))?;
-        let pkcs8 = kp
-            .to_pkcs8v1()
-            .map_err(|_| "cluster CA key: PKCS#8 encoding failed")?;
-        let key = KeyPair::try_from(pkcs8.as_ref()).map_err(|e| format!("cluster CA key: {e}"))?;
+        let key =
+            KeyPair::try_from(pkcs8.as_slice()).map_err(|e| format!("cluster CA key: {e}"))?;
         let cid = secrets.cluster_id().map_err(|e| e.to_string())?.to_string();
         let params = ca_params(cid.get(..16).unwrap_or(&cid));
         let cert = params

@@ -180,6 +180,24 @@ impl ClusterSecrets {
         self.expand(format!("{}{}", veil_wire::ids::HKDF_KEY_PREFIX, id.as_str()).as_bytes())
     }
 
+    /// The P-256 signing key derived under `id`, as PKCS#8 v1 DER (zeroized on drop): the same
+    /// master secret always gives the same key pair. The derived 32 bytes are the private scalar;
+    /// one outside the curve's order (probability about 2^-32) is refused, not altered.
+    pub fn derive_p256(&self, id: &KeyId) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+        let scalar = self.derive(id)?;
+        // RFC 5915 ECPrivateKey { version 1, privateKey, [0] prime256v1 }.
+        let mut der = Zeroizing::new(vec![0x30, 0x31, 0x02, 0x01, 0x01, 0x04, 0x20]);
+        der.extend_from_slice(scalar.expose());
+        der.extend_from_slice(&[
+            0xa0, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+        ]);
+        let kp = EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_ASN1_SIGNING, &der)
+            .map_err(|_| KeyError::Derivation)?;
+        let pkcs8 = kp.to_pkcs8v1().map_err(|_| KeyError::Derivation)?;
+        Ok(Zeroizing::new(pkcs8.as_ref().to_vec()))
+    }
+
     /// The master secret itself: only to hand it to the owner's tools or to another attested
     /// control-plane node of the same cluster.
     pub fn master(&self) -> &SecretBytes {
@@ -224,6 +242,31 @@ mod tests {
             &t1,
         );
         assert_eq!(s.derive(&a).unwrap().expose().as_slice(), okm.as_ref());
+    }
+
+    #[test]
+    fn derived_p256_keys_are_stable_and_separated() {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+        let public = |s: &ClusterSecrets, id: &str| {
+            let der = s.derive_p256(&KeyId::parse(id).unwrap()).unwrap();
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &der)
+                .unwrap()
+                .public_key()
+                .as_ref()
+                .to_vec()
+        };
+        assert_eq!(
+            public(&secrets(1), "cluster/a"),
+            public(&secrets(1), "cluster/a")
+        );
+        assert_ne!(
+            public(&secrets(1), "cluster/a"),
+            public(&secrets(1), "cluster/b")
+        );
+        assert_ne!(
+            public(&secrets(1), "cluster/a"),
+            public(&secrets(2), "cluster/a")
+        );
     }
 
     #[test]

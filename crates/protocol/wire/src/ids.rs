@@ -39,6 +39,24 @@ pub const HKDF_KEY_PREFIX: &str = "veil/v1/key/";
 /// The key ID of the cluster CA's signing key.
 pub const KEY_CLUSTER_CA: &str = "cluster/ca";
 
+/// Kubernetes' cluster CA (signs the API server's serving certificate, every client certificate
+/// of the components, kubelets and the owner): its P-256 key is derived under this key ID.
+pub const KEY_KUBE_CA: &str = "cluster/kube-ca";
+/// Kubernetes' front-proxy CA (the aggregation layer's client certificates).
+pub const KEY_KUBE_FRONT_PROXY_CA: &str = "cluster/kube-front-proxy-ca";
+/// etcd's CA (etcd's serving and peer certificates, the API server's etcd client certificate).
+pub const KEY_KUBE_ETCD_CA: &str = "cluster/kube-etcd-ca";
+/// The key that signs and verifies service-account tokens (P-256, ES256).
+pub const KEY_KUBE_SERVICE_ACCOUNT: &str = "cluster/kube-service-account";
+/// The key-encryption key of the API server's KMS v2 provider (AES-256-GCM over its data keys).
+pub const KEY_KUBE_KMS: &str = "cluster/kube-kms-v1";
+/// The KMS v2 plugin's key ID names the key and the cluster: `this ‖ first 16 hex digits of
+/// SHA-256(key)`, so a rotated or foreign key is told apart without revealing it.
+pub const KMS_KEY_ID_PREFIX: &str = "veil-kms-v1-";
+/// AAD of the KMS plugin's AES-256-GCM: `this ‖ key ID` (a ciphertext moved to another key ID
+/// does not open).
+pub const KMS_AAD: &[u8] = b"veil-kms-v1\0";
+
 /// Node certificates name the node's role as `this ‖ role` (a URI subject alternative name).
 pub const ROLE_URI: &str = "urn:veil:role:";
 /// Node certificates name the AK proven at join as `this ‖ hex SHA-256 of its SPKI`.
