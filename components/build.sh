@@ -30,7 +30,7 @@ if [ ! -e "$out/.complete" ]; then
   done
   (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3 \
     && go build -trimpath -ldflags "-s -w" -o "$bin/etcdctl" go.etcd.io/etcd/etcdctl/v3)
-  (cd "$here/coredns" && go build -trimpath -ldflags "-s -w" -o "$bin/coredns" .)
+  (cd "$here/coredns" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$bin/coredns" .)
   # The pod sandbox's program, from the Kubernetes source at the same version.
   (cd "$here/kube" && gcc -Os -static -o "$bin/pause" \
     "$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c")

@@ -686,6 +686,7 @@ async fn trust_inputs_that_are_not_measured() {
         state_dir: d("state"),
         metrics: None,
         mesh: None,
+        kubernetes: None,
     };
     let launch = |c: &AgentConfig| {
         veil_reference::launch::Launch::local(

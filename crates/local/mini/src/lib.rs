@@ -24,6 +24,8 @@ use veil_wire::status::Status;
 
 use veil_cli::output::EXIT_UNUSABLE;
 
+pub mod kube;
+
 #[derive(Subcommand, Debug)]
 pub enum MiniCommand {
     /// Start a local cluster.
@@ -327,9 +329,26 @@ fn start_cluster(
         .collect::<anyhow::Result<Vec<String>>>()?;
     state.control_planes = cp_addrs.clone();
 
+    // Kubernetes runs where nodes have namespaces of their own (kubelet refuses a loopback
+    // node address): each node's configuration names the SHA-256 of every component it runs.
+    let cp_kube = if namespaces {
+        let dir = kube::components_dir()?;
+        step(&format!("kubernetes: components from {}", dir.display()));
+        Some(kube::settings(&dir, kube::CONTROL_PLANE_COMPONENTS)?)
+    } else {
+        None
+    };
+
     // Node configurations, TPMs and firmware.
-    let image =
-        b"veil-mini node image: Debian 12, veil-agent, no Kubernetes API server (local)\n".to_vec();
+    let image = format!(
+        "veil-mini node image: Debian 12, veil-agent{} (local)\n",
+        if namespaces {
+            ", Kubernetes v1.34.4"
+        } else {
+            ", no Kubernetes (loopback)"
+        }
+    )
+    .into_bytes();
     std::fs::write(ws.join("node-image.txt"), &image)?;
     let agent_bytes = std::fs::read(agent)?;
     let ca = LocalCa::at(&ws.join("tpm-ca"));
@@ -393,9 +412,11 @@ fn start_cluster(
                 rotate_secs: Some(600),
                 strict: Some(StrictSettings {
                     lan: format!("10.213.{}.0/24", lan.subnet),
-                    tls_ports: vec![NETNS_CP_PORT, NETNS_METRICS_PORT],
+                    // The API server's port is the owner's entry point on the LAN.
+                    tls_ports: vec![NETNS_CP_PORT, NETNS_METRICS_PORT, kube::API_PORT],
                 }),
             }),
+            kubernetes: (role == "control-plane").then(|| cp_kube.clone()).flatten(),
         };
         std::fs::write(dir.join("agent.yaml"), serde_norway::to_string(&cfg)?)?;
         state.nodes.push(MiniNode {
@@ -473,6 +494,16 @@ fn start_cluster(
             .iter()
             .all(|n| read_status(&n.dir).is_some_and(|s| s.phase == "joined"))
     })?;
+    if cp_kube.is_some() {
+        let host = first.rsplit_once(':').map_or(first.as_str(), |(h, _)| h);
+        let server = format!("https://{host}:{}", kube::API_PORT);
+        veil_cli::kubeconfig::write(ws, &server, &ws.join("kubeconfig"))?;
+        step(&format!(
+            "kubernetes: waiting for the API server at {server} (kubeconfig: {})",
+            ws.join("kubeconfig").display()
+        ));
+        kube::wait_ready(ws, Duration::from_secs(120))?;
+    }
     Ok(cid)
 }
 
@@ -488,6 +519,7 @@ fn stop_all(state: &MiniState) -> anyhow::Result<()> {
         let _ = wait_for("an agent to stop", Duration::from_secs(10), || {
             pid == 0 || !alive(pid)
         });
+        kube::kill_components(&n.dir);
         let port = n.tpm_port;
         let _ = in_node(n.netns.as_deref(), || {
             orderly_shutdown(port);
@@ -641,6 +673,12 @@ fn restart(ws: &Path, name: &str) -> anyhow::Result<ExitCode> {
         Duration::from_secs(10),
         || !alive(pid),
     )?;
+    let left = kube::kill_components(&node.dir);
+    if left > 0 {
+        step(&format!(
+            "{name}: {left} component process(es) outlived the agent: killed"
+        ));
+    }
     let port = node.tpm_port;
     let netns = node.netns.clone();
     let tpm_state = node.dir.join("tpm");

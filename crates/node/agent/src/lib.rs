@@ -27,6 +27,7 @@ use veil_node_attest::{Membership, TpmAppraiser, TpmAttester};
 use veil_reference::{ReferenceValues, signing};
 use veil_tpm_device::{AkKind, NodeTpm};
 
+pub mod kube;
 pub mod mesh;
 pub use mesh::MeshRuntime;
 pub use veil_reference::node_config::{AgentConfig, MeshSettings, StrictSettings};
@@ -221,7 +222,41 @@ async fn run_until_stopped(cfg: &AgentConfig) -> anyhow::Result<()> {
                     attester_for_peers.clone(),
                 ));
             }
+            let mut kube: Option<kube::KubeControlPlane> = None;
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("cannot handle SIGTERM")?;
             loop {
+                if let Some(settings) = &cfg.kubernetes {
+                    match (&kube, cp.local_secrets()) {
+                        // Kubernetes starts once this node holds the cluster's secrets (from
+                        // init, a peer or recovery), never before.
+                        (None, Some(secrets)) => {
+                            match kube::KubeControlPlane::start(&cfg, settings, &secrets) {
+                                Ok(k) => kube = Some(k),
+                                Err(e) => {
+                                    let e = format!("kubernetes: {e:#}");
+                                    if status.error.as_deref() != Some(e.as_str()) {
+                                        tracing::error!(error = %e, "kubernetes not started");
+                                        status.error = Some(e);
+                                        write_status(&cfg.state_dir, &status);
+                                    }
+                                }
+                            }
+                        }
+                        (Some(_), None) => {
+                            if let Some(k) = kube.take() {
+                                k.stop().await;
+                            }
+                        }
+                        _ => {}
+                    }
+                    let components = kube.as_ref().map(|k| k.states()).unwrap_or_default();
+                    if components != status.components {
+                        status.components = components;
+                        write_status(&cfg.state_dir, &status);
+                    }
+                }
                 if let Some((d, address)) = &device {
                     // The control plane's own node: peers are the fresh nodes it admitted.
                     if let Err(e) = d.set_peers(&mesh::peer_configs(&cp.own_mesh_peers())) {
@@ -254,8 +289,20 @@ async fn run_until_stopped(cfg: &AgentConfig) -> anyhow::Result<()> {
                     status.phase = phase.into();
                     write_status(&cfg.state_dir, &status);
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = terminate.recv() => {
+                        tracing::info!("SIGTERM: stopping");
+                        if let Some(k) = kube.take() {
+                            k.stop().await;
+                        }
+                        return Ok(());
+                    }
+                }
                 if serve.is_finished() {
+                    if let Some(k) = kube.take() {
+                        k.stop().await;
+                    }
                     bail!("control-plane services stopped");
                 }
             }

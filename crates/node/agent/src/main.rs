@@ -30,6 +30,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A node that runs Kubernetes gets a mount namespace of its own with its private tmpfs,
+    // entered while this is the only thread.
+    if cfg.kubernetes.is_some()
+        && let Err(e) = veil_kube::private::enter(&veil_agent::kube::private_dir(&cfg))
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -2,6 +2,19 @@
 //!
 //! - [`pki`]: Kubernetes' CAs and service-account key, derived from the master secret.
 //! - [`kms`]: the KMS v2 plugin that keeps Secrets encrypted in etcd under a derived key.
+//! - [`control_plane`]: etcd, API server, controller manager and scheduler of a control-plane
+//!   node that holds the cluster's secrets.
+//! - [`supervise`]: keeps the components running, each from its measured binary.
+//! - [`private`]: the node's own mount namespace and the tmpfs where its keys live.
+//! - [`files`]: private files and kubeconfigs.
 
+#[cfg(feature = "node")]
+pub mod control_plane;
+pub mod files;
+#[cfg(feature = "node")]
 pub mod kms;
 pub mod pki;
+#[cfg(feature = "node")]
+pub mod private;
+#[cfg(feature = "node")]
+pub mod supervise;

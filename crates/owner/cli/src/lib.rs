@@ -6,6 +6,7 @@
 pub mod attest;
 pub mod clock;
 pub mod init;
+pub mod kubeconfig;
 pub mod measurements;
 pub mod node;
 pub mod output;

@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use veil_cli::{attest, init, measurements, node, output, recover, verify};
+use veil_cli::{attest, init, kubeconfig, measurements, node, output, recover, verify};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,6 +50,9 @@ enum Command {
     /// Compute, sign and verify reference values (expected measurements per node role).
     #[command(subcommand)]
     Measurements(measurements::MeasurementsCommand),
+    /// Write a kubeconfig for the owner: the cluster CA derived from the master secret, a
+    /// client certificate issued from it (cluster-admin).
+    Kubeconfig(kubeconfig::KubeconfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Init(a) => init::run(a),
         Command::Node(cmd) => node::run(cmd),
         Command::AckRefusals(a) => node::ack(a),
+        Command::Kubeconfig(a) => kubeconfig::run(a),
     }
 }
 

@@ -787,6 +787,7 @@ fn measurements_keygen_compute_sign_verify() {
         state_dir: d("state").into(),
         metrics: None,
         mesh: None,
+        kubernetes: None,
     };
     std::fs::write(d("config"), serde_norway::to_string(&cfg).unwrap()).unwrap();
     let compute = |name: &str| {

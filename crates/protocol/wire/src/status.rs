@@ -26,6 +26,24 @@ pub struct Status {
     /// The node's mesh device, once up.
     #[serde(default)]
     pub mesh: Option<MeshStatus>,
+    /// The Kubernetes components the agent supervises, by name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub components: std::collections::BTreeMap<String, ComponentStatus>,
+}
+
+/// What the status file says of one supervised component.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ComponentStatus {
+    /// Its PID while it runs.
+    pub pid: Option<u32>,
+    /// How often it was restarted.
+    pub restarts: u32,
+    /// Why it last stopped or could not start.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Refused to start: its binary is not the measured one.
+    #[serde(default)]
+    pub refused: bool,
 }
 
 /// What the status file says of the mesh.

@@ -89,6 +89,63 @@ pub struct AgentConfig {
     /// The node-to-node mesh (absent: none).
     #[serde(default)]
     pub mesh: Option<MeshSettings>,
+    /// Kubernetes on this node (absent: none).
+    #[serde(default)]
+    pub kubernetes: Option<KubeSettings>,
+}
+
+/// Kubernetes on a node: which component binaries the agent may start (by SHA-256, so a host
+/// that swaps one gets a node that refuses to start it) and the cluster's networks.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KubeSettings {
+    /// The directory holding the component binaries (placement: not measured).
+    pub bin_dir: PathBuf,
+    /// The SHA-256 (hex) of each binary the agent may start, by file name (measured).
+    pub binaries: std::collections::BTreeMap<String, String>,
+    /// The pod network, e.g. `10.244.0.0/16`; each node gets a /24 of it (measured).
+    pub cluster_cidr: String,
+    /// The service network, e.g. `10.96.0.0/16` (measured).
+    pub service_cidr: String,
+    /// The API server's port (measured).
+    #[serde(default = "default_api_port")]
+    pub api_port: u16,
+}
+
+fn default_api_port() -> u16 {
+    6443
+}
+
+impl KubeSettings {
+    /// What the firmware measures of these settings.
+    pub fn measured(&self) -> String {
+        let bins: Vec<String> = self
+            .binaries
+            .iter()
+            .map(|(name, sha)| format!("{name}=sha256:{sha}"))
+            .collect();
+        format!(
+            "kubernetes: pods {} services {} api {} binaries {}",
+            self.cluster_cidr,
+            self.service_cidr,
+            self.api_port,
+            bins.join(",")
+        )
+    }
+
+    /// The binary `name`, with the SHA-256 it must have.
+    pub fn binary(&self, name: &str) -> Result<(PathBuf, [u8; 32]), ConfigError> {
+        let sha = self
+            .binaries
+            .get(name)
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|v| <[u8; 32]>::try_from(v).ok())
+            .ok_or_else(|| ConfigError::Setting {
+                setting: "kubernetes.binaries",
+                detail: format!("no SHA-256 for `{name}`"),
+            })?;
+        Ok((self.bin_dir.join(name), sha))
+    }
 }
 
 /// The keys a node trusts, as SubjectPublicKeyInfo DER.
@@ -126,7 +183,7 @@ impl AgentConfig {
     /// What the node's firmware measures into PCR 9, given the keys the configuration names.
     pub fn measured(&self, keys: &TrustedKeys) -> Vec<u8> {
         format!(
-            "role: {}\ncontrol_planes: {}\ntpm_roots_local: {}\nreference_key: sha256:{}\nowner_key: sha256:{}\n{}",
+            "role: {}\ncontrol_planes: {}\ntpm_roots_local: {}\nreference_key: sha256:{}\nowner_key: sha256:{}\n{}{}",
             self.role,
             self.control_planes.join(","),
             self.tpm_roots_local,
@@ -135,6 +192,10 @@ impl AgentConfig {
             self.mesh
                 .as_ref()
                 .map(|m| format!("{}\n", m.measured()))
+                .unwrap_or_default(),
+            self.kubernetes
+                .as_ref()
+                .map(|k| format!("{}\n", k.measured()))
                 .unwrap_or_default()
         )
         .into_bytes()
@@ -267,6 +328,7 @@ mod tests {
             tpm_roots_local: false,
             state_dir: "d".into(),
             metrics: None,
+            kubernetes: None,
         };
         let k = keys(1, 2);
         let strict = cfg.measured(&k);
@@ -279,6 +341,30 @@ mod tests {
         assert_eq!(local, cfg.measured(&k), "plumbing is not measured");
         assert_ne!(local, cfg.measured(&keys(3, 2)), "the reference key is");
         assert_ne!(local, cfg.measured(&keys(1, 3)), "the owner key is");
+        let mut kube = KubeSettings {
+            bin_dir: "/opt/a".into(),
+            binaries: [("kube".to_string(), "ab".repeat(32))].into(),
+            cluster_cidr: "10.244.0.0/16".into(),
+            service_cidr: "10.96.0.0/16".into(),
+            api_port: 6443,
+        };
+        cfg.kubernetes = Some(kube.clone());
+        let with_kube = cfg.measured(&k);
+        assert_ne!(local, with_kube);
+        kube.bin_dir = "/opt/b".into();
+        cfg.kubernetes = Some(kube.clone());
+        assert_eq!(with_kube, cfg.measured(&k), "where the binaries are is not");
+        kube.binaries.insert("kube".into(), "cd".repeat(32));
+        cfg.kubernetes = Some(kube.clone());
+        assert_ne!(with_kube, cfg.measured(&k), "which binaries run is");
+        assert!(
+            kube.binary("etcd")
+                .unwrap_err()
+                .to_string()
+                .contains("no SHA-256 for `etcd`")
+        );
+        assert_eq!(kube.binary("kube").unwrap().1, [0xcd; 32]);
+        cfg.kubernetes = None;
         cfg.control_planes.push("10.0.0.3:7443".into());
         assert_ne!(
             local,

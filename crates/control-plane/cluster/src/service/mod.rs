@@ -731,6 +731,13 @@ impl ControlPlane {
         )
     }
 
+    /// The cluster's secrets, for the services this control-plane node runs for the cluster on
+    /// its own node (Kubernetes' PKI and the KMS plugin's key); `None` until it holds them.
+    /// They never leave the node through this: only through init, recovery and a peer's join.
+    pub fn local_secrets(&self) -> Option<ClusterSecrets> {
+        self.state.lock().ok().and_then(|s| s.secrets.clone())
+    }
+
     /// Whether this control plane holds the cluster's secrets (it can serve keys).
     pub fn serving(&self) -> bool {
         self.state.lock().is_ok_and(|s| s.secrets.is_some())

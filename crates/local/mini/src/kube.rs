@@ -1,0 +1,173 @@
+//! Kubernetes in a local cluster: where the component binaries are, what the nodes' measured
+//! configuration says of them, and waiting for the API.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use veil_reference::node_config::KubeSettings;
+
+/// The components a control-plane node runs.
+pub const CONTROL_PLANE_COMPONENTS: &[&str] = &[
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
+
+/// The pod network.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The service network.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The API server's port.
+pub const API_PORT: u16 = 6443;
+
+/// Where the component binaries are: `$VEIL_COMPONENTS`, or what `components/build.sh` last
+/// built (`$VEIL_CACHE` or `~/.cache/veil-ci`, `components/current/bin`).
+pub fn components_dir() -> anyhow::Result<PathBuf> {
+    let dir = match std::env::var_os("VEIL_COMPONENTS") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let cache = std::env::var_os("VEIL_CACHE")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/veil-ci"))
+                })
+                .context("neither VEIL_COMPONENTS, VEIL_CACHE nor HOME is set")?;
+            cache.join("components/current/bin")
+        }
+    };
+    if !dir.join("kube").exists() {
+        bail!(
+            "no Kubernetes components in {} (build them: components/build.sh, or set VEIL_COMPONENTS)",
+            dir.display()
+        );
+    }
+    std::fs::canonicalize(&dir).with_context(|| format!("{}", dir.display()))
+}
+
+/// The settings every node is measured with: the SHA-256 of each component it may start.
+pub fn settings(dir: &Path, components: &[&str]) -> anyhow::Result<KubeSettings> {
+    let mut hashes: BTreeMap<PathBuf, String> = BTreeMap::new();
+    let mut binaries = BTreeMap::new();
+    for c in components {
+        let path = dir.join(c);
+        let real = std::fs::canonicalize(&path).with_context(|| format!("{}", path.display()))?;
+        let sha = match hashes.get(&real) {
+            Some(s) => s.clone(),
+            None => {
+                let s = hex::encode(
+                    veil_kube_sha256(&real).with_context(|| format!("{}", real.display()))?,
+                );
+                hashes.insert(real, s.clone());
+                s
+            }
+        };
+        binaries.insert((*c).to_string(), sha);
+    }
+    Ok(KubeSettings {
+        bin_dir: dir.to_path_buf(),
+        binaries,
+        cluster_cidr: CLUSTER_CIDR.into(),
+        service_cidr: SERVICE_CIDR.into(),
+        api_port: API_PORT,
+    })
+}
+
+fn veil_kube_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finalize().into());
+        }
+        h.update(buf.get(..n).unwrap_or_default());
+    }
+}
+
+/// Runs kubectl with the workspace's kubeconfig; its standard output, or why it failed.
+pub fn kubectl(ws: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let dir = components_dir()?;
+    let out = Command::new(dir.join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(ws.join("kubeconfig"))
+        .args(args)
+        .env("HOME", ws.join("owner"))
+        .output()
+        .context("cannot run kubectl")?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits until the API server answers `/readyz` through the owner's kubeconfig.
+pub fn wait_ready(ws: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match kubectl(ws, &["get", "--raw", "/readyz"]) {
+            Ok(out) if out.trim() == "ok" => return Ok(()),
+            Ok(other) => {
+                if std::time::Instant::now() > deadline {
+                    bail!(
+                        "the API server is not ready after {timeout:?}: {}",
+                        other.trim()
+                    );
+                }
+            }
+            Err(e) => {
+                if std::time::Instant::now() > deadline {
+                    return Err(e.context(format!("the API server is not ready after {timeout:?}")));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The PIDs of processes whose command line names `dir` (components a killed agent left).
+pub fn processes_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    let me = std::process::id();
+    let mut found = Vec::new();
+    if let Ok(list) = std::fs::read_dir("/proc") {
+        for e in list.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline"))
+                && String::from_utf8_lossy(&cmd).contains(&needle)
+            {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// Kills what is left of a node's components after its agent stopped (an agent killed with
+/// SIGKILL cannot stop them): every process whose command line names the node's private or
+/// Kubernetes directory. Returns how many there were.
+pub fn kill_components(node_dir: &Path) -> usize {
+    let mut pids = processes_under(&node_dir.join("private"));
+    pids.extend(processes_under(&node_dir.join("kube")));
+    pids.sort_unstable();
+    pids.dedup();
+    for pid in &pids {
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    }
+    pids.len()
+}
