@@ -39,5 +39,10 @@ if [ ! -e "$out/.complete" ]; then
   rm -rf "$out"
   mv "$out.tmp" "$out"
 fi
+# The container runtime comes from Debian (setup installs it); beside the components, so a node's
+# measured configuration names every binary its agent starts, and containerd finds its shim.
+for b in /usr/bin/containerd /usr/bin/containerd-shim-runc-v2 /usr/bin/ctr /usr/sbin/runc; do
+  if [ -x "$b" ]; then ln -sfn "$b" "$out/bin/$(basename "$b")"; fi
+done
 ln -sfn "$key" "$cache/components/current"
 echo "$out/bin"

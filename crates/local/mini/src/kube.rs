@@ -17,6 +17,9 @@ pub const CONTROL_PLANE_COMPONENTS: &[&str] = &[
     "kube-scheduler",
 ];
 
+/// The components a worker runs.
+pub const WORKER_COMPONENTS: &[&str] = &["containerd", "ctr", "kubelet", "kube-proxy"];
+
 /// The pod network.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// The service network.
@@ -73,6 +76,7 @@ pub fn settings(dir: &Path, components: &[&str]) -> anyhow::Result<KubeSettings>
         cluster_cidr: CLUSTER_CIDR.into(),
         service_cidr: SERVICE_CIDR.into(),
         api_port: API_PORT,
+        images: BTreeMap::new(),
     })
 }
 
@@ -169,5 +173,14 @@ pub fn kill_components(node_dir: &Path) -> usize {
     for pid in &pids {
         let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
     }
-    pids.len()
+    // A worker's pods live in its kubelet's cgroup root: whatever runs there goes too.
+    let mut n = pids.len();
+    if let Some(id) = std::fs::read(node_dir.join("status.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<veil_wire::status::Status>(&b).ok())
+        .and_then(|s| s.node_id)
+    {
+        n += veil_kube::worker::remove_cgroups(&format!("/veil-{id}"));
+    }
+    n
 }

@@ -24,6 +24,7 @@ use veil_wire::status::Status;
 
 use veil_cli::output::EXIT_UNUSABLE;
 
+pub mod images;
 pub mod kube;
 
 #[derive(Subcommand, Debug)]
@@ -331,12 +332,22 @@ fn start_cluster(
 
     // Kubernetes runs where nodes have namespaces of their own (kubelet refuses a loopback
     // node address): each node's configuration names the SHA-256 of every component it runs.
-    let cp_kube = if namespaces {
+    let (cp_kube, worker_kube) = if namespaces {
         let dir = kube::components_dir()?;
-        step(&format!("kubernetes: components from {}", dir.display()));
-        Some(kube::settings(&dir, kube::CONTROL_PLANE_COMPONENTS)?)
+        step(&format!(
+            "kubernetes: components from {}; images (pause, CoreDNS, busybox) built into the workspace",
+            dir.display()
+        ));
+        let mut worker = kube::settings(&dir, kube::WORKER_COMPONENTS)?;
+        worker.images = images::build(&ws.join("images"), &dir)?
+            .into_iter()
+            .collect();
+        (
+            Some(kube::settings(&dir, kube::CONTROL_PLANE_COMPONENTS)?),
+            Some(worker),
+        )
     } else {
-        None
+        (None, None)
     };
 
     // Node configurations, TPMs and firmware.
@@ -416,7 +427,11 @@ fn start_cluster(
                     tls_ports: vec![NETNS_CP_PORT, NETNS_METRICS_PORT, kube::API_PORT],
                 }),
             }),
-            kubernetes: (role == "control-plane").then(|| cp_kube.clone()).flatten(),
+            kubernetes: if role == "control-plane" {
+                cp_kube.clone()
+            } else {
+                worker_kube.clone()
+            },
         };
         std::fs::write(dir.join("agent.yaml"), serde_norway::to_string(&cfg)?)?;
         state.nodes.push(MiniNode {

@@ -397,6 +397,7 @@ fn mesh_checks(ws: &Path) {
                 public_key: veil_mesh::decode_key(&w0.public_key).unwrap(),
                 endpoint: format!("{lan0}:51820").parse().unwrap(),
                 mesh_address: w0.address.parse().unwrap(),
+                routes: vec![],
             }])
             .unwrap();
         let ping = Command::new("ip")

@@ -5,12 +5,17 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::Context;
+use std::sync::Arc;
 use veil_keys::ClusterSecrets;
 use veil_kube::control_plane::ControlPlaneNode;
 use veil_kube::kms::Kms;
+use veil_kube::launcher::Launcher;
 use veil_kube::pki::KubePki;
-use veil_kube::supervise::{ProcessState, Supervisor};
+use veil_kube::supervise::ProcessState;
 use veil_reference::node_config::{AgentConfig, KubeSettings};
+
+/// The supervisor group of a node's Kubernetes components.
+const GROUP: &str = "kubernetes";
 
 /// How long components get to stop after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(4);
@@ -23,7 +28,7 @@ pub fn private_dir(cfg: &AgentConfig) -> std::path::PathBuf {
 /// A control plane's running Kubernetes.
 #[derive(Debug)]
 pub struct KubeControlPlane {
-    supervisor: Supervisor,
+    launcher: Arc<Launcher>,
     kms_stop: tokio::sync::oneshot::Sender<()>,
     kms: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -45,6 +50,23 @@ pub fn member_addresses(cfg: &AgentConfig) -> anyhow::Result<Vec<Ipv4Addr>> {
     }
 }
 
+/// Routes the pod network into the mesh device: every other node's pods are behind it (a
+/// node's own slice is on its bridge, a longer prefix).
+pub fn route_pods(settings: &KubeSettings, interface: &str) -> anyhow::Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(["route", "replace", &settings.cluster_cidr, "dev", interface])
+        .output()
+        .context("cannot run ip")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "ip route replace {} dev {interface}: {}",
+            settings.cluster_cidr,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// The IPv4 host of `host:port`.
 pub fn host_of(addr: &str) -> anyhow::Result<Ipv4Addr> {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
@@ -55,10 +77,11 @@ pub fn host_of(addr: &str) -> anyhow::Result<Ipv4Addr> {
 impl KubeControlPlane {
     /// Starts etcd, the API server, the controller manager and the scheduler, and the KMS
     /// plugin they use, for the cluster whose secrets are `secrets`.
-    pub fn start(
+    pub async fn start(
         cfg: &AgentConfig,
         settings: &KubeSettings,
         secrets: &ClusterSecrets,
+        launcher: Arc<Launcher>,
     ) -> anyhow::Result<Self> {
         let listen = cfg.listen_addr()?.to_string();
         let member = cfg
@@ -75,6 +98,10 @@ impl KubeControlPlane {
             data: cfg.state_dir.join("kube"),
             cluster_id: secrets.cluster_id()?.to_string(),
         };
+        // The API server answers pods (the `kubernetes` Service) over the mesh.
+        if let Some(m) = &cfg.mesh {
+            route_pods(settings, &m.interface)?;
+        }
         let pki = KubePki::derive(secrets)?;
         let specs = node.prepare(&pki).map_err(anyhow::Error::msg)?;
         let kms = Kms::derive(secrets)?;
@@ -87,8 +114,9 @@ impl KubeControlPlane {
             })
             .await
         });
+        launcher.start(GROUP, specs).await?;
         Ok(Self {
-            supervisor: Supervisor::start(specs),
+            launcher,
             kms_stop,
             kms,
         })
@@ -96,13 +124,149 @@ impl KubeControlPlane {
 
     /// What each component is doing.
     pub fn states(&self) -> std::collections::BTreeMap<String, ProcessState> {
-        self.supervisor.states()
+        self.launcher.states()
     }
 
     /// Stops the components, then the KMS plugin.
     pub async fn stop(self) {
-        self.supervisor.stop(STOP_GRACE).await;
+        self.launcher.stop(GROUP, STOP_GRACE).await;
         let _ = self.kms_stop.send(());
         let _ = self.kms.await;
+    }
+}
+
+/// A worker's Kubernetes: its keys, its credentials' age, and the components once it has them.
+#[derive(Debug)]
+pub struct KubeWorker {
+    node: veil_kube::worker::WorkerNode,
+    keys: veil_kube::worker::WorkerKeys,
+    launcher: Arc<Launcher>,
+    started: bool,
+    renewed: Option<std::time::Instant>,
+    forwarder: tokio::task::JoinHandle<()>,
+}
+
+/// Renew a worker's certificates when they are this old (a third of their life).
+pub const RENEW_AFTER: Duration = Duration::from_secs(5 * 60);
+
+impl KubeWorker {
+    /// Makes the worker's keys, routes the pod network into the mesh and starts the forwarder
+    /// to the API servers; the components start with the first credentials.
+    pub async fn new(
+        cfg: &AgentConfig,
+        settings: &KubeSettings,
+        node_name: &str,
+        address: Ipv4Addr,
+        launcher: Arc<Launcher>,
+    ) -> anyhow::Result<Self> {
+        let mesh = cfg
+            .mesh
+            .as_ref()
+            .context("Kubernetes on a worker needs the mesh (pods talk over it)")?;
+        let pod_subnet = settings.pod_subnet(mesh.network()?, address)?;
+        route_pods(settings, &mesh.interface)?;
+        let listener =
+            tokio::net::TcpListener::bind(("127.0.0.1", veil_kube::worker::LOCAL_API_PORT))
+                .await
+                .context("cannot listen for the API forwarder")?;
+        let upstreams = member_addresses(cfg)?
+            .into_iter()
+            .map(|a| format!("{a}:{}", settings.api_port))
+            .collect();
+        let forwarder = tokio::spawn(veil_kube::apiproxy::forward(listener, upstreams));
+        Ok(Self {
+            node: veil_kube::worker::WorkerNode {
+                settings: settings.clone(),
+                node_name: node_name.to_string(),
+                address,
+                pod_subnet,
+                private: private_dir(cfg),
+                data: cfg.state_dir.join("kube"),
+                labels: Vec::new(),
+            },
+            keys: veil_kube::worker::WorkerKeys::generate().map_err(anyhow::Error::msg)?,
+            launcher,
+            started: false,
+            renewed: None,
+            forwarder,
+        })
+    }
+
+    /// Whether the credentials are due for renewal.
+    pub fn due(&self) -> bool {
+        self.renewed.is_none_or(|t| t.elapsed() >= RENEW_AFTER)
+    }
+
+    /// The public keys to certify.
+    pub fn public_keys(&self) -> [Vec<u8>; 3] {
+        self.keys.public()
+    }
+
+    /// Takes new credentials; starts the components the first time.
+    pub async fn renewed(
+        &mut self,
+        creds: &veil_wire::proto::KubeCredentials,
+    ) -> anyhow::Result<()> {
+        if creds.node_name != self.node.node_name
+            || creds.node_address != self.node.address.to_string()
+        {
+            anyhow::bail!(
+                "credentials for {} at {}, expected {} at {}",
+                creds.node_name,
+                creds.node_address,
+                self.node.node_name,
+                self.node.address
+            );
+        }
+        self.node
+            .write_credentials(&self.keys, creds)
+            .map_err(anyhow::Error::msg)?;
+        self.renewed = Some(std::time::Instant::now());
+        if !self.started {
+            let specs = self.node.prepare().map_err(anyhow::Error::msg)?;
+            tracing::info!(event = "kubernetes_starting", node = %self.node.node_name, components = specs.len());
+            self.launcher.start(GROUP, specs).await?;
+            self.started = true;
+            let node = self.node.clone();
+            tokio::task::spawn_blocking(move || match node.import_images() {
+                Ok(n) => tracing::info!(event = "images_loaded", count = n),
+                Err(e) => {
+                    tracing::error!(event = "images_refused", reason = %e, "images not loaded")
+                }
+            });
+        }
+        tracing::info!(
+            event = "kube_credentials_renewed",
+            not_after = creds.not_after
+        );
+        Ok(())
+    }
+
+    /// What each component is doing.
+    pub fn states(&self) -> std::collections::BTreeMap<String, ProcessState> {
+        self.launcher.states()
+    }
+
+    /// The control plane refused this node: its components stop and its credentials are
+    /// erased (they would lapse anyway).
+    pub async fn revoke(&mut self) {
+        if self.started {
+            tracing::warn!(
+                event = "kubernetes_stopped",
+                reason = "refused by the control plane"
+            );
+            self.launcher.stop(GROUP, STOP_GRACE).await;
+            self.started = false;
+        }
+        let _ = std::fs::remove_dir_all(self.node.private.join("pki"));
+        self.renewed = None;
+    }
+
+    /// Stops everything.
+    pub async fn stop(self) {
+        if self.started {
+            self.launcher.stop(GROUP, STOP_GRACE).await;
+        }
+        self.forwarder.abort();
     }
 }

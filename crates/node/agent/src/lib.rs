@@ -82,8 +82,15 @@ pub fn load_reference(cfg: &AgentConfig, reference_key: &[u8]) -> anyhow::Result
 /// Runs the agent until killed. If it cannot run (its configuration is not what was
 /// measured, its TPM cannot be opened, …) its status file says so: phase `failed`, with the
 /// reason.
-pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
-    let r = run_until_stopped(&cfg).await;
+pub async fn run(cfg: AgentConfig, supervisor: Option<std::process::Child>) -> anyhow::Result<()> {
+    let launcher = match supervisor {
+        Some(c) => Some(Arc::new(veil_kube::launcher::Launcher::attach(c)?)),
+        None => None,
+    };
+    let r = run_until_stopped(&cfg, launcher.clone()).await;
+    if let Some(l) = &launcher {
+        l.shutdown(kube::STOP_GRACE + Duration::from_secs(2)).await;
+    }
     if let Err(e) = &r {
         write_status(
             &cfg.state_dir,
@@ -99,7 +106,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     r
 }
 
-async fn run_until_stopped(cfg: &AgentConfig) -> anyhow::Result<()> {
+async fn run_until_stopped(
+    cfg: &AgentConfig,
+    launcher: Option<Arc<veil_kube::launcher::Launcher>>,
+) -> anyhow::Result<()> {
     let cfg = cfg.clone();
     let mut status = Status {
         name: cfg.name.clone(),
@@ -232,7 +242,10 @@ async fn run_until_stopped(cfg: &AgentConfig) -> anyhow::Result<()> {
                         // Kubernetes starts once this node holds the cluster's secrets (from
                         // init, a peer or recovery), never before.
                         (None, Some(secrets)) => {
-                            match kube::KubeControlPlane::start(&cfg, settings, &secrets) {
+                            let Some(l) = launcher.clone() else {
+                                bail!("Kubernetes is configured but no supervisor process runs");
+                            };
+                            match kube::KubeControlPlane::start(&cfg, settings, &secrets, l).await {
                                 Ok(k) => kube = Some(k),
                                 Err(e) => {
                                     let e = format!("kubernetes: {e:#}");
@@ -259,7 +272,9 @@ async fn run_until_stopped(cfg: &AgentConfig) -> anyhow::Result<()> {
                 }
                 if let Some((d, address)) = &device {
                     // The control plane's own node: peers are the fresh nodes it admitted.
-                    if let Err(e) = d.set_peers(&mesh::peer_configs(&cp.own_mesh_peers())) {
+                    if let Err(e) = d.set_peers(&mesh::peer_configs(&cp.own_mesh_peers(), |a| {
+                        mesh::pod_routes(&cfg, a)
+                    })) {
                         tracing::warn!(error = %e, "mesh: peer set refused");
                     }
                     if let Some(every) = cfg.mesh.as_ref().and_then(|m| m.rotate_secs)
@@ -315,6 +330,7 @@ async fn run_until_stopped(cfg: &AgentConfig) -> anyhow::Result<()> {
                 &owner_key,
                 attester,
                 status,
+                launcher,
             )
             .await
         }
@@ -469,6 +485,7 @@ async fn worker(
     owner_key: &[u8],
     attester: Arc<TpmAttester>,
     mut status: Status,
+    launcher: Option<Arc<veil_kube::launcher::Launcher>>,
 ) -> anyhow::Result<()> {
     // The key the cluster CA certifies at join (its public half; see `fresh_node_key`).
     let node_key = node_key()?;
@@ -560,6 +577,22 @@ async fn worker(
             attester.clone(),
         ));
     }
+    let mut kube = match (&cfg.kubernetes, &device) {
+        (Some(settings), Some((_, address))) => Some(
+            kube::KubeWorker::new(
+                cfg,
+                settings,
+                &node_id,
+                *address,
+                launcher.context("Kubernetes is configured but no supervisor process runs")?,
+            )
+            .await?,
+        ),
+        (Some(_), None) => bail!("Kubernetes on a worker needs the mesh"),
+        _ => None,
+    };
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot handle SIGTERM")?;
     let (mut last_rotation, mut rotations) = (std::time::Instant::now(), 0u64);
     let mut next_key: Option<veil_mesh::MeshKey> = None;
     let mut cp_on_mesh: Vec<String> = Vec::new();
@@ -584,6 +617,15 @@ async fn worker(
                 .await?;
             if key_check(&key) != check {
                 anyhow::bail!("the control plane served a different state key");
+            }
+            // Kubernetes credentials only on an attested connection, renewed well before they
+            // lapse.
+            if let Some(k) = kube.as_mut()
+                && k.due()
+            {
+                let [c, sv, p] = k.public_keys();
+                let creds = s.kube_credentials(&node_cert, &c, &sv, &p).await?;
+                k.renewed(&creds).await?;
             }
             if let Some((d, _)) = &device {
                 // A new key made at the previous round is vouched for by this connection's
@@ -613,7 +655,7 @@ async fn worker(
                             peers
                         }
                     };
-                d.set_peers(&mesh::peer_configs(&peers))?;
+                d.set_peers(&mesh::peer_configs(&peers, |a| mesh::pod_routes(cfg, a)))?;
                 let port = cfg
                     .control_planes
                     .first()
@@ -637,20 +679,36 @@ async fn worker(
             Err(e) => {
                 // Refused (removed, or no longer matching the reference values): this node
                 // leaves the mesh too, rather than keep talking to peers on an old set.
-                if e.to_string().contains("refused by the control plane")
-                    && let Some((d, _)) = &device
-                    && let Err(e) = d.set_peers(&[])
-                {
-                    tracing::warn!(error = %e, "mesh: cannot clear the peer set");
+                if e.to_string().contains("refused by the control plane") {
+                    if let Some((d, _)) = &device
+                        && let Err(e) = d.set_peers(&[])
+                    {
+                        tracing::warn!(error = %e, "mesh: cannot clear the peer set");
+                    }
+                    if let Some(k) = kube.as_mut() {
+                        k.revoke().await;
+                    }
                 }
                 status.error = Some(format!("{e:#}"));
             }
+        }
+        if let Some(k) = &kube {
+            status.components = k.states();
         }
         if let Some((d, address)) = &device {
             status.mesh = Some(mesh::status(d, *address, rotations));
         }
         write_status(&cfg.state_dir, &status);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = terminate.recv() => {
+                tracing::info!("SIGTERM: stopping");
+                if let Some(k) = kube.take() {
+                    k.stop().await;
+                }
+                return Ok(());
+            }
+        }
     }
 }
 

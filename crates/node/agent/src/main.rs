@@ -12,6 +12,9 @@ fn main() -> ExitCode {
         )
         .init();
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--supervise") {
+        return supervise();
+    }
     let [_, flag, path] = args.as_slice() else {
         eprintln!("usage: veil-agent --config FILE");
         return ExitCode::from(2);
@@ -32,11 +35,24 @@ fn main() -> ExitCode {
     };
     // A node that runs Kubernetes gets a mount namespace of its own with its private tmpfs,
     // entered while this is the only thread.
-    if cfg.kubernetes.is_some()
-        && let Err(e) = veil_kube::private::enter(&veil_agent::kube::private_dir(&cfg))
-    {
-        eprintln!("error: {e}");
-        return ExitCode::from(1);
+    // Its components are started by a supervisor process of their own, started now, before the
+    // agent opens its TPM or mesh device: they inherit none of the agent's descriptors.
+    let mut launcher = None;
+    if cfg.kubernetes.is_some() {
+        if let Err(e) = veil_kube::private::enter(
+            &veil_agent::kube::private_dir(&cfg),
+            &cfg.state_dir.join("kube"),
+        ) {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+        match std::env::current_exe().and_then(|exe| veil_kube::launcher::Launcher::spawn(&exe)) {
+            Ok(child) => launcher = Some(child),
+            Err(e) => {
+                eprintln!("error: cannot start the supervisor process: {e}");
+                return ExitCode::from(1);
+            }
+        }
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -48,10 +64,33 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(veil_agent::run(cfg)) {
+    match rt.block_on(veil_agent::run(cfg, launcher)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "agent stopped");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `veil-agent --supervise`: the supervisor process (see `veil_kube::launcher`).
+fn supervise() -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(veil_kube::launcher::serve_stdio(
+        veil_agent::kube::STOP_GRACE,
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "supervisor stopped");
             ExitCode::from(1)
         }
     }

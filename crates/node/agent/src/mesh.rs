@@ -64,17 +64,38 @@ impl MeshRuntime for MeshSettings {
     }
 }
 
+/// The networks routed to the peer at mesh `address`: with Kubernetes, its slice of the pod
+/// network (derived from its address, the same on every node).
+pub fn pod_routes(
+    cfg: &veil_reference::node_config::AgentConfig,
+    address: Ipv4Addr,
+) -> Vec<(Ipv4Addr, u8)> {
+    let (Some(k), Some(m)) = (&cfg.kubernetes, &cfg.mesh) else {
+        return Vec::new();
+    };
+    m.network()
+        .and_then(|net| k.pod_subnet(net, address))
+        .map(|r| vec![r])
+        .unwrap_or_default()
+}
+
 /// The device's peer set from the control plane's (entries that do not parse are skipped
-/// with a warning: one bad record must not cut the node off from the others).
-pub fn peer_configs(peers: &[MeshPeer]) -> Vec<PeerConfig> {
+/// with a warning: one bad record must not cut the node off from the others); `routes` gives
+/// the networks routed through each peer.
+pub fn peer_configs(
+    peers: &[MeshPeer],
+    routes: impl Fn(Ipv4Addr) -> Vec<(Ipv4Addr, u8)>,
+) -> Vec<PeerConfig> {
     peers
         .iter()
         .filter_map(|p| {
             let parsed = (|| {
+                let mesh_address: Ipv4Addr = p.address.parse()?;
                 anyhow::Ok(PeerConfig {
                     public_key: veil_mesh::decode_key(&p.public_key)?,
                     endpoint: p.endpoint.parse()?,
-                    mesh_address: p.address.parse()?,
+                    mesh_address,
+                    routes: routes(mesh_address),
                 })
             })();
             match parsed {

@@ -5,16 +5,27 @@
 //! - [`control_plane`]: etcd, API server, controller manager and scheduler of a control-plane
 //!   node that holds the cluster's secrets.
 //! - [`supervise`]: keeps the components running, each from its measured binary.
+//! - [`launcher`]: the supervisor as a process of its own, started before the agent opens
+//!   anything its components must not inherit.
 //! - [`private`]: the node's own mount namespace and the tmpfs where its keys live.
+//! - [`worker`]: containerd, kubelet and kube-proxy of a worker with attested credentials.
+//! - [`apiproxy`]: a worker's forwarder to whichever API server answers.
 //! - [`files`]: private files and kubeconfigs.
 
+#[cfg(feature = "node")]
+#[cfg(feature = "node")]
+pub mod apiproxy;
 #[cfg(feature = "node")]
 pub mod control_plane;
 pub mod files;
 #[cfg(feature = "node")]
 pub mod kms;
+#[cfg(feature = "node")]
+pub mod launcher;
 pub mod pki;
 #[cfg(feature = "node")]
 pub mod private;
 #[cfg(feature = "node")]
 pub mod supervise;
+#[cfg(feature = "node")]
+pub mod worker;

@@ -186,39 +186,7 @@ impl Ca {
     /// for its validity.
     pub fn issue(&self, leaf: &Leaf) -> Result<Issued, PkiError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(err("key"))?;
-        let mut p = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, leaf.common_name.as_str());
-        for o in &leaf.organizations {
-            dn.push(DnType::OrganizationName, o.as_str());
-        }
-        p.distinguished_name = dn;
-        for d in &leaf.dns {
-            p.subject_alt_names.push(SanType::DnsName(
-                d.as_str().try_into().map_err(err("DNS name"))?,
-            ));
-        }
-        for ip in &leaf.ips {
-            p.subject_alt_names.push(SanType::IpAddress(*ip));
-        }
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = match leaf.usage {
-            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
-            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
-            Usage::Both => vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
-        };
-        let now = OffsetDateTime::now_utc();
-        p.not_before = now - time::Duration::minutes(1);
-        p.not_after = now + leaf.validity;
-        let mut serial = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut serial).map_err(|_| PkiError("no randomness".into()))?;
-        serial[0] &= 0x7f;
-        p.serial_number = Some(SerialNumber::from_slice(&serial));
-        p.use_authority_key_identifier_extension = true;
-        let cert = p
+        let cert = leaf_params(leaf)?
             .signed_by(&key, &self.issuer)
             .map_err(err("certificate"))?;
         Ok(Issued {
@@ -226,6 +194,60 @@ impl Ca {
             key_pem: Zeroizing::new(key.serialize_pem()),
         })
     }
+
+    /// Issues `leaf` for a public key its holder made (SubjectPublicKeyInfo DER, P-256 only):
+    /// the certificate (PEM). The private key never comes here.
+    pub fn issue_for(&self, leaf: &Leaf, spki_der: &[u8]) -> Result<String, PkiError> {
+        let spki = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
+            .map_err(|e| PkiError(format!("public key: {e}")))?;
+        let p256 = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+        if !spki_der.windows(p256.len()).any(|w| w == p256) || spki_der.len() != 91 {
+            return Err(PkiError(format!(
+                "public key: expected a P-256 SubjectPublicKeyInfo (91 bytes), found {} bytes",
+                spki_der.len()
+            )));
+        }
+        let cert = leaf_params(leaf)?
+            .signed_by(&spki, &self.issuer)
+            .map_err(err("certificate"))?;
+        Ok(cert.pem())
+    }
+}
+
+fn leaf_params(leaf: &Leaf) -> Result<CertificateParams, PkiError> {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, leaf.common_name.as_str());
+    for o in &leaf.organizations {
+        dn.push(DnType::OrganizationName, o.as_str());
+    }
+    p.distinguished_name = dn;
+    for d in &leaf.dns {
+        p.subject_alt_names.push(SanType::DnsName(
+            d.as_str().try_into().map_err(err("DNS name"))?,
+        ));
+    }
+    for ip in &leaf.ips {
+        p.subject_alt_names.push(SanType::IpAddress(*ip));
+    }
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = match leaf.usage {
+        Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Usage::Both => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    };
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::minutes(1);
+    p.not_after = now + leaf.validity;
+    let mut serial = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut serial).map_err(|_| PkiError("no randomness".into()))?;
+    serial[0] &= 0x7f;
+    p.serial_number = Some(SerialNumber::from_slice(&serial));
+    p.use_authority_key_identifier_extension = true;
+    Ok(p)
 }
 
 /// The cluster's Kubernetes PKI.
@@ -383,6 +405,33 @@ mod tests {
         let eku = cert.extended_key_usage().unwrap().unwrap();
         assert!(eku.value.server_auth && !eku.value.client_auth);
         assert!(format!("{server:?}").contains("redacted"));
+        // For a key its holder made: only a P-256 public key.
+        let holder = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&holder);
+        let pem = a
+            .cluster
+            .issue_for(
+                &Leaf::client("system:kube-proxy", &[], Duration::from_secs(60)),
+                &spki,
+            )
+            .unwrap();
+        let der = parse(&pem);
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        assert_eq!(cert.public_key().raw, spki.as_slice());
+        let e = a
+            .cluster
+            .issue_for(&Leaf::client("x", &[], Duration::from_secs(60)), b"junk")
+            .unwrap_err();
+        assert!(e.to_string().contains("public key"), "{e}");
+        let ed = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let e = a
+            .cluster
+            .issue_for(
+                &Leaf::client("x", &[], Duration::from_secs(60)),
+                &rcgen::PublicKeyData::subject_public_key_info(&ed),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("expected a P-256"), "{e}");
         assert!(server.key_pem.contains("PRIVATE KEY"));
     }
 }

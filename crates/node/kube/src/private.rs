@@ -11,9 +11,26 @@ use std::path::Path;
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 
-/// Enters a mount namespace of the node's own (mounts stay inside it) and mounts a tmpfs of at
-/// most 64 MiB, mode 0700, at `dir`. Call before any other thread exists.
-pub fn enter(dir: &Path) -> Result<(), String> {
+/// Machine-wide paths Kubernetes' node components write to whatever they are told (kubelet's
+/// device plugins, container and pod log links, CNI's results, containerd's shim sockets, pod
+/// network namespaces): each node gets its own, under `data` or in memory, so nodes sharing a
+/// machine do not see each other's and nothing is left on the host when the node goes.
+const NODE_PATHS: &[(&str, Option<&str>)] = &[
+    (
+        "/var/lib/kubelet/device-plugins",
+        Some("host/device-plugins"),
+    ),
+    ("/var/log/containers", Some("host/log-containers")),
+    ("/var/log/pods", Some("host/log-pods")),
+    ("/var/lib/cni", Some("host/cni")),
+    ("/run/containerd", None),
+    ("/run/netns", None),
+];
+
+/// Enters a mount namespace of the node's own (mounts stay inside it), mounts a tmpfs of at
+/// most 64 MiB, mode 0700, at `dir`, and gives the node its own copy of the machine-wide paths
+/// its components write (under `data`, or in memory). Call before any other thread exists.
+pub fn enter(dir: &Path, data: &Path) -> Result<(), String> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("cannot make a mount namespace: {e}"))?;
     mount(
         None::<&str>,
@@ -31,5 +48,31 @@ pub fn enter(dir: &Path) -> Result<(), String> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0700,size=64m"),
     )
-    .map_err(|e| format!("cannot mount the private tmpfs at {}: {e}", dir.display()))
+    .map_err(|e| format!("cannot mount the private tmpfs at {}: {e}", dir.display()))?;
+    for (target, source) in NODE_PATHS {
+        std::fs::create_dir_all(target).map_err(|e| format!("{target}: {e}"))?;
+        match source {
+            Some(s) => {
+                let src = data.join(s);
+                std::fs::create_dir_all(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+                mount(
+                    Some(&src),
+                    *target,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(|e| format!("cannot bind {} on {target}: {e}", src.display()))?;
+            }
+            None => mount(
+                Some("tmpfs"),
+                *target,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some("mode=0755,size=64m"),
+            )
+            .map_err(|e| format!("cannot mount a tmpfs at {target}: {e}"))?,
+        }
+    }
+    Ok(())
 }

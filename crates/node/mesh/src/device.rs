@@ -60,9 +60,29 @@ pub struct PeerConfig {
     pub public_key: [u8; 32],
     /// Where it listens.
     pub endpoint: SocketAddr,
-    /// Its mesh address: the only inner source accepted from it, the only inner destination
-    /// sent to it.
+    /// Its mesh address: an inner source accepted from it, an inner destination sent to it.
     pub mesh_address: Ipv4Addr,
+    /// Networks routed through it (its pods' slice of the pod network): inner sources accepted
+    /// from it and destinations sent to it, besides its mesh address.
+    pub routes: Vec<(Ipv4Addr, u8)>,
+}
+
+impl PeerConfig {
+    /// Whether `addr` is this peer's: its mesh address or in one of its routes.
+    pub fn covers(&self, addr: Ipv4Addr) -> bool {
+        addr == self.mesh_address
+            || self
+                .routes
+                .iter()
+                .any(|&(net, prefix)| in_network(addr, net, prefix))
+    }
+}
+
+fn in_network(addr: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0);
+    u32::from(addr) & mask == u32::from(net) & mask
 }
 
 /// Counters of a device.
@@ -94,6 +114,8 @@ struct Peers {
     by_index: HashMap<u32, Arc<Peer>>,
     by_key: HashMap<[u8; 32], Arc<Peer>>,
     by_address: HashMap<Ipv4Addr, Arc<Peer>>,
+    /// Peers with routes, for destinations that are no mesh address.
+    routed: Vec<Arc<Peer>>,
 }
 
 struct Shared {
@@ -248,6 +270,22 @@ impl Device {
                 )));
             }
         }
+        // No destination may belong to two peers.
+        let mut claimed: Vec<(Ipv4Addr, u8, &PeerConfig)> = Vec::new();
+        for p in peers {
+            for &(net, prefix) in &p.routes {
+                if let Some((_, _, other)) = claimed.iter().find(|(n, q, _)| {
+                    let q = (*q).min(prefix);
+                    in_network(net, *n, q)
+                }) {
+                    return Err(MeshError::Peers(format!(
+                        "route {net}/{prefix} of {} overlaps a route of {}",
+                        p.mesh_address, other.mesh_address
+                    )));
+                }
+                claimed.push((net, prefix, p));
+            }
+        }
         let mut table = self
             .shared
             .peers
@@ -292,6 +330,9 @@ impl Device {
             };
             next.by_index.insert(peer.index, peer.clone());
             next.by_key.insert(p.public_key, peer.clone());
+            if !p.routes.is_empty() {
+                next.routed.push(peer.clone());
+            }
             next.by_address.insert(p.mesh_address, peer);
         }
         *table = next;
@@ -392,12 +433,14 @@ fn tun_loop(shared: &Shared) {
                     continue;
                 }
             };
-            let same = current
-                .as_ref()
-                .is_some_and(|(p, _)| p.config.mesh_address == dst);
+            let same = current.as_ref().is_some_and(|(p, _)| p.config.covers(dst));
             if !same {
-                let Some(peer) = peers.as_ref().and_then(|p| p.by_address.get(&dst).cloned())
-                else {
+                let Some(peer) = peers.as_ref().and_then(|p| {
+                    p.by_address
+                        .get(&dst)
+                        .cloned()
+                        .or_else(|| p.routed.iter().find(|r| r.config.covers(dst)).cloned())
+                }) else {
                     shared.dropped.fetch_add(1, Relaxed);
                     continue;
                 };
@@ -531,7 +574,7 @@ fn udp_loop(shared: &Shared) {
                     }
                     TunnResult::WriteToTunnelV4(p, src) => {
                         let n = p.len();
-                        if src == peer.config.mesh_address {
+                        if peer.config.covers(src) {
                             if let Ok(mut e) = peer.endpoint.lock() {
                                 *e = from; // roaming: the last authenticated address
                             }

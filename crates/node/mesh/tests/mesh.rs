@@ -52,6 +52,7 @@ fn peer(lan: &Lan, node: &Attached, i: u8, key: [u8; 32]) -> PeerConfig {
         public_key: key,
         endpoint: SocketAddr::from((node.addr, PORT)),
         mesh_address: mesh_addr(lan, i),
+        routes: vec![],
     }
 }
 
@@ -235,6 +236,7 @@ fn peer_sets_are_checked() {
         public_key: key,
         endpoint: SocketAddr::from(([127, 0, 0, 1], PORT)),
         mesh_address: Ipv4Addr::new(10, 215, 0, last),
+        routes: vec![],
     };
     // A device is needed to call set_peers; use a namespace only if we can.
     veil_netns::supported().expect("these tests need root and iproute2");

@@ -534,6 +534,29 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
             r => Err(unexpected(r)),
         }
     }
+
+    /// Asks for this worker's Kubernetes credentials: certificates for the three public keys
+    /// (SubjectPublicKeyInfo DER) it made.
+    pub async fn kube_credentials(
+        &mut self,
+        node_cert: &[u8],
+        kubelet_client_key: &[u8],
+        kubelet_serving_key: &[u8],
+        proxy_client_key: &[u8],
+    ) -> Result<veil_wire::proto::KubeCredentials, ClientError> {
+        match self
+            .call(&Request::KubeCredentials {
+                node_cert: hex::encode(node_cert),
+                kubelet_client_key: hex::encode(kubelet_client_key),
+                kubelet_serving_key: hex::encode(kubelet_serving_key),
+                proxy_client_key: hex::encode(proxy_client_key),
+            })
+            .await?
+        {
+            Response::Kube(c) => Ok(c),
+            r => Err(unexpected(r)),
+        }
+    }
 }
 
 /// The cluster ID (hex) the owner's secrets derive.

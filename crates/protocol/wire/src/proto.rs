@@ -161,6 +161,39 @@ pub enum Request {
         /// The node certificate the cluster CA issued at join (hex DER).
         node_cert: String,
     },
+    /// A joined worker asks for its Kubernetes credentials (re-attested, like a key request):
+    /// certificates for public keys it made itself, whose private halves never leave it.
+    KubeCredentials {
+        /// The node certificate the cluster CA issued at join (hex DER).
+        node_cert: String,
+        /// kubelet's client key (SubjectPublicKeyInfo, hex DER).
+        kubelet_client_key: String,
+        /// kubelet's serving key (SubjectPublicKeyInfo, hex DER).
+        kubelet_serving_key: String,
+        /// kube-proxy's client key (SubjectPublicKeyInfo, hex DER).
+        proxy_client_key: String,
+    },
+}
+
+/// A worker's Kubernetes credentials: short-lived certificates from the cluster's Kubernetes
+/// CA, for the keys it sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeCredentials {
+    /// The Kubernetes cluster CA certificate (PEM).
+    pub ca: String,
+    /// kubelet's client certificate: `system:node:<node ID>`, group `system:nodes` (PEM).
+    pub kubelet_client: String,
+    /// kubelet's serving certificate for the node's mesh address (PEM).
+    pub kubelet_serving: String,
+    /// kube-proxy's client certificate: `system:kube-proxy` (PEM).
+    pub proxy_client: String,
+    /// When they expire (Unix seconds).
+    pub not_after: i64,
+    /// The node's name in Kubernetes (its node ID) and address (its mesh address).
+    pub node_name: String,
+    /// The node's address, which the serving certificate names.
+    pub node_address: String,
 }
 
 /// A joining node's mesh identity.
@@ -299,6 +332,8 @@ pub enum Response {
         /// The key (hex).
         key: SecretHex,
     },
+    /// A worker's Kubernetes credentials.
+    Kube(KubeCredentials),
     /// Not now: the cluster is not initialised yet, or the control plane awaits recovery.
     /// Nothing is wrong with the caller; it may retry.
     Unavailable {

@@ -186,11 +186,13 @@ fn measure(lan: &Lan, a: &Attached, b: &Attached, secs: f64) -> Result<()> {
         public_key: pb,
         endpoint: SocketAddr::from((b.addr, 51820)),
         mesh_address: mb,
+        routes: vec![],
     }])?;
     db.set_peers(&[PeerConfig {
         public_key: pa,
         endpoint: SocketAddr::from((a.addr, 51820)),
         mesh_address: ma,
+        routes: vec![],
     }])?;
     let me = std::process::id();
     let (cpu0, t0) = (cpu_seconds(me), Instant::now());

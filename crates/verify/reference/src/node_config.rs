@@ -110,6 +110,11 @@ pub struct KubeSettings {
     /// The API server's port (measured).
     #[serde(default = "default_api_port")]
     pub api_port: u16,
+    /// Container image archives (OCI) a worker loads into its runtime at start, by path, with
+    /// the SHA-256 (hex) each must have (measured: what the node runs as its pods' sandbox and
+    /// cluster DNS is part of its image).
+    #[serde(default)]
+    pub images: std::collections::BTreeMap<PathBuf, String>,
 }
 
 fn default_api_port() -> u16 {
@@ -124,13 +129,51 @@ impl KubeSettings {
             .iter()
             .map(|(name, sha)| format!("{name}=sha256:{sha}"))
             .collect();
+        let images: Vec<String> = self
+            .images
+            .iter()
+            .map(|(path, sha)| {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                format!("{}=sha256:{sha}", name.unwrap_or_default())
+            })
+            .collect();
         format!(
-            "kubernetes: pods {} services {} api {} binaries {}",
+            "kubernetes: pods {} services {} api {} binaries {} images {}",
             self.cluster_cidr,
             self.service_cidr,
             self.api_port,
-            bins.join(",")
+            bins.join(","),
+            images.join(",")
         )
+    }
+
+    /// The slice of the pod network of the node at mesh `address` in the mesh network `mesh`:
+    /// the /24 numbered as the address is in its network, so every node knows every other's
+    /// without asking.
+    pub fn pod_subnet(
+        &self,
+        (mesh_net, _): (Ipv4Addr, u8),
+        address: Ipv4Addr,
+    ) -> Result<(Ipv4Addr, u8), ConfigError> {
+        let bad = |detail: String| ConfigError::Setting {
+            setting: "kubernetes.cluster_cidr",
+            detail,
+        };
+        let (net, prefix) = cidr(&self.cluster_cidr).map_err(bad)?;
+        if prefix > 24 {
+            return Err(bad(format!(
+                "expected a prefix of at most 24, found {prefix}"
+            )));
+        }
+        let index = u32::from(address).wrapping_sub(u32::from(mesh_net));
+        let slices = 1u32 << (24 - u32::from(prefix));
+        if index >= slices {
+            return Err(bad(format!(
+                "{address} is host {index} of the mesh; {} has only {slices} /24 slices",
+                self.cluster_cidr
+            )));
+        }
+        Ok((Ipv4Addr::from(u32::from(net) + (index << 8)), 24))
     }
 
     /// The binary `name`, with the SHA-256 it must have.
@@ -347,6 +390,7 @@ mod tests {
             cluster_cidr: "10.244.0.0/16".into(),
             service_cidr: "10.96.0.0/16".into(),
             api_port: 6443,
+            images: Default::default(),
         };
         cfg.kubernetes = Some(kube.clone());
         let with_kube = cfg.measured(&k);
@@ -364,6 +408,17 @@ mod tests {
                 .contains("no SHA-256 for `etcd`")
         );
         assert_eq!(kube.binary("kube").unwrap().1, [0xcd; 32]);
+        let mesh = (Ipv4Addr::new(10, 215, 7, 0), 24);
+        assert_eq!(
+            kube.pod_subnet(mesh, Ipv4Addr::new(10, 215, 7, 12))
+                .unwrap(),
+            (Ipv4Addr::new(10, 244, 12, 0), 24)
+        );
+        kube.cluster_cidr = "10.244.0.0/20".into();
+        assert!(
+            kube.pod_subnet(mesh, Ipv4Addr::new(10, 215, 7, 16))
+                .is_err()
+        );
         cfg.kubernetes = None;
         cfg.control_planes.push("10.0.0.3:7443".into());
         assert_ne!(

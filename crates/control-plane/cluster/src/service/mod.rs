@@ -129,6 +129,8 @@ struct State {
     secrets: Option<ClusterSecrets>,
     /// The cluster CA, derived from the secrets when they arrive.
     ca: Option<Arc<ClusterCa>>,
+    /// Kubernetes' PKI, derived from the secrets when they arrive.
+    kube: Option<Arc<veil_kube::pki::KubePki>>,
     /// Every refusal not yet acknowledged by the owner.
     refusals: Refusals,
     cluster_id: Option<ClusterId>,
@@ -197,6 +199,9 @@ impl State {
     /// Takes the cluster's secrets (at init, recovery, or from a peer control plane).
     fn hold(&mut self, secrets: ClusterSecrets) -> Result<(), String> {
         self.ca = Some(Arc::new(ClusterCa::derive(&secrets)?));
+        self.kube = Some(Arc::new(
+            veil_kube::pki::KubePki::derive(&secrets).map_err(|e| e.to_string())?,
+        ));
         self.secrets = Some(secrets);
         Ok(())
     }
@@ -342,6 +347,7 @@ fn op(req: &Request) -> &'static str {
         Request::MeshRekey { .. } => "rekey",
         Request::MeshPeers { .. } => "mesh",
         Request::GetKey { .. } => "get_key",
+        Request::KubeCredentials { .. } => "kube_credentials",
     }
 }
 
@@ -597,6 +603,7 @@ impl ControlPlane {
         if let Ok(mut s) = self.state.lock() {
             s.secrets = None;
             s.ca = None;
+            s.kube = None;
             s.pending.clear();
         }
     }
@@ -946,6 +953,16 @@ impl ControlPlane {
             } => self.mesh_rekey(caller, &node_cert, public_key),
             Request::MeshPeers { node_cert } => self.mesh_peers(caller, &node_cert),
             Request::GetKey { key_id, node_cert } => self.get_key(caller, &key_id, &node_cert),
+            Request::KubeCredentials {
+                node_cert,
+                kubelet_client_key,
+                kubelet_serving_key,
+                proxy_client_key,
+            } => self.kube_credentials(
+                caller,
+                &node_cert,
+                [&kubelet_client_key, &kubelet_serving_key, &proxy_client_key],
+            ),
         }
     }
 }

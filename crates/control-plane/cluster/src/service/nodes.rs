@@ -10,7 +10,12 @@ use veil_reference::launch::cluster_pcr;
 use super::{Caller, ControlPlane, State, refused, unavailable};
 use crate::ca::NodeIdentity;
 use veil_client::clock::now;
-use veil_wire::proto::{Response, SecretHex};
+use veil_kube::pki::{Leaf, Usage};
+use veil_wire::proto::{KubeCredentials, Response, SecretHex};
+
+/// How long a worker's Kubernetes certificates last. Workers re-attest every few seconds and
+/// renew them well before; a removed node's or one that stopped attesting lapse within this.
+pub const KUBE_CREDENTIAL_VALIDITY: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 impl ControlPlane {
     /// Who a joined node is (see the module documentation).
@@ -109,6 +114,109 @@ impl ControlPlane {
             key_id: id.as_str().to_string(),
             key: SecretHex::encode(key.expose()),
         }
+    }
+
+    /// `kube_credentials`: a worker's kubelet and kube-proxy certificates, for keys it made,
+    /// valid for [`KUBE_CREDENTIAL_VALIDITY`]: a node that stops re-attesting, or is removed,
+    /// holds no Kubernetes credential for longer than that.
+    pub(super) fn kube_credentials(
+        &self,
+        caller: &mut Caller<'_>,
+        node_cert: &str,
+        keys: [&str; 3],
+    ) -> Response {
+        let op = "kube_credentials";
+        let Ok(mut st) = self.lock_state() else {
+            return refused(format!("{op}: internal error: state lock poisoned"));
+        };
+        let node = match self.authenticate(&st, caller, node_cert, op) {
+            Ok(n) => n,
+            Err(r) => return r,
+        };
+        if node.role != "worker" {
+            return refused(format!(
+                "{op}: only workers run a kubelet; {} joined as `{}`",
+                node.node_id, node.role
+            ));
+        }
+        let Some(pki) = st.kube.clone() else {
+            return unavailable(format!(
+                "{op}: the control plane awaits recovery (veil recover)"
+            ));
+        };
+        let address = st
+            .nodes
+            .get(&node.node_id)
+            .and_then(|n| n.mesh.as_ref())
+            .map(|m| m.address.to_string())
+            .or_else(|| {
+                st.foreign
+                    .iter()
+                    .find(|p| p.node_id == node.node_id)
+                    .map(|p| p.address.clone())
+            });
+        let Some(address) = address.and_then(|a| a.parse::<std::net::Ipv4Addr>().ok()) else {
+            return refused(format!(
+                "{op}: no mesh address is known for {} (a kubelet serves on the mesh only)",
+                node.node_id
+            ));
+        };
+        let mut spki = Vec::new();
+        for (name, k) in [
+            "kubelet_client_key",
+            "kubelet_serving_key",
+            "proxy_client_key",
+        ]
+        .iter()
+        .zip(keys)
+        {
+            match decode_hex(k) {
+                Ok(v) => spki.push(v),
+                Err(_) => return refused(format!("{op}: {name} is not hex")),
+            }
+        }
+        let v = KUBE_CREDENTIAL_VALIDITY;
+        let user = veil_kube::pki::node_user(&node.node_id);
+        let leaves = [
+            Leaf::client(&user, &["system:nodes"], v),
+            Leaf {
+                common_name: user.clone(),
+                organizations: vec!["system:nodes".into()],
+                dns: vec![node.node_id.clone()],
+                ips: vec![address.into()],
+                usage: Usage::Server,
+                validity: v,
+            },
+            Leaf::client("system:kube-proxy", &[], v),
+        ];
+        let mut certs = Vec::new();
+        for ((leaf, key), name) in
+            leaves
+                .iter()
+                .zip(&spki)
+                .zip(["kubelet client", "kubelet serving", "kube-proxy client"])
+        {
+            match pki.cluster.issue_for(leaf, key) {
+                Ok(c) => certs.push(c),
+                Err(e) => return refused(format!("{op}: {name}: {e}")),
+            }
+        }
+        let not_after = now().0 + i64::try_from(v.as_secs()).unwrap_or(0);
+        st.last_seen.insert(node.node_id.clone(), now().0);
+        tracing::info!(event = "kube_credentials_issued", node = %node.node_id, not_after);
+        let [kubelet_client, kubelet_serving, proxy_client]: [String; 3] = match certs.try_into() {
+            Ok(c) => c,
+            Err(_) => return refused(format!("{op}: internal error")),
+        };
+        Response::Kube(KubeCredentials {
+            ca: pki.cluster.cert_pem().to_string(),
+            kubelet_client,
+            kubelet_serving,
+            proxy_client,
+            not_after,
+            node_name: node.node_id,
+            node_address: address.to_string(),
+        })
     }
 
     /// `mesh_peers`: the node's current peer set (and whether to rotate its key).
