@@ -77,6 +77,7 @@ pub fn settings(dir: &Path, components: &[&str]) -> anyhow::Result<KubeSettings>
         service_cidr: SERVICE_CIDR.into(),
         api_port: API_PORT,
         images: BTreeMap::new(),
+        dns_image: Some(crate::images::COREDNS.into()),
     })
 }
 

@@ -270,3 +270,97 @@ impl KubeWorker {
         self.forwarder.abort();
     }
 }
+
+/// A control plane's upkeep of its cluster through the API (cluster DNS, the removed-node
+/// policy, attestation labels, removed nodes' deletion), every two seconds until dropped.
+pub async fn keep_cluster(
+    cp: Arc<veil_cluster::ControlPlane>,
+    cfg: AgentConfig,
+    settings: KubeSettings,
+) {
+    use veil_kube::addons;
+    let admin = private_dir(&cfg).join("admin.conf");
+    let mut client = None;
+    let mut applied = false;
+    let mut removed_applied: Option<std::collections::BTreeSet<String>> = None;
+    // Errors are logged when they change, not every round.
+    let mut last_error: Option<String> = None;
+    let mesh_net = cfg.mesh.as_ref().and_then(|m| m.network().ok());
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let c = match &client {
+            Some(c) => c,
+            None => match addons::client(&admin).await {
+                Ok(c) => client.insert(c),
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "API client not ready");
+                    continue;
+                }
+            },
+        };
+        let removed = cp.removed_nodes();
+        if !applied {
+            let dns = async {
+                if let Some(image) = &settings.dns_image {
+                    let ip = veil_kube::control_plane::nth_host(
+                        &settings.service_cidr,
+                        veil_kube::worker::DNS_SERVICE_HOST,
+                    )
+                    .map_err(anyhow::Error::msg)?;
+                    addons::apply_dns(c, &ip.to_string(), image).await?;
+                }
+                addons::apply_removal_policy(c, &removed).await
+            };
+            match dns.await {
+                Ok(()) => {
+                    tracing::info!(event = "cluster_addons_applied");
+                    applied = true;
+                    removed_applied = Some(removed.clone());
+                }
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    if last_error.as_deref() != Some(e.as_str()) {
+                        tracing::warn!(error = %e, "cluster addons not applied yet");
+                        last_error = Some(e);
+                    }
+                    continue;
+                }
+            }
+        }
+        if removed_applied.as_ref() != Some(&removed) {
+            match addons::set_removed(c, &removed).await {
+                Ok(()) => removed_applied = Some(removed.clone()),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "removed nodes not written"),
+            }
+        }
+        let admitted = cp
+            .nodes()
+            .into_iter()
+            .filter(|n| n.role == "worker")
+            .map(|n| {
+                let pod_cidr = match (&n.mesh, mesh_net) {
+                    (Some(m), Some(net)) => settings
+                        .pod_subnet(net, m.address)
+                        .ok()
+                        .map(|(a, p)| format!("{a}/{p}")),
+                    _ => None,
+                };
+                (
+                    n.node_id.clone(),
+                    addons::NodeFacts {
+                        tee: "tpm".into(),
+                        reference_set: n.set.clone(),
+                        pod_cidr,
+                    },
+                )
+            })
+            .collect();
+        if let Err(e) = addons::reconcile_nodes(c, &admitted, &removed).await {
+            let e = format!("{e:#}");
+            if last_error.as_deref() != Some(e.as_str()) {
+                tracing::warn!(error = %e, "nodes not reconciled");
+                last_error = Some(e);
+            }
+        }
+    }
+}

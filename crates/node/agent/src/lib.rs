@@ -233,6 +233,7 @@ async fn run_until_stopped(
                 ));
             }
             let mut kube: Option<kube::KubeControlPlane> = None;
+            let mut kube_upkeep: Option<tokio::task::JoinHandle<()>> = None;
             let mut terminate =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .context("cannot handle SIGTERM")?;
@@ -246,7 +247,14 @@ async fn run_until_stopped(
                                 bail!("Kubernetes is configured but no supervisor process runs");
                             };
                             match kube::KubeControlPlane::start(&cfg, settings, &secrets, l).await {
-                                Ok(k) => kube = Some(k),
+                                Ok(k) => {
+                                    kube_upkeep = Some(tokio::spawn(kube::keep_cluster(
+                                        cp.clone(),
+                                        cfg.clone(),
+                                        settings.clone(),
+                                    )));
+                                    kube = Some(k);
+                                }
                                 Err(e) => {
                                     let e = format!("kubernetes: {e:#}");
                                     if status.error.as_deref() != Some(e.as_str()) {
@@ -258,6 +266,9 @@ async fn run_until_stopped(
                             }
                         }
                         (Some(_), None) => {
+                            if let Some(u) = kube_upkeep.take() {
+                                u.abort();
+                            }
                             if let Some(k) = kube.take() {
                                 k.stop().await;
                             }

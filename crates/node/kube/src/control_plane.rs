@@ -300,9 +300,10 @@ impl ControlPlaneNode {
                 format!("--root-ca-file={}", s(&ca)),
                 format!("--service-account-private-key-file={}", s(&sa_key)),
                 "--use-service-account-credentials=true".into(),
+                // Each node's slice of the pod network follows from its mesh address (the mesh
+                // routes it); the control plane's agent writes it on the Node.
                 format!("--cluster-cidr={}", self.settings.cluster_cidr),
-                "--allocate-node-cidrs=true".into(),
-                "--node-cidr-mask-size=24".into(),
+                "--allocate-node-cidrs=false".into(),
                 format!("--service-cluster-ip-range={}", self.settings.service_cidr),
                 "--leader-elect=true".into(),
                 format!("--flex-volume-plugin-dir={}", s(&flex)),

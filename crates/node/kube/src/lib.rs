@@ -9,10 +9,14 @@
 //!   anything its components must not inherit.
 //! - [`private`]: the node's own mount namespace and the tmpfs where its keys live.
 //! - [`worker`]: containerd, kubelet and kube-proxy of a worker with attested credentials.
+//! - [`addons`]: cluster DNS, the removed-node policy and attestation labels, kept by the
+//!   control plane through the API.
 //! - [`apiproxy`]: a worker's forwarder to whichever API server answers.
 //! - [`files`]: private files and kubeconfigs.
 
 #[cfg(feature = "node")]
+#[cfg(feature = "node")]
+pub mod addons;
 #[cfg(feature = "node")]
 pub mod apiproxy;
 #[cfg(feature = "node")]

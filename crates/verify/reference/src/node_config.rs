@@ -115,6 +115,9 @@ pub struct KubeSettings {
     /// cluster DNS is part of its image).
     #[serde(default)]
     pub images: std::collections::BTreeMap<PathBuf, String>,
+    /// The image of the cluster's DNS (CoreDNS) the control plane deploys, if any (measured).
+    #[serde(default)]
+    pub dns_image: Option<String>,
 }
 
 fn default_api_port() -> u16 {
@@ -138,12 +141,13 @@ impl KubeSettings {
             })
             .collect();
         format!(
-            "kubernetes: pods {} services {} api {} binaries {} images {}",
+            "kubernetes: pods {} services {} api {} binaries {} images {} dns {}",
             self.cluster_cidr,
             self.service_cidr,
             self.api_port,
             bins.join(","),
-            images.join(",")
+            images.join(","),
+            self.dns_image.as_deref().unwrap_or("none")
         )
     }
 
@@ -391,6 +395,7 @@ mod tests {
             service_cidr: "10.96.0.0/16".into(),
             api_port: 6443,
             images: Default::default(),
+            dns_image: None,
         };
         cfg.kubernetes = Some(kube.clone());
         let with_kube = cfg.measured(&k);

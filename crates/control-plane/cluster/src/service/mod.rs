@@ -589,6 +589,14 @@ impl ControlPlane {
             .unwrap_or_default()
     }
 
+    /// The nodes the owner removed.
+    pub fn removed_nodes(&self) -> std::collections::BTreeSet<String> {
+        self.state
+            .lock()
+            .map(|s| s.removed.clone())
+            .unwrap_or_default()
+    }
+
     /// The refusals not yet acknowledged.
     pub fn refusals(&self) -> Vec<Refusal> {
         self.state
