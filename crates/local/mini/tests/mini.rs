@@ -756,11 +756,29 @@ fn mini_up_join_refusals_and_down() {
             pids.contains(&n["pid"].as_u64().unwrap()),
             "agent not in {netns}"
         );
-        assert_eq!(
-            pids.len(),
-            2,
-            "{netns} should hold its agent and its TPM: {pids:?}"
+        // Its agent, its TPM, and what the agent runs (its supervisor process and the
+        // Kubernetes components, whose command lines all name the node's directory): nothing
+        // else.
+        let dir = n["dir"].as_str().unwrap();
+        let cmds: Vec<String> = pids
+            .iter()
+            .map(|p| {
+                String::from_utf8_lossy(
+                    &std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default(),
+                )
+                .replace('\0', " ")
+            })
+            .collect();
+        assert!(
+            cmds.iter().any(|c| c.contains("swtpm")),
+            "{netns} holds no TPM: {cmds:?}"
         );
+        for c in &cmds {
+            assert!(
+                c.contains(dir) || c.ends_with("veil-agent --supervise "),
+                "{netns} holds a process that is not its node's: {c}"
+            );
+        }
         addrs.push(n["addr"].as_str().unwrap().to_string());
     }
     addrs.dedup();
@@ -877,6 +895,49 @@ fn mini_up_join_refusals_and_down() {
     assert_ne!(s.phase, "joined");
     let e = s.error.unwrap();
     assert!(e.contains("has not approved this TPM"), "{e}");
+    // None of the refused became a Kubernetes Node or got a credential: the Nodes are exactly
+    // the two workers that joined.
+    let mut joined_ids: Vec<String> = ["worker-0", "worker-1"]
+        .iter()
+        .map(|w| {
+            status_of(&ws.join("nodes").join(w))
+                .unwrap()
+                .node_id
+                .unwrap()
+        })
+        .collect();
+    joined_ids.sort();
+    let node_names = || {
+        let mut n: Vec<String> = veil_mini::kube::kubectl(
+            &ws,
+            &["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"],
+        )
+        .unwrap()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+        n.sort();
+        n
+    };
+    wait_until("both workers registered as Nodes", 60, || {
+        node_names().len() >= 2
+    });
+    assert_eq!(node_names(), joined_ids);
+    for rogue in [
+        "rogue-binary",
+        "rogue-config",
+        "rogue-reference-key",
+        "rogue-owner-key",
+        "unapproved",
+    ] {
+        let dir = ws.join("nodes").join(rogue);
+        let st = status_of(&dir).unwrap();
+        assert!(st.components.is_empty(), "{rogue} runs {:?}", st.components);
+        assert!(
+            !dir.join("kube/kubelet.log").exists(),
+            "{rogue} started a kubelet"
+        );
+    }
     // An honest late worker the owner approved joins.
     let (s, _) = rogue_worker(&ws, "late-worker", &agent, true, None, |_| {});
     assert_eq!(s.phase, "joined", "{:?}", s.error);

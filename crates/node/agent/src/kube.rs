@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::Context;
+use sha2::Digest;
 use std::sync::Arc;
 use veil_keys::ClusterSecrets;
 use veil_kube::control_plane::ControlPlaneNode;
@@ -28,6 +29,8 @@ pub fn private_dir(cfg: &AgentConfig) -> std::path::PathBuf {
 /// A control plane's running Kubernetes.
 #[derive(Debug)]
 pub struct KubeControlPlane {
+    /// What this node's signed reports say of its API server.
+    pub api: veil_wire::report::ReportedKubeApi,
     launcher: Arc<Launcher>,
     kms_stop: tokio::sync::oneshot::Sender<()>,
     kms: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -114,8 +117,21 @@ impl KubeControlPlane {
             })
             .await
         });
+        let serving = std::fs::read(node.serving_cert())?;
+        let serving = pem::parse(&serving).context("the API server's serving certificate")?;
+        let me = node.address().map_err(anyhow::Error::msg)?;
+        let mut addresses = vec![format!("{me}:{}", settings.api_port)];
+        if let Some(entry) = node.entry {
+            addresses.push(format!("{entry}:{}", settings.api_port));
+        }
+        let api = veil_wire::report::ReportedKubeApi {
+            ca_key_sha256: hex::encode(pki.cluster.key_sha256()),
+            serving_cert_sha256: hex::encode(sha2::Sha256::digest(serving.contents())),
+            addresses,
+        };
         launcher.start(GROUP, specs).await?;
         Ok(Self {
+            api,
             launcher,
             kms_stop,
             kms,

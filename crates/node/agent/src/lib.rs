@@ -248,6 +248,7 @@ async fn run_until_stopped(
                             };
                             match kube::KubeControlPlane::start(&cfg, settings, &secrets, l).await {
                                 Ok(k) => {
+                                    cp.set_kube_api(Some(k.api.clone()));
                                     kube_upkeep = Some(tokio::spawn(kube::keep_cluster(
                                         cp.clone(),
                                         cfg.clone(),
@@ -269,6 +270,7 @@ async fn run_until_stopped(
                             if let Some(u) = kube_upkeep.take() {
                                 u.abort();
                             }
+                            cp.set_kube_api(None);
                             if let Some(k) = kube.take() {
                                 k.stop().await;
                             }

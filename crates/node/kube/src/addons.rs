@@ -280,8 +280,11 @@ pub async fn reconcile_nodes(
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "labels": want.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>()}
         });
-        if !cidr_ok && let Some(c) = &facts.pod_cidr {
-            patch["spec"] = json!({"podCIDR": c, "podCIDRs": [c]});
+        if !cidr_ok
+            && let Some(c) = &facts.pod_cidr
+            && let Some(obj) = patch.as_object_mut()
+        {
+            obj.insert("spec".into(), json!({"podCIDR": c, "podCIDRs": [c]}));
         }
         api.patch(
             &name,

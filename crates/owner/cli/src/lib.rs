@@ -12,4 +12,5 @@ pub mod node;
 pub mod output;
 pub mod recover;
 pub mod verify;
+pub mod verify_kube;
 pub mod workspace;

@@ -30,6 +30,10 @@ pub struct VerifyArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     output: Format,
+    /// Also check this kubeconfig (default: the workspace's `kubeconfig`, if there is one): its
+    /// CA must be the cluster's and its API server one an attested control plane reports.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
 }
 
 fn read(p: &Path) -> anyhow::Result<Vec<u8>> {
@@ -63,6 +67,8 @@ struct Verdict {
     fresh: bool,
     control_planes: Vec<ControlPlaneVerdict>,
     nodes: Vec<NodeVerdict>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kubernetes: Option<crate::verify_kube::KubeVerdict>,
 }
 
 #[derive(Debug, Serialize)]
@@ -92,7 +98,9 @@ fn execute(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
         fresh: a.report.is_none(),
         control_planes: Vec::new(),
         nodes: Vec::new(),
+        kubernetes: None,
     };
+    let mut attested_apis: Vec<(String, veil_wire::report::ReportedKubeApi)> = Vec::new();
     let refuse_cp = |v: &mut Verdict, address: &str, reason: String| {
         v.control_planes.push(ControlPlaneVerdict {
             address: address.to_string(),
@@ -196,6 +204,13 @@ fn execute(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
         };
         match verify_report(signed, &exp) {
             Ok(v) => {
+                // What this control plane signed of its API server.
+                if let Ok(r) =
+                    serde_json::from_str::<veil_wire::report::ClusterReport>(&signed.report)
+                    && let Some(api) = r.kubernetes
+                {
+                    attested_apis.push((address.clone(), api));
+                }
                 verdict.control_planes.push(ControlPlaneVerdict {
                     address: address.clone(),
                     ok: true,
@@ -219,9 +234,26 @@ fn execute(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // The kubeconfig, live only (it is about the API server that answers now).
+    let kubeconfig = a.kubeconfig.clone().or_else(|| {
+        let p = a.workspace.join("kubeconfig");
+        p.exists().then_some(p)
+    });
+    if a.report.is_none()
+        && let Some(path) = kubeconfig
+    {
+        let pki =
+            veil_kube::pki::KubePki::derive(&crate::kubeconfig::workspace_secrets(&a.workspace)?)?;
+        verdict.kubernetes = Some(crate::verify_kube::check(
+            &path,
+            pki.cluster.key_sha256(),
+            &attested_apis,
+        ));
+    }
     let all_ok = verdict.nodes.iter().all(|n| n.ok)
         && verdict.control_planes.iter().all(|c| c.ok)
-        && !verdict.control_planes.is_empty();
+        && !verdict.control_planes.is_empty()
+        && verdict.kubernetes.as_ref().is_none_or(|k| k.ok);
     match a.output {
         Format::Json => println!("{}", serde_json::to_string_pretty(&verdict)?),
         Format::Text => {
@@ -260,6 +292,15 @@ fn execute(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
                     if n.ok { "OK" } else { "FAILED" },
                     n.mesh,
                     n.reason
+                );
+            }
+            if let Some(k) = &verdict.kubernetes {
+                println!(
+                    "kubernetes {} ({}): {} {}",
+                    k.server,
+                    k.kubeconfig,
+                    if k.ok { "OK" } else { "FAILED" },
+                    k.reason
                 );
             }
         }

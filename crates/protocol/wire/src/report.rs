@@ -29,7 +29,7 @@ pub struct Refusal {
 }
 
 /// Format version.
-pub const REPORT_VERSION: u32 = 2;
+pub const REPORT_VERSION: u32 = 3;
 
 /// The report, as the control plane signs it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +49,22 @@ pub struct ClusterReport {
     pub nodes: Vec<ReportedNode>,
     /// Every refusal the owner has not acknowledged (aggregated per source and kind).
     pub refused: Vec<Refusal>,
+    /// The Kubernetes API server this control plane runs, if any: what a kubeconfig that
+    /// reaches it must see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<ReportedKubeApi>,
+}
+
+/// A control plane's Kubernetes API server, as its signed report names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportedKubeApi {
+    /// SHA-256 (hex) of the Kubernetes cluster CA's SubjectPublicKeyInfo.
+    pub ca_key_sha256: String,
+    /// SHA-256 (hex) of the serving certificate (DER) the API server presents.
+    pub serving_cert_sha256: String,
+    /// The addresses it serves on (`host:port`).
+    pub addresses: Vec<String>,
 }
 
 /// One admitted node in a report.

@@ -131,6 +131,8 @@ struct State {
     ca: Option<Arc<ClusterCa>>,
     /// Kubernetes' PKI, derived from the secrets when they arrive.
     kube: Option<Arc<veil_kube::pki::KubePki>>,
+    /// The API server this node runs, for the report.
+    kube_api: Option<veil_wire::report::ReportedKubeApi>,
     /// Every refusal not yet acknowledged by the owner.
     refusals: Refusals,
     cluster_id: Option<ClusterId>,
@@ -587,6 +589,14 @@ impl ControlPlane {
             .lock()
             .map(|s| s.nodes.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Records the Kubernetes API server this node runs (its serving certificate), which its
+    /// signed reports name from now on; `None` when it stops.
+    pub fn set_kube_api(&self, api: Option<veil_wire::report::ReportedKubeApi>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.kube_api = api;
+        }
     }
 
     /// The nodes the owner removed.

@@ -285,6 +285,7 @@ impl ControlPlane {
                     })
                     .collect(),
                 refused: st.refusals.entries().to_vec(),
+                kubernetes: st.kube_api.clone(),
             };
             match serde_json::to_string(&report) {
                 Ok(t) => t,
