@@ -186,6 +186,24 @@ const APPLETS: &[&str] = &[
     "df",
 ];
 
+/// A user's image for trying `veil mini image load`: Debian's busybox under the name `name`
+/// (the archive at `out`); returns its SHA-256 (hex).
+pub fn busybox_as(out: &Path, name: &str) -> anyhow::Result<String> {
+    let mut entries = vec![Entry::File {
+        path: "bin/busybox",
+        body: std::fs::read("/usr/bin/busybox").context("/usr/bin/busybox")?,
+        mode: 0o755,
+    }];
+    let links: Vec<String> = APPLETS.iter().map(|a| format!("bin/{a}")).collect();
+    for l in &links {
+        entries.push(Entry::Link {
+            path: l,
+            target: "busybox",
+        });
+    }
+    archive(out, name, &entries, Start::Cmd(&["sh"]))
+}
+
 /// Builds the cluster's images into `dir` from the components in `bin` (and Debian's
 /// busybox); returns each archive's path and SHA-256 (hex).
 pub fn build(dir: &Path, bin: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {

@@ -61,8 +61,26 @@ pub enum MiniCommand {
         #[arg(long, default_value = "veil-mini")]
         workspace: PathBuf,
     },
+    /// Container images on the cluster's nodes (no registry can be reached).
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Stop a local cluster and remove everything it created.
     Down {
+        /// The workspace.
+        #[arg(long, default_value = "veil-mini")]
+        workspace: PathBuf,
+    },
+}
+
+/// `veil mini image`.
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Load an OCI image archive (`docker save` / `skopeo copy oci-archive:` output, with an
+    /// `io.containerd.image.name` annotation) into every worker's container runtime; pods use
+    /// it with `imagePullPolicy: Never` (or IfNotPresent).
+    Load {
+        /// The archive.
+        file: PathBuf,
         /// The workspace.
         #[arg(long, default_value = "veil-mini")]
         workspace: PathBuf,
@@ -150,6 +168,7 @@ pub fn run(cmd: MiniCommand) -> ExitCode {
         } => up(&workspace, nodes, control_plane, network),
         MiniCommand::Status { workspace } => status(&workspace),
         MiniCommand::Down { workspace } => down(&workspace),
+        MiniCommand::Image(ImageCommand::Load { file, workspace }) => image_load(&workspace, &file),
         MiniCommand::Restart { node, workspace } => restart(&workspace, &node),
     };
     match r {
@@ -723,6 +742,46 @@ fn restart(ws: &Path, name: &str) -> anyhow::Result<ExitCode> {
         );
     } else {
         println!("{name} restarted (its TPM's PCRs were reset): it joins again");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn image_load(ws: &Path, file: &Path) -> anyhow::Result<ExitCode> {
+    let state = load(ws)?;
+    let file = std::fs::canonicalize(file).with_context(|| format!("{}", file.display()))?;
+    let bin = kube::components_dir()?;
+    let mut loaded = 0;
+    for n in state
+        .nodes
+        .iter()
+        .filter(|n| n.role == "worker" && alive(n.pid))
+    {
+        // The runtime's socket is in the node's private directory, seen only from its mount
+        // namespace (the agent's).
+        let out = Command::new("nsenter")
+            .arg("-t")
+            .arg(n.pid.to_string())
+            .args(["-m", "-n"])
+            .arg(bin.join("ctr"))
+            .arg("--address")
+            .arg(n.dir.join("private/containerd.sock"))
+            .args(["-n", "k8s.io", "images", "import"])
+            .arg(&file)
+            .output()
+            .context("cannot run nsenter")?;
+        if !out.status.success() {
+            bail!(
+                "{}: ctr images import: {}",
+                n.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let names = String::from_utf8_lossy(&out.stdout);
+        println!("{}: {}", n.name, names.trim());
+        loaded += 1;
+    }
+    if loaded == 0 {
+        bail!("no running worker to load {} into", file.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -228,8 +228,8 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Packets between the two workers' LAN addresses on the bridge while `traffic` runs: the
-/// tcpdump lines.
+/// IP packets between the two workers' LAN addresses on the bridge while `traffic` runs (ARP,
+/// below IP, is not traffic between them): the tcpdump lines.
 fn capture_between(bridge: &str, a: &str, b: &str, traffic: impl FnOnce()) -> Vec<String> {
     let mut dump = Command::new("tcpdump")
         .args([
@@ -239,7 +239,7 @@ fn capture_between(bridge: &str, a: &str, b: &str, traffic: impl FnOnce()) -> Ve
             bridge,
             "-c",
             "400",
-            &format!("host {a} and host {b}"),
+            &format!("ip and host {a} and host {b}"),
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -376,6 +376,32 @@ fn kubernetes_behind_attestation() {
         Some("through exec\n"),
     );
     assert_eq!((code, out.as_str()), (0, "through exec\n"), "{err}");
+
+    // A user's image, loaded into every worker (no registry can be reached), runs on each.
+    let user = tmp.path().join("user.tar");
+    veil_mini::images::busybox_as(&user, "example.com/user:1").unwrap();
+    let (code, out, err) = veil(&[
+        "mini",
+        "image",
+        "load",
+        &user.display().to_string(),
+        "--workspace",
+        &ws.display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for (i, id) in [&id0, &id1].iter().enumerate() {
+        apply(
+            &ws,
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: user-{i}, labels: {{app: user}}}}\nspec:\n  nodeName: {id}\n  restartPolicy: Never\n  containers:\n  - {{name: u, image: example.com/user:1, imagePullPolicy: Never, command: [sh, -c, 'echo user image on $(hostname)']}}\n"
+            ),
+        );
+    }
+    wait_until("the user's image to run on both workers", 60, || {
+        let p = pods(&ws, "app=user");
+        p.len() == 2 && p.iter().all(|(_, _, phase)| phase == "Succeeded")
+    });
+    assert!(kubectl(&ws, &["logs", "user-1"]).contains("user image on user-1"));
 
     // `veil verify` proves the kubeconfig reaches an attested API server: its CA is the one
     // derived from the master secret, the serving certificate the one the control plane's
@@ -718,5 +744,154 @@ fn kubernetes_behind_attestation() {
             .iter()
             .all(|n| !n.contains(lan_id) && !n.starts_with("cni-")),
         "namespaces left: {netns:?}"
+    );
+}
+
+/// Three control planes: etcd is one cluster across them, over the mesh; with the first one
+/// killed outright (its agent SIGKILLed: its supervisor stops its components), the API keeps
+/// serving through the others, writes included, and the worker stays Ready.
+#[test]
+fn three_control_planes_one_killed_the_api_keeps_serving() {
+    if veil_netns::supported().is_err() {
+        panic!(
+            "this test needs network namespaces (root): {:?}",
+            veil_netns::supported()
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    let w = ws.display().to_string();
+    let (code, out, err) = veil(&[
+        "mini",
+        "up",
+        "--nodes",
+        "4",
+        "--control-plane",
+        "3",
+        "--workspace",
+        &w,
+    ]);
+    let _down = Down(ws.clone());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let ws = std::fs::canonicalize(&ws).unwrap();
+    wait_until("the worker Ready", 120, || {
+        nodes(&ws).iter().any(|(_, ready, _, _)| *ready)
+    });
+    // etcd has three members, one per control plane, at their mesh addresses.
+    let st = state(&ws);
+    let cp_pids: Vec<(String, u64, String)> = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["role"] == "control-plane")
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_string(),
+                n["pid"].as_u64().unwrap(),
+                n["addr"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let etcd_members = || {
+        let (name, pid, _) = &cp_pids[1];
+        let dir = ws.join("nodes").join(name).join("private/pki");
+        let out = Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-m", "-n"])
+            .arg(components().join("etcdctl"))
+            .args([
+                "--endpoints=https://127.0.0.1:2379",
+                "member",
+                "list",
+                "-w",
+                "simple",
+            ])
+            .arg(format!("--cacert={}", dir.join("etcd-ca.crt").display()))
+            .arg(format!(
+                "--cert={}",
+                dir.join("apiserver-etcd-client.crt").display()
+            ))
+            .arg(format!(
+                "--key={}",
+                dir.join("apiserver-etcd-client.key").display()
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_until("three etcd members", 60, || {
+        etcd_members()
+            .lines()
+            .filter(|l| l.contains("started"))
+            .count()
+            == 3
+    });
+    let members = etcd_members();
+    for i in 1..=3 {
+        assert!(
+            members.contains(&format!(".{i}:2380")),
+            "etcd members not on the mesh:\n{members}"
+        );
+    }
+    // A kubeconfig for the second control plane, made by the owner from the workspace.
+    let second = ws.join("kubeconfig-cp1");
+    let (code, out, err) = veil(&[
+        "kubeconfig",
+        "--workspace",
+        &ws.display().to_string(),
+        "--server",
+        &format!("https://{}:6443", cp_pids[1].2),
+        "-o",
+        &second.display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let via = |args: &[&str]| {
+        let out = Command::new(components().join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&second)
+            .args(args)
+            .env("HOME", ws.join("owner"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    assert!(via(&["get", "nodes"]).0);
+    // The first control plane dies: agent killed, no goodbye.
+    let (_, first_pid, _) = &cp_pids[0];
+    Command::new("kill")
+        .args(["-9", &first_pid.to_string()])
+        .status()
+        .unwrap();
+    let first_dir = ws.join("nodes").join(&cp_pids[0].0);
+    wait_until("the dead control plane's components to stop", 30, || {
+        veil_mini::kube::processes_under(&first_dir.join("private")).is_empty()
+    });
+    // The API keeps serving, writes included (etcd keeps its quorum of two).
+    wait_until("a write through the second control plane", 60, || {
+        via(&[
+            "create",
+            "configmap",
+            "after-the-loss",
+            "--from-literal=k=v",
+        ])
+        .0
+    });
+    let (ok, out) = via(&[
+        "get",
+        "configmap",
+        "after-the-loss",
+        "-o",
+        "jsonpath={.data.k}",
+    ]);
+    assert!(ok && out == "v", "{out}");
+    // The worker reaches the API through its forwarder to whichever control plane answers.
+    std::thread::sleep(Duration::from_secs(45));
+    let (ok, out) = via(&["get", "nodes", "--no-headers"]);
+    assert!(
+        ok && out.contains(" Ready "),
+        "the worker is not Ready after the loss:\n{out}"
     );
 }

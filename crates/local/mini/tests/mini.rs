@@ -171,7 +171,14 @@ fn rogue_worker(
         );
         std::thread::sleep(Duration::from_millis(200));
     };
+    // Stopped as `veil mini down` stops agents (SIGTERM): a joined agent finishes the exchange
+    // it is in, so no half-done handshake is left to count as a refusal.
     let pid = child.id();
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = child.kill();
     let _ = child.wait();
     // Its TPM listens inside its namespace: `mini down` removes both.
@@ -181,6 +188,15 @@ fn rogue_worker(
         tpm.detach();
     }
     (status, pid)
+}
+
+/// Waits until the cluster's API server answers through the owner's kubeconfig (a namespaced
+/// cluster runs Kubernetes; `veil verify` also proves the API server it reaches, so a restarted
+/// control plane verifies once its API server is back).
+fn api_ready(ws: &Path) {
+    if ws.join("kubeconfig").exists() {
+        veil_mini::kube::wait_ready(ws, Duration::from_secs(120)).unwrap();
+    }
 }
 
 /// Processes whose command line mentions `needle`.
@@ -672,6 +688,7 @@ fn two_control_planes_one_restarts_and_comes_back_then_all_restart_and_the_owner
     });
     let log = std::fs::read_to_string(ws.join("nodes/cp-0/agent.log")).unwrap();
     assert!(log.contains("\"event\":\"secrets_from_peer\""), "{log}");
+    api_ready(&ws);
     let (code, out, err) = veil(&["verify", "--workspace", &w]);
     assert_eq!(code, 0, "{out}\n{err}");
     let fetched = status_of(&worker).unwrap().key_fetches;
@@ -720,6 +737,7 @@ fn two_control_planes_one_restarts_and_comes_back_then_all_restart_and_the_owner
         status_of(&worker).is_some_and(|s| s.key_fetches > fetched && s.error.is_none())
     });
     assert_eq!(status_of(&worker).unwrap().key_check.unwrap(), key_check);
+    api_ready(&ws);
     let (code, out, err) = veil(&["verify", "--workspace", &w]);
     assert_eq!(code, 0, "{out}\n{err}");
     down_leaves_nothing(&ws);
@@ -1034,6 +1052,7 @@ fn mini_up_join_refusals_and_down() {
     assert_eq!(after.key_check, before.key_check);
     // The refusals were kept across the restart: they fail the verdict until the owner
     // acknowledges them.
+    api_ready(&ws);
     let (code, out, err) = veil(&["verify", "--workspace", &w]);
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(
