@@ -17,5 +17,6 @@ case "$1" in
   mesh_datagram) ls "$(dirname "$0")"/seeds/mesh_datagram/* ;;
   atls_evidence_extension) ls "$(dirname "$0")"/seeds/atls_evidence_extension/* ;;
   cluster_wire) ls "$(dirname "$0")"/seeds/cluster_wire/* "$v"/snp/milan-trustee-vcek/vcek.der ;;
+  kms_unwrap) ls "$(dirname "$0")"/seeds/kms_unwrap/* ;;
   *) ;;
 esac

@@ -974,10 +974,18 @@ fn mini_up_join_refusals_and_down() {
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(out.contains("LOCAL CLUSTER"), "{out}");
     assert_eq!(
-        out.lines().filter(|l| l.contains(" OK ")).count(),
+        out.lines()
+            .filter(|l| l.contains(" OK ") && !l.starts_with("kubernetes "))
+            .count(),
         4,
         "{out}"
     ); // cp + 3 workers
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("kubernetes ")
+                && l.contains(": OK kubeconfig CA is the cluster's")),
+        "{out}"
+    );
     assert!(
         out.lines()
             .any(|l| l.contains("FAILED") && l.contains("PCR sha1:8")),

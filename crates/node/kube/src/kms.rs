@@ -10,23 +10,29 @@
 //!
 //! Wrapped form: `nonce (12) ‖ AES-256-GCM(KEK, nonce, seed, aad = KMS_AAD ‖ key ID)`.
 
+#[cfg(feature = "node")]
 use std::path::Path;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use sha2::{Digest, Sha256};
+#[cfg(feature = "node")]
 use tonic::{Request, Response, Status};
 use veil_keys::{ClusterSecrets, KeyId, SecretBytes};
 use veil_wire::ids;
 
+#[cfg(feature = "node")]
 include!(concat!(env!("OUT_DIR"), "/v2.KeyManagementService.rs"));
 
+#[cfg(feature = "node")]
 pub use key_management_service_server::{KeyManagementService, KeyManagementServiceServer};
 
 /// `StatusRequest` of the KMS v2 API.
+#[cfg(feature = "node")]
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StatusRequest {}
 
 /// `StatusResponse` of the KMS v2 API.
+#[cfg(feature = "node")]
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StatusResponse {
     /// API version: `v2`.
@@ -41,6 +47,7 @@ pub struct StatusResponse {
 }
 
 /// `DecryptRequest` of the KMS v2 API.
+#[cfg(feature = "node")]
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct DecryptRequest {
     /// The wrapped seed.
@@ -58,6 +65,7 @@ pub struct DecryptRequest {
 }
 
 /// `DecryptResponse` of the KMS v2 API.
+#[cfg(feature = "node")]
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct DecryptResponse {
     /// The seed.
@@ -66,6 +74,7 @@ pub struct DecryptResponse {
 }
 
 /// `EncryptRequest` of the KMS v2 API.
+#[cfg(feature = "node")]
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct EncryptRequest {
     /// The seed to wrap.
@@ -77,6 +86,7 @@ pub struct EncryptRequest {
 }
 
 /// `EncryptResponse` of the KMS v2 API.
+#[cfg(feature = "node")]
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct EncryptResponse {
     /// The wrapped seed.
@@ -218,6 +228,7 @@ impl Kms {
     }
 }
 
+#[cfg(feature = "node")]
 #[tonic::async_trait]
 impl KeyManagementService for Kms {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -261,6 +272,7 @@ impl KeyManagementService for Kms {
     }
 }
 
+#[cfg(feature = "node")]
 /// Serves `kms` on a unix socket at `path` (replacing a stale one; mode 0600) until `stop`
 /// resolves.
 pub async fn serve(
@@ -336,6 +348,7 @@ mod tests {
         assert!(!format!("{a:?}").contains("7, 7"));
     }
 
+    #[cfg(feature = "node")]
     #[tokio::test]
     async fn serves_the_kms_v2_api_on_a_unix_socket() {
         use hyper_util::rt::TokioIo;

@@ -15,14 +15,12 @@
 //! - [`files`]: private files and kubeconfigs.
 
 #[cfg(feature = "node")]
-#[cfg(feature = "node")]
 pub mod addons;
 #[cfg(feature = "node")]
 pub mod apiproxy;
 #[cfg(feature = "node")]
 pub mod control_plane;
 pub mod files;
-#[cfg(feature = "node")]
 pub mod kms;
 #[cfg(feature = "node")]
 pub mod launcher;

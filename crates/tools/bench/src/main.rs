@@ -22,9 +22,11 @@ use veil_attest_tpm as tpm;
 #[command(about = "Veil benchmarks")]
 struct Args {
     /// What to measure: `attest` (evidence verification), `atls` (attested TLS handshakes
-    /// between software-TPM nodes), `cluster` (join latency, key requests) or `mesh`
-    /// (throughput between nodes over the WireGuard mesh, against boringtun-cli; needs root).
-    #[arg(value_parser = ["attest", "atls", "cluster", "mesh"])]
+    /// between software-TPM nodes), `cluster` (join latency, key requests), `mesh`
+    /// (throughput between nodes over the WireGuard mesh, against boringtun-cli; needs root) or
+    /// `kubernetes` (a real `veil mini up`: bring-up, pod start latency, pod-to-pod throughput
+    /// against the plain node link, memory per node; needs root).
+    #[arg(value_parser = ["attest", "atls", "cluster", "mesh", "kubernetes"])]
     suite: String,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3.0)]
@@ -69,6 +71,7 @@ fn line(what: &str, ours: f64, base: Option<(&str, f64)>, goal: &str) {
 
 mod atls;
 mod cluster;
+mod kubernetes;
 mod mesh;
 
 fn main() -> Result<()> {
@@ -81,6 +84,9 @@ fn main() -> Result<()> {
     }
     if a.suite == "mesh" {
         return mesh::run(a.seconds);
+    }
+    if a.suite == "kubernetes" {
+        return kubernetes::run(a.seconds);
     }
     let v = &a.vectors.clone().unwrap_or_else(veil_testvectors::dir);
     if !v.join("INDEX.md").exists() {

@@ -1,0 +1,400 @@
+//! `veil-bench kubernetes` (root): a real `veil mini up --nodes 3` — time until every Node is
+//! Ready; pod start latency (20 pods created at once, each timed until the API reports it
+//! Running); pod-to-pod throughput across nodes (HTTP of a 256 MiB file, busybox wget from
+//! busybox httpd), through the mesh, against the same transfer between the two nodes' network
+//! namespaces over the plain node link in the same run; memory per node (the resident memory of
+//! every process of the node, pods included).
+//!
+//! It runs the `veil` binary beside this one (`cargo build --release --bins` first) and the
+//! Kubernetes components `components/build.sh` built.
+
+// Only serde_json values are indexed here: a missing key reads as null, it never panics.
+#![allow(clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+fn beside(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let p = exe.parent().context("no directory")?.join(name);
+    if !p.exists() {
+        bail!(
+            "{} not found (cargo build --release --bins first)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn kubectl(ws: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let bin = veil_mini::kube::components_dir()?.join("kubectl");
+    let mut c = Command::new(bin)
+        .arg("--kubeconfig")
+        .arg(ws.join("kubeconfig"))
+        .args(args)
+        .env("HOME", ws.join("owner"))
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(input) = stdin {
+        use std::io::Write;
+        c.stdin
+            .take()
+            .context("stdin")?
+            .write_all(input.as_bytes())?;
+    }
+    let out = c.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn json(ws: &Path, args: &[&str]) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(&kubectl(ws, args, None)?)?)
+}
+
+fn wait(what: &str, secs: u64, mut ok: impl FnMut() -> bool) -> Result<Duration> {
+    let start = Instant::now();
+    while !ok() {
+        if start.elapsed() > Duration::from_secs(secs) {
+            bail!("timed out after {secs}s waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(start.elapsed())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or(f64::NAN)
+}
+
+/// Resident memory (KiB) of every process whose command line names `dir`, and of everything in
+/// the memory cgroup `cgroup` (the node's pods).
+fn node_memory_kib(dir: &Path, cgroup: Option<&str>) -> u64 {
+    let mut kib = 0;
+    for pid in veil_mini::kube::processes_under(dir) {
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            && let Some(v) = s.lines().find_map(|l| l.strip_prefix("VmRSS:"))
+        {
+            kib += v
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0);
+        }
+    }
+    if let Some(cg) = cgroup {
+        // The kubelet's cgroup root: pods (and their runtime) only; the node's own processes
+        // above are outside it.
+        let p = format!("/sys/fs/cgroup/memory/veil-{cg}/memory.usage_in_bytes");
+        kib += std::fs::read_to_string(p)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            / 1024;
+    }
+    kib
+}
+
+fn pods_yaml(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: start-{i}, labels: {{bench: start}}}}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - {{name: c, image: veil.local/busybox:1, imagePullPolicy: Never, command: [sleep, '3600']}}\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// The rate (Gbit/s) at which `client` moves `mib` MiB.
+fn transfer(mib: u64, client: impl Fn() -> Result<()>) -> Result<f64> {
+    let t = Instant::now();
+    client()?;
+    let s = t.elapsed().as_secs_f64();
+    Ok(mib as f64 * 8.0 / 1024.0 / s)
+}
+
+pub fn run(_secs: f64) -> Result<()> {
+    veil_netns::supported().map_err(anyhow::Error::msg)?;
+    let veil = beside("veil")?;
+    let tmp = tempfile::tempdir()?;
+    let ws = tmp.path().join("ws");
+    let w = ws.display().to_string();
+    println!(
+        "veil-bench kubernetes: veil mini up --nodes 3 (1 control plane, 2 workers), real Kubernetes v1.34.4"
+    );
+    let t = Instant::now();
+    let out = Command::new(&veil)
+        .args(["mini", "up", "--nodes", "3", "--workspace", &w])
+        .output()?;
+    let down = || {
+        let _ = Command::new(&veil)
+            .args(["mini", "down", "--workspace", &w])
+            .output();
+    };
+    if !out.status.success() {
+        down();
+        bail!("veil mini up: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let r = (|| -> Result<()> {
+        let up = t.elapsed();
+        let ready = wait("both Nodes Ready", 180, || {
+            json(&ws, &["get", "nodes", "-o", "json"]).is_ok_and(|v| {
+                let items = v["items"].as_array().cloned().unwrap_or_default();
+                items.len() == 2
+                    && items.iter().all(|n| {
+                        n["status"]["conditions"].as_array().is_some_and(|c| {
+                            c.iter()
+                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        })
+                    })
+            })
+        })?;
+        println!(
+            "{:<44} {:>8.1} s   (API server ready after {:.1} s)",
+            "veil mini up → every Node Ready",
+            (up + ready).as_secs_f64(),
+            up.as_secs_f64()
+        );
+
+        // Pod start latency.
+        let n = 20;
+        let t = Instant::now();
+        kubectl(&ws, &["apply", "-f", "-"], Some(&pods_yaml(n)))?;
+        let mut started: std::collections::BTreeMap<String, f64> = Default::default();
+        wait("20 pods Running", 180, || {
+            if let Ok(v) = json(&ws, &["get", "pods", "-l", "bench=start", "-o", "json"]) {
+                for p in v["items"].as_array().cloned().unwrap_or_default() {
+                    if p["status"]["phase"] == "Running" {
+                        let name = p["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string();
+                        started
+                            .entry(name)
+                            .or_insert_with(|| t.elapsed().as_secs_f64());
+                    }
+                }
+            }
+            started.len() == n
+        })?;
+        let mut lat: Vec<f64> = started.values().copied().collect();
+        lat.sort_by(f64::total_cmp);
+        println!(
+            "{:<44} p50 {:>6.0} ms   p99 {:>6.0} ms   (created at once, until the API reports Running; polled every ~0.1 s)",
+            "pod start latency, 20 pods",
+            percentile(&lat, 0.5) * 1000.0,
+            percentile(&lat, 0.99) * 1000.0
+        );
+        kubectl(
+            &ws,
+            &[
+                "delete",
+                "pods",
+                "-l",
+                "bench=start",
+                "--now",
+                "--wait=false",
+            ],
+            None,
+        )?;
+
+        // Throughput between pods on the two workers, through the mesh, and between the nodes
+        // themselves over the plain link.
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(ws.join("mini.json"))?)?;
+        let nodes = state["nodes"].as_array().cloned().unwrap_or_default();
+        let worker = |name: &str| -> Result<(String, String, PathBuf)> {
+            let n = nodes.iter().find(|n| n["name"] == name).context("node")?;
+            let st: veil_wire::status::Status = serde_json::from_slice(&std::fs::read(
+                ws.join("nodes").join(name).join("status.json"),
+            )?)?;
+            Ok((
+                st.node_id.context("node ID")?,
+                n["addr"].as_str().context("addr")?.to_string(),
+                PathBuf::from(n["dir"].as_str().context("dir")?),
+            ))
+        };
+        let (id0, addr0, dir0) = worker("worker-0")?;
+        let (id1, addr1, dir1) = worker("worker-1")?;
+        let mib = 256;
+        let pod = |name: &str, node: &str, cmd: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: veil.local/busybox:1\n    imagePullPolicy: Never\n    command: [sh, -c, \"{cmd}\"]\n"
+            )
+        };
+        kubectl(
+            &ws,
+            &["apply", "-f", "-"],
+            Some(
+                &(pod(
+                    "srv",
+                    &id1,
+                    &format!(
+                        "mkdir -p /tmp/w && dd if=/dev/zero of=/tmp/w/big bs=1048576 count={mib} && exec httpd -f -p 8080 -h /tmp/w"
+                    ),
+                ) + "---\n"
+                    + &pod("cli", &id0, "exec sleep 3600")),
+            ),
+        )?;
+        wait("the throughput pods", 120, || {
+            json(&ws, &["get", "pods", "srv", "cli", "-o", "json"]).is_ok_and(|v| {
+                v["items"].as_array().is_some_and(|i| {
+                    i.len() == 2 && i.iter().all(|p| p["status"]["phase"] == "Running")
+                })
+            })
+        })?;
+        let ip = kubectl(
+            &ws,
+            &["get", "pod", "srv", "-o", "jsonpath={.status.podIP}"],
+            None,
+        )?;
+        wait("the server's file", 60, || {
+            kubectl(
+                &ws,
+                &[
+                    "exec",
+                    "cli",
+                    "--",
+                    "timeout",
+                    "5",
+                    "wget",
+                    "-qO",
+                    "/dev/null",
+                    &format!("http://{ip}:8080/big"),
+                ],
+                None,
+            )
+            .is_ok()
+        })?;
+        let mut mesh = Vec::new();
+        for _ in 0..3 {
+            mesh.push(transfer(mib, || {
+                kubectl(
+                    &ws,
+                    &[
+                        "exec",
+                        "cli",
+                        "--",
+                        "wget",
+                        "-qO",
+                        "/dev/null",
+                        &format!("http://{ip}:8080/big"),
+                    ],
+                    None,
+                )
+                .map(|_| ())
+            })?);
+        }
+        // The plain link: the same transfer between the two workers' namespaces over the LAN
+        // (port 6443, which strict mode lets through between nodes), outside the mesh.
+        let ns = |name: &str| -> Result<String> {
+            nodes
+                .iter()
+                .find(|n| n["name"] == name)
+                .and_then(|n| n["netns"].as_str())
+                .map(String::from)
+                .context("netns")
+        };
+        let plain_dir = tmp.path().join("plain");
+        std::fs::create_dir_all(&plain_dir)?;
+        let _ = Command::new("dd")
+            .args([
+                "if=/dev/zero",
+                &format!("of={}", plain_dir.join("big").display()),
+                "bs=1048576",
+                &format!("count={mib}"),
+            ])
+            .output()?;
+        let mut server = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns("worker-1")?,
+                "busybox",
+                "httpd",
+                "-f",
+                "-p",
+                &format!("{addr1}:6443"),
+                "-h",
+            ])
+            .arg(&plain_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(500));
+        let mut plain = Vec::new();
+        for _ in 0..3 {
+            plain.push(transfer(mib, || {
+                let out = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &ns("worker-0")?,
+                        "busybox",
+                        "wget",
+                        "-qO",
+                        "/dev/null",
+                        &format!("http://{addr1}:6443/big"),
+                    ])
+                    .output()?;
+                if !out.status.success() {
+                    bail!(
+                        "plain link transfer: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                Ok(())
+            })?);
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+        let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+        println!(
+            "{:<44} {:>8.2} Gbit/s   baseline plain node link: {:>6.2} Gbit/s   ratio {:>5.2}x   (best of 3, {mib} MiB over HTTP; pod side includes kubectl exec)",
+            "pod-to-pod across nodes, through the mesh",
+            best(&mesh),
+            best(&plain),
+            best(&mesh) / best(&plain)
+        );
+        let _ = addr0;
+
+        // Memory per node.
+        let cp_dir = PathBuf::from(
+            nodes
+                .iter()
+                .find(|n| n["name"] == "cp-0")
+                .and_then(|n| n["dir"].as_str())
+                .context("cp-0")?,
+        );
+        let cp = node_memory_kib(&cp_dir, None);
+        let w0 = node_memory_kib(&dir0, Some(&id0));
+        let w1 = node_memory_kib(&dir1, Some(&id1));
+        println!(
+            "{:<44} control plane {:>5} MiB   workers {:>4} MiB, {:>4} MiB   (resident, pods included)",
+            "memory per node",
+            cp / 1024,
+            w0 / 1024,
+            w1 / 1024
+        );
+        Ok(())
+    })();
+    down();
+    r
+}
