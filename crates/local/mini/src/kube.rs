@@ -98,12 +98,17 @@ fn veil_kube_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
 
 /// Runs kubectl with the workspace's kubeconfig; its standard output, or why it failed.
 pub fn kubectl(ws: &Path, args: &[&str]) -> anyhow::Result<String> {
+    kubectl_with(&ws.join("kubeconfig"), &ws.join("owner"), args)
+}
+
+/// Runs kubectl with the kubeconfig `kc` (its cache under `home`).
+pub fn kubectl_with(kc: &Path, home: &Path, args: &[&str]) -> anyhow::Result<String> {
     let dir = components_dir()?;
     let out = Command::new(dir.join("kubectl"))
         .arg("--kubeconfig")
-        .arg(ws.join("kubeconfig"))
+        .arg(kc)
         .args(args)
-        .env("HOME", ws.join("owner"))
+        .env("HOME", home)
         .output()
         .context("cannot run kubectl")?;
     if !out.status.success() {
@@ -118,9 +123,15 @@ pub fn kubectl(ws: &Path, args: &[&str]) -> anyhow::Result<String> {
 
 /// Waits until the API server answers `/readyz` through the owner's kubeconfig.
 pub fn wait_ready(ws: &Path, timeout: Duration) -> anyhow::Result<()> {
+    wait_ready_with(&ws.join("kubeconfig"), timeout)
+}
+
+/// Waits until the API server answers `/readyz` through the kubeconfig `kc`.
+pub fn wait_ready_with(kc: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let home = kc.parent().unwrap_or(Path::new("/tmp")).to_path_buf();
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        match kubectl(ws, &["get", "--raw", "/readyz"]) {
+        match kubectl_with(kc, &home, &["get", "--raw", "/readyz"]) {
             Ok(out) if out.trim() == "ok" => return Ok(()),
             Ok(other) => {
                 if std::time::Instant::now() > deadline {

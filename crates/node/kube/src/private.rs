@@ -49,6 +49,26 @@ pub fn enter(dir: &Path, data: &Path) -> Result<(), String> {
         Some("mode=0700,size=64m"),
     )
     .map_err(|e| format!("cannot mount the private tmpfs at {}: {e}", dir.display()))?;
+    node_paths(data)
+}
+
+/// Enters a mount namespace of the node's own and gives it its own copy of the machine-wide
+/// paths (as [`enter`], without the tmpfs: for a node whose files need no protection, such as
+/// a benchmark's baseline).
+pub fn enter_without_tmpfs(data: &Path) -> Result<(), String> {
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("cannot make a mount namespace: {e}"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot make the node's mounts private: {e}"))?;
+    node_paths(data)
+}
+
+fn node_paths(data: &Path) -> Result<(), String> {
     for (target, source) in NODE_PATHS {
         std::fs::create_dir_all(target).map_err(|e| format!("{target}: {e}"))?;
         match source {

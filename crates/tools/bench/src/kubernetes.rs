@@ -30,12 +30,17 @@ fn beside(name: &str) -> Result<PathBuf> {
 }
 
 fn kubectl(ws: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    kubectl_with(&ws.join("kubeconfig"), args, stdin)
+}
+
+/// kubectl with the kubeconfig `kc` (its cache beside it).
+fn kubectl_with(kc: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
     let bin = veil_mini::kube::components_dir()?.join("kubectl");
     let mut c = Command::new(bin)
         .arg("--kubeconfig")
-        .arg(ws.join("kubeconfig"))
+        .arg(kc)
         .args(args)
-        .env("HOME", ws.join("owner"))
+        .env("HOME", kc.parent().unwrap_or(Path::new("/tmp")))
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -63,7 +68,66 @@ fn kubectl(ws: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
 }
 
 fn json(ws: &Path, args: &[&str]) -> Result<serde_json::Value> {
-    Ok(serde_json::from_str(&kubectl(ws, args, None)?)?)
+    json_with(&ws.join("kubeconfig"), args)
+}
+
+fn json_with(kc: &Path, args: &[&str]) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(&kubectl_with(kc, args, None)?)?)
+}
+
+/// Waits until `n` Nodes are Ready through `kc`.
+fn nodes_ready(kc: &Path, n: usize, secs: u64) -> Result<Duration> {
+    wait("every Node Ready", secs, || {
+        json_with(kc, &["get", "nodes", "-o", "json"]).is_ok_and(|v| {
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            items.len() == n
+                && items.iter().all(|n| {
+                    n["status"]["conditions"].as_array().is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+                })
+        })
+    })
+}
+
+/// Creates `n` pods at once through `kc` and times each until the API reports it Running;
+/// returns the sorted latencies (seconds).
+fn pod_start(kc: &Path, n: usize) -> Result<Vec<f64>> {
+    let t = Instant::now();
+    kubectl_with(kc, &["apply", "-f", "-"], Some(&pods_yaml(n)))?;
+    let mut started: std::collections::BTreeMap<String, f64> = Default::default();
+    wait("the pods Running", 180, || {
+        if let Ok(v) = json_with(kc, &["get", "pods", "-l", "bench=start", "-o", "json"]) {
+            for p in v["items"].as_array().cloned().unwrap_or_default() {
+                if p["status"]["phase"] == "Running" {
+                    let name = p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    started
+                        .entry(name)
+                        .or_insert_with(|| t.elapsed().as_secs_f64());
+                }
+            }
+        }
+        started.len() == n
+    })?;
+    let mut lat: Vec<f64> = started.values().copied().collect();
+    lat.sort_by(f64::total_cmp);
+    kubectl_with(
+        kc,
+        &[
+            "delete",
+            "pods",
+            "-l",
+            "bench=start",
+            "--now",
+            "--wait=false",
+        ],
+        None,
+    )?;
+    Ok(lat)
 }
 
 fn wait(what: &str, secs: u64, mut ok: impl FnMut() -> bool) -> Result<Duration> {
@@ -154,66 +218,54 @@ pub fn run(_secs: f64) -> Result<()> {
     }
     let r = (|| -> Result<()> {
         let up = t.elapsed();
-        let ready = wait("both Nodes Ready", 180, || {
-            json(&ws, &["get", "nodes", "-o", "json"]).is_ok_and(|v| {
-                let items = v["items"].as_array().cloned().unwrap_or_default();
-                items.len() == 2
-                    && items.iter().all(|n| {
-                        n["status"]["conditions"].as_array().is_some_and(|c| {
-                            c.iter()
-                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                        })
-                    })
-            })
-        })?;
+        let kc = ws.join("kubeconfig");
+        let ready = nodes_ready(&kc, 2, 180)?;
+        let veil_up = up + ready;
+        let veil_lat = pod_start(&kc, 20)?;
+
+        // The baseline: the same binaries and configuration, without Veil, in the same run.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let bin = veil_mini::kube::components_dir()?;
+        let plain_dir = tmp.path().join("baseline");
+        std::fs::create_dir_all(&plain_dir)?;
+        let cp_settings =
+            veil_mini::kube::settings(&bin, veil_mini::kube::CONTROL_PLANE_COMPONENTS)?;
+        let mut w_settings = veil_mini::kube::settings(&bin, veil_mini::kube::WORKER_COMPONENTS)?;
+        w_settings.images = veil_mini::images::build(&plain_dir.join("images"), &bin)?
+            .into_iter()
+            .collect();
+        let t = Instant::now();
+        let plain = rt.block_on(crate::plain::Plain::start(
+            &plain_dir,
+            cp_settings,
+            w_settings,
+        ))?;
+        let measured = (|| -> Result<(Duration, Vec<f64>)> {
+            veil_mini::kube::wait_ready_with(&plain.kubeconfig, Duration::from_secs(120))?;
+            nodes_ready(&plain.kubeconfig, 2, 180)?;
+            let plain_up = t.elapsed();
+            Ok((plain_up, pod_start(&plain.kubeconfig, 20)?))
+        })();
+        rt.block_on(plain.stop())?;
+        let (plain_up, plain_lat) = measured?;
         println!(
-            "{:<44} {:>8.1} s   (API server ready after {:.1} s)",
+            "{:<44} {:>8.1} s   baseline without Veil: {:>6.1} s   (API server ready after {:.1} s)",
             "veil mini up → every Node Ready",
-            (up + ready).as_secs_f64(),
+            veil_up.as_secs_f64(),
+            plain_up.as_secs_f64(),
             up.as_secs_f64()
         );
-
-        // Pod start latency.
-        let n = 20;
-        let t = Instant::now();
-        kubectl(&ws, &["apply", "-f", "-"], Some(&pods_yaml(n)))?;
-        let mut started: std::collections::BTreeMap<String, f64> = Default::default();
-        wait("20 pods Running", 180, || {
-            if let Ok(v) = json(&ws, &["get", "pods", "-l", "bench=start", "-o", "json"]) {
-                for p in v["items"].as_array().cloned().unwrap_or_default() {
-                    if p["status"]["phase"] == "Running" {
-                        let name = p["metadata"]["name"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string();
-                        started
-                            .entry(name)
-                            .or_insert_with(|| t.elapsed().as_secs_f64());
-                    }
-                }
-            }
-            started.len() == n
-        })?;
-        let mut lat: Vec<f64> = started.values().copied().collect();
-        lat.sort_by(f64::total_cmp);
         println!(
-            "{:<44} p50 {:>6.0} ms   p99 {:>6.0} ms   (created at once, until the API reports Running; polled every ~0.1 s)",
-            "pod start latency, 20 pods",
-            percentile(&lat, 0.5) * 1000.0,
-            percentile(&lat, 0.99) * 1000.0
+            "{:<44} p50 {:>5.0} ms  p99 {:>5.0} ms   baseline without Veil: p50 {:>5.0} ms  p99 {:>5.0} ms   ratio p50 {:.2}x",
+            "pod start latency, 20 pods at once",
+            percentile(&veil_lat, 0.5) * 1000.0,
+            percentile(&veil_lat, 0.99) * 1000.0,
+            percentile(&plain_lat, 0.5) * 1000.0,
+            percentile(&plain_lat, 0.99) * 1000.0,
+            percentile(&veil_lat, 0.5) / percentile(&plain_lat, 0.5)
         );
-        kubectl(
-            &ws,
-            &[
-                "delete",
-                "pods",
-                "-l",
-                "bench=start",
-                "--now",
-                "--wait=false",
-            ],
-            None,
-        )?;
 
         // Throughput between pods on the two workers, through the mesh, and between the nodes
         // themselves over the plain link.

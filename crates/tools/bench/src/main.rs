@@ -73,8 +73,14 @@ mod atls;
 mod cluster;
 mod kubernetes;
 mod mesh;
+mod plain;
 
 fn main() -> Result<()> {
+    // A baseline node of `kubernetes` (started by the suite itself).
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).map(String::as_str) == Some("plain-node") {
+        return plain::node_main(Path::new(raw.get(2).context("plain-node DATA")?));
+    }
     let a = Args::parse();
     if a.suite == "atls" {
         return atls::run(a.seconds);
