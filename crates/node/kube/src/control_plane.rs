@@ -267,6 +267,10 @@ impl ControlPlaneNode {
                 format!("--proxy-client-cert-file={}", s(&fp_crt)),
                 format!("--proxy-client-key-file={}", s(&fp_key)),
                 "--allow-privileged=true".into(),
+                // Webhooks and aggregated API servers are reached at their pods' addresses
+                // (routed over the mesh), not through a Service address only kube-proxy
+                // would translate: control planes run no kube-proxy.
+                "--enable-aggregator-routing=true".into(),
                 "--profiling=false".into(),
                 "--shutdown-delay-duration=0s".into(),
                 "--shutdown-send-retry-after=false".into(),
