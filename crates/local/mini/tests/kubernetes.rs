@@ -672,6 +672,64 @@ fn kubernetes_behind_attestation() {
         removed_status.components
     );
 
+    // A worker that restarts (a reboot: its PCRs reset, a new agent, new keys, a new join)
+    // keeps its node identity: the same Node object comes back Ready.
+    let uid = kubectl(
+        &ws,
+        &["get", "node", &id0, "-o", "jsonpath={.metadata.uid}"],
+    );
+    let (code, out, err) = veil(&[
+        "mini",
+        "restart",
+        "worker-0",
+        "--workspace",
+        &ws.display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    wait_until("worker-0 to join again", 60, || {
+        status_of(&ws, "worker-0").phase == "joined"
+    });
+    assert_eq!(
+        status_of(&ws, "worker-0").node_id.as_deref(),
+        Some(id0.as_str())
+    );
+    let heartbeat = || {
+        kubectl(
+            &ws,
+            &[
+                "get",
+                "lease",
+                "-n",
+                "kube-node-lease",
+                &id0,
+                "-o",
+                "jsonpath={.spec.renewTime}",
+            ],
+        )
+    };
+    let before = heartbeat();
+    wait_until(
+        "worker-0's new kubelet to renew its lease, Ready",
+        120,
+        || {
+            status_of(&ws, "worker-0")
+                .components
+                .get("kubelet")
+                .is_some_and(|k| k.pid.is_some())
+                && heartbeat() != before
+                && nodes(&ws)
+                    .iter()
+                    .any(|(n, ready, _, _)| *n == id0 && *ready)
+        },
+    );
+    assert_eq!(
+        kubectl(
+            &ws,
+            &["get", "node", &id0, "-o", "jsonpath={.metadata.uid}"]
+        ),
+        uid
+    );
+
     // The control plane restarts (a reboot: its TPM's PCRs reset): it awaits recovery, the
     // owner recovers it, and the Secret and the Deployment are still there.
     let (code, out, err) = veil(&[
