@@ -235,19 +235,7 @@ pub fn build(dir: &Path, bin: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
     )?;
     out.push((coredns, h));
     let busybox = dir.join("busybox.tar");
-    let mut entries = vec![Entry::File {
-        path: "bin/busybox",
-        body: read(Path::new("/usr/bin/busybox"))?,
-        mode: 0o755,
-    }];
-    let links: Vec<String> = APPLETS.iter().map(|a| format!("bin/{a}")).collect();
-    for l in &links {
-        entries.push(Entry::Link {
-            path: l,
-            target: "busybox",
-        });
-    }
-    let h = archive(&busybox, BUSYBOX, &entries, Start::Cmd(&["sh"]))?;
+    let h = busybox_as(&busybox, BUSYBOX)?;
     out.push((busybox, h));
     Ok(out)
 }

@@ -15,34 +15,14 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+use common::veil;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use veil_wire::status::Status;
-
-fn bin(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_veil-mini"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} not found: cargo build --workspace --bins first",
-        p.display()
-    );
-    p
-}
-
-fn veil(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("veil")).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
 
 fn components() -> PathBuf {
     veil_mini::kube::components_dir().expect("the Kubernetes components (components/build.sh)")

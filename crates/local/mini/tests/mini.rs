@@ -9,6 +9,9 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+use common::{bin, veil};
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -18,31 +21,6 @@ use veil_reference::node_config::AgentConfig;
 use veil_swtpm::{LocalCa, SwTpm};
 use veil_tpm_device::NodeTpm;
 use veil_wire::status::Status;
-
-/// A binary of the workspace, built beside this test's (`cargo build --workspace --bins`, as
-/// `scripts/test.sh` does: `veil`, `veil-mini` and `veil-agent` are three crates' binaries).
-fn bin(name: &str) -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_BIN_EXE_veil-mini"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} not found: build the workspace's binaries first (cargo build --workspace --bins)",
-        p.display()
-    );
-    p
-}
-
-fn veil(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("veil")).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
 
 fn status_of(dir: &Path) -> Option<Status> {
     serde_json::from_slice(&std::fs::read(dir.join("status.json")).ok()?).ok()

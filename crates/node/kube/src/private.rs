@@ -31,15 +31,7 @@ const NODE_PATHS: &[(&str, Option<&str>)] = &[
 /// most 64 MiB, mode 0700, at `dir`, and gives the node its own copy of the machine-wide paths
 /// its components write (under `data`, or in memory). Call before any other thread exists.
 pub fn enter(dir: &Path, data: &Path) -> Result<(), String> {
-    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("cannot make a mount namespace: {e}"))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| format!("cannot make the node's mounts private: {e}"))?;
+    own_namespace()?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     mount(
         Some("tmpfs"),
@@ -56,6 +48,12 @@ pub fn enter(dir: &Path, data: &Path) -> Result<(), String> {
 /// paths (as [`enter`], without the tmpfs: for a node whose files need no protection, such as
 /// a benchmark's baseline).
 pub fn enter_without_tmpfs(data: &Path) -> Result<(), String> {
+    own_namespace()?;
+    node_paths(data)
+}
+
+/// A mount namespace of the calling thread's own, whose mounts propagate nowhere.
+fn own_namespace() -> Result<(), String> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("cannot make a mount namespace: {e}"))?;
     mount(
         None::<&str>,
@@ -64,8 +62,7 @@ pub fn enter_without_tmpfs(data: &Path) -> Result<(), String> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(|e| format!("cannot make the node's mounts private: {e}"))?;
-    node_paths(data)
+    .map_err(|e| format!("cannot make the node's mounts private: {e}"))
 }
 
 fn node_paths(data: &Path) -> Result<(), String> {

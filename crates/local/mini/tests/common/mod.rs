@@ -1,0 +1,32 @@
+//! What the local-cluster tests share: the workspace's binaries and running `veil`.
+
+use std::process::Command;
+
+/// A binary of the workspace, built beside this test's (`cargo build --workspace --bins`, as
+/// `scripts/test.sh` does: `veil`, `veil-mini` and `veil-agent` are three crates' binaries).
+pub fn bin(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_BIN_EXE_veil-mini"))
+        .parent()
+        .expect("the test binary's directory")
+        .to_path_buf();
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not found: build the workspace's binaries first (cargo build --workspace --bins)",
+        p.display()
+    );
+    p
+}
+
+/// Runs `veil` with `args`: (exit code, stdout, stderr).
+pub fn veil(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("veil"))
+        .args(args)
+        .output()
+        .expect("veil runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
