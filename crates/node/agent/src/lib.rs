@@ -692,17 +692,19 @@ async fn worker(
             Err(e) => {
                 // Refused (removed, or no longer matching the reference values): this node
                 // leaves the mesh too, rather than keep talking to peers on an old set.
+                status.error = Some(format!("{e:#}"));
                 if e.to_string().contains("refused by the control plane") {
                     if let Some((d, _)) = &device
                         && let Err(e) = d.set_peers(&[])
                     {
                         tracing::warn!(error = %e, "mesh: cannot clear the peer set");
                     }
+                    // Said first, then done: stopping the components takes seconds.
+                    write_status(&cfg.state_dir, &status);
                     if let Some(k) = kube.as_mut() {
                         k.revoke().await;
                     }
                 }
-                status.error = Some(format!("{e:#}"));
             }
         }
         if let Some(k) = &kube {
