@@ -62,7 +62,8 @@ pub fn settings(dir: &Path, components: &[&str]) -> anyhow::Result<KubeSettings>
             Some(s) => s.clone(),
             None => {
                 let s = hex::encode(
-                    veil_kube_sha256(&real).with_context(|| format!("{}", real.display()))?,
+                    veil_kube::supervise::file_sha256(&real)
+                        .with_context(|| format!("{}", real.display()))?,
                 );
                 hashes.insert(real, s.clone());
                 s
@@ -81,21 +82,6 @@ pub fn settings(dir: &Path, components: &[&str]) -> anyhow::Result<KubeSettings>
     })
 }
 
-fn veil_kube_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(h.finalize().into());
-        }
-        h.update(buf.get(..n).unwrap_or_default());
-    }
-}
-
 /// Runs kubectl with the workspace's kubeconfig; its standard output, or why it failed.
 pub fn kubectl(ws: &Path, args: &[&str]) -> anyhow::Result<String> {
     kubectl_with(&ws.join("kubeconfig"), &ws.join("owner"), args)
@@ -103,14 +89,41 @@ pub fn kubectl(ws: &Path, args: &[&str]) -> anyhow::Result<String> {
 
 /// Runs kubectl with the kubeconfig `kc` (its cache under `home`).
 pub fn kubectl_with(kc: &Path, home: &Path, args: &[&str]) -> anyhow::Result<String> {
+    kubectl_input(kc, home, args, None)
+}
+
+/// Runs kubectl with the kubeconfig `kc` (its cache under `home`), `stdin` on its standard
+/// input; its standard output, or why it failed.
+pub fn kubectl_input(
+    kc: &Path,
+    home: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::process::Stdio;
     let dir = components_dir()?;
-    let out = Command::new(dir.join("kubectl"))
+    let mut c = Command::new(dir.join("kubectl"))
         .arg("--kubeconfig")
         .arg(kc)
         .args(args)
         .env("HOME", home)
-        .output()
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .context("cannot run kubectl")?;
+    if let Some(input) = stdin {
+        c.stdin
+            .take()
+            .context("kubectl's stdin")?
+            .write_all(input.as_bytes())?;
+    }
+    let out = c.wait_with_output()?;
     if !out.status.success() {
         bail!(
             "kubectl {}: {}",

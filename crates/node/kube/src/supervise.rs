@@ -59,21 +59,25 @@ pub fn file_sha256(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
     Ok(out)
 }
 
-fn check_binary(spec: &ProcessSpec) -> Result<(), String> {
-    let Some(expected) = spec.sha256 else {
-        return Ok(());
-    };
-    let found =
-        file_sha256(&spec.program).map_err(|e| format!("{}: {e}", spec.program.display()))?;
-    if found != expected {
+/// Checks that the file at `path` has the SHA-256 the measured configuration names.
+pub fn check_measured(path: &std::path::Path, expected: &[u8; 32]) -> Result<(), String> {
+    let found = file_sha256(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if &found != expected {
         return Err(format!(
             "{}: SHA-256 expected {} (the measured configuration), found {}",
-            spec.program.display(),
+            path.display(),
             hex::encode(expected),
             hex::encode(found)
         ));
     }
     Ok(())
+}
+
+fn check_binary(spec: &ProcessSpec) -> Result<(), String> {
+    match &spec.sha256 {
+        Some(expected) => check_measured(&spec.program, expected),
+        None => Ok(()),
+    }
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(10);

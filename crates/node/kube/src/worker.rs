@@ -425,19 +425,7 @@ conntrack:
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
         let (ctr, ctr_sha) = self.settings.binary("ctr").map_err(|e| e.to_string())?;
-        let check = |path: &Path, want: &[u8; 32]| -> Result<(), String> {
-            let found = crate::supervise::file_sha256(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            if &found != want {
-                return Err(format!(
-                    "{}: SHA-256 expected {} (the measured configuration), found {}",
-                    path.display(),
-                    hex::encode(want),
-                    hex::encode(found)
-                ));
-            }
-            Ok(())
-        };
+        let check = crate::supervise::check_measured;
         check(&ctr, &ctr_sha)?;
         for (image, sha) in &self.settings.images {
             let want: [u8; 32] = hex::decode(sha)

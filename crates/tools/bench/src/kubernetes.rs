@@ -35,36 +35,8 @@ fn kubectl(ws: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
 
 /// kubectl with the kubeconfig `kc` (its cache beside it).
 fn kubectl_with(kc: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let bin = veil_mini::kube::components_dir()?.join("kubectl");
-    let mut c = Command::new(bin)
-        .arg("--kubeconfig")
-        .arg(kc)
-        .args(args)
-        .env("HOME", kc.parent().unwrap_or(Path::new("/tmp")))
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(input) = stdin {
-        use std::io::Write;
-        c.stdin
-            .take()
-            .context("stdin")?
-            .write_all(input.as_bytes())?;
-    }
-    let out = c.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let home = kc.parent().unwrap_or(Path::new("/tmp"));
+    veil_mini::kube::kubectl_input(kc, home, args, stdin)
 }
 
 fn json(ws: &Path, args: &[&str]) -> Result<serde_json::Value> {
