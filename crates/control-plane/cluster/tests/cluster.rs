@@ -212,6 +212,24 @@ async fn init_join_keys_refusals_and_recovery() {
         matches!(&e, ClientError::Refused(r) if r.contains("does not belong")),
         "{e}"
     );
+    // Kubernetes credentials: not for another node's certificate, and not for a node with no
+    // mesh address for its kubelet to serve on (these workers joined without one).
+    let e = s1
+        .kube_credentials(&c2, b"k", b"k", b"k")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("kube_credentials") && r.contains("attested this connection")),
+        "{e}"
+    );
+    let e = s1
+        .kube_credentials(&c1, b"k", b"k", b"k")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("no mesh address is known")),
+        "{e}"
+    );
     // Showing another node's certificate does not make w1 that node: the certificate names
     // w2's AK, and w1's AK attested this connection.
     let e = s1
