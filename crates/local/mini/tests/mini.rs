@@ -1063,7 +1063,9 @@ fn mini_up_join_refusals_and_down() {
     let w0_mesh = mesh_of("worker-0").unwrap().address;
     let (code, out, err) = veil(&["node", "remove", &w1_id, "--workspace", &w]);
     assert_eq!(code, 0, "{out}\n{err}");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Bounded by a re-attestation round (2 s apart) plus one dead handshake over the mesh
+    // that was just cut (10 s) before the node falls back to the control plane's LAN address.
+    let deadline = Instant::now() + Duration::from_secs(25);
     while mesh_of("worker-0").is_none_or(|m| m.peers != 1)
         || status_of(&ws.join("nodes/worker-1"))
             .and_then(|s| s.error)

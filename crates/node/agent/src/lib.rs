@@ -353,6 +353,12 @@ async fn run_until_stopped(
 
 /// An attested session with the first control-plane node in `addrs` that accepts one (each
 /// appraised as a control plane of `membership`); the error of the last one tried otherwise.
+/// How long an attested handshake with a control plane may take (a TPM quote included).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one re-attestation round (handshake, key, credentials, peers) may take before the
+/// node gives up on it and tries again.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn connect_any(
     addrs: &[String],
     reference: &ReferenceValues,
@@ -377,12 +383,18 @@ async fn connect_any(
                     .map_err(|_| anyhow::anyhow!("cannot reach {addr}: timed out"))?
                     .with_context(|| format!("cannot reach {addr}"))?;
             sock.set_nodelay(true)?;
-            let s = Session::connect(
-                sock,
-                Some(attester.as_ref() as &dyn veil_atls::Attester),
-                &appraiser,
+            // A path that dies mid-handshake (this node just cut from the mesh) must not
+            // hold the node until TCP gives up either.
+            let s = tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                Session::connect(
+                    sock,
+                    Some(attester.as_ref() as &dyn veil_atls::Attester),
+                    &appraiser,
+                ),
             )
             .await
+            .map_err(|_| anyhow::anyhow!("control plane {addr}: the handshake timed out"))?
             .with_context(|| format!("control plane {addr}"))?;
             anyhow::Ok(s)
         };
@@ -613,7 +625,7 @@ async fn worker(
     // any control-plane node keeps serving keys only to nodes that still match the
     // reference values.
     loop {
-        let r = async {
+        let round = async {
             // The control planes' mesh addresses first (WireGuard on the wire), their LAN
             // addresses if the mesh is not up yet.
             let mut addrs = cp_on_mesh.clone();
@@ -645,10 +657,14 @@ async fn worker(
                 // evidence: register it, then switch (peers learn it at their next
                 // re-attestation; packets meanwhile wait for the new handshake).
                 let peers =
-                    match next_key.take() {
-                        Some(key) => {
-                            let peers = s.mesh_rekey(&node_cert, &key.public_base64()).await?;
-                            d.rotate_key(key)?;
+                    match next_key.as_ref().map(|k| k.public_base64()) {
+                        // Kept until the device has switched: a round that fails or times out
+                        // after the control plane registered it registers it again next time.
+                        Some(public) => {
+                            let peers = s.mesh_rekey(&node_cert, &public).await?;
+                            if let Some(key) = next_key.take() {
+                                d.rotate_key(key)?;
+                            }
                             last_rotation = std::time::Instant::now();
                             rotations += 1;
                             tracing::info!(event = "mesh_key_rotated");
@@ -682,8 +698,10 @@ async fn worker(
                     .collect();
             }
             anyhow::Ok(())
-        }
-        .await;
+        };
+        let r = tokio::time::timeout(ROUND_TIMEOUT, round)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("a re-attestation round timed out")));
         match r {
             Ok(()) => {
                 status.key_fetches += 1;
