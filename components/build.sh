@@ -11,7 +11,7 @@ export GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
 k8s_version=v1.34.4
 k8s_date=2026-02-10T12:53:36Z # the tag's time, as the module proxy gives it: builds are reproducible
 
-key=$(cd "$here" && { cat build.sh ./*/go.mod ./*/go.sum ./*/*.go; go version; } | sha256sum | cut -c1-16)
+key=$(cd "$here" && { cat build.sh {kube,etcd,coredns}/go.mod {kube,etcd,coredns}/go.sum kube/*.go coredns/*.go; go version; } | sha256sum | cut -c1-16)
 out=$cache/components/$key
 if [ ! -e "$out/.complete" ]; then
   echo "components: building into $out (cold: about 20 minutes on 2 cores)" >&2

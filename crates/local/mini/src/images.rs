@@ -8,40 +8,74 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 
 /// One file of an image's layer.
-enum Entry<'a> {
+enum Entry {
     File {
-        path: &'a str,
+        path: String,
         body: Vec<u8>,
         mode: u32,
     },
     Link {
-        path: &'a str,
-        target: &'a str,
+        path: String,
+        target: String,
     },
+    Dir {
+        path: String,
+        mode: u32,
+    },
+}
+
+impl Entry {
+    fn file(path: &str, body: Vec<u8>, mode: u32) -> Self {
+        Entry::File {
+            path: path.into(),
+            body,
+            mode,
+        }
+    }
+
+    fn link(path: &str, target: &str) -> Self {
+        Entry::Link {
+            path: path.into(),
+            target: target.into(),
+        }
+    }
+
+    fn path(&self) -> &str {
+        match self {
+            Entry::File { path, .. } | Entry::Link { path, .. } | Entry::Dir { path, .. } => path,
+        }
+    }
 }
 
 fn digest(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))
 }
 
-fn layer(entries: &[Entry<'_>]) -> anyhow::Result<Vec<u8>> {
+fn dir_header(mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(mode);
+    h.set_mtime(0);
+    h.set_size(0);
+    h
+}
+
+fn layer(entries: &[Entry]) -> anyhow::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
-    let mut dirs: Vec<String> = Vec::new();
+    let mut dirs: std::collections::BTreeSet<String> = Default::default();
+    let mut seen: std::collections::BTreeSet<&str> = Default::default();
     for e in entries {
-        let path = match e {
-            Entry::File { path, .. } | Entry::Link { path, .. } => *path,
-        };
-        if let Some((dir, _)) = path.rsplit_once('/')
-            && !dir.is_empty()
-            && !dirs.iter().any(|d| d == dir)
-        {
-            let mut h = tar::Header::new_ustar();
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_mode(0o755);
-            h.set_mtime(0);
-            h.set_size(0);
-            b.append_data(&mut h, format!("{dir}/"), std::io::empty())?;
-            dirs.push(dir.to_string());
+        // Every ancestor directory before what it holds.
+        let path = e.path();
+        // A second entry at a path would silently replace the first.
+        anyhow::ensure!(seen.insert(path), "image layer: `{path}` twice");
+        let mut at = 0;
+        while let Some(i) = path[at..].find('/') {
+            let dir = &path[..at + i];
+            if !dir.is_empty() && dirs.insert(dir.to_string()) {
+                b.append_data(&mut dir_header(0o755), format!("{dir}/"), std::io::empty())?;
+            }
+            at += i + 1;
         }
         let mut h = tar::Header::new_ustar();
         h.set_mtime(0);
@@ -60,35 +94,52 @@ fn layer(entries: &[Entry<'_>]) -> anyhow::Result<Vec<u8>> {
                 h.set_size(0);
                 b.append_link(&mut h, path, target)?;
             }
+            Entry::Dir { path, mode } => {
+                if dirs.insert(path.clone()) {
+                    b.append_data(&mut dir_header(*mode), format!("{path}/"), std::io::empty())?;
+                }
+            }
         }
     }
     Ok(b.into_inner()?)
 }
 
 /// How an image starts: its entrypoint, or only a default command (which a pod's `args`
-/// replace, as with the usual busybox images).
+/// replace, as with the usual busybox images), or both.
 #[derive(Clone, Copy)]
-enum Start<'a> {
-    Entrypoint(&'a [&'a str]),
-    Cmd(&'a [&'a str]),
+struct Start<'a> {
+    entrypoint: &'a [&'a str],
+    cmd: &'a [&'a str],
+}
+
+impl<'a> Start<'a> {
+    const fn entrypoint(e: &'a [&'a str]) -> Self {
+        Start {
+            entrypoint: e,
+            cmd: &[],
+        }
+    }
+
+    const fn cmd(c: &'a [&'a str]) -> Self {
+        Start {
+            entrypoint: &[],
+            cmd: c,
+        }
+    }
 }
 
 /// Writes an OCI image archive named `name` (e.g. `registry.k8s.io/pause:3.10`) whose one layer
 /// holds `entries`; returns its SHA-256 (hex).
-fn archive(
-    out: &Path,
-    name: &str,
-    entries: &[Entry<'_>],
-    start: Start<'_>,
-) -> anyhow::Result<String> {
+fn archive(out: &Path, name: &str, entries: &[Entry], start: Start<'_>) -> anyhow::Result<String> {
     let layer = layer(entries)?;
     let layer_digest = digest(&layer);
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": match start {
-            Start::Entrypoint(e) => serde_json::json!({"Entrypoint": e, "Env": ["PATH=/bin:/usr/bin"]}),
-            Start::Cmd(c) => serde_json::json!({"Cmd": c, "Env": ["PATH=/bin:/usr/bin"]}),
+        "config": {
+            "Entrypoint": (!start.entrypoint.is_empty()).then_some(start.entrypoint),
+            "Cmd": (!start.cmd.is_empty()).then_some(start.cmd),
+            "Env": ["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"],
         },
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
     }))?;
@@ -186,52 +237,44 @@ const APPLETS: &[&str] = &[
     "df",
 ];
 
+/// Debian's static busybox with `applets` linked in `bin/`.
+fn busybox_entries(applets: &[&str]) -> anyhow::Result<Vec<Entry>> {
+    let mut entries = vec![Entry::file(
+        "bin/busybox",
+        std::fs::read("/usr/bin/busybox").context("/usr/bin/busybox")?,
+        0o755,
+    )];
+    for a in applets {
+        entries.push(Entry::link(&format!("bin/{a}"), "busybox"));
+    }
+    Ok(entries)
+}
+
 /// A user's image for trying `veil mini image load`: Debian's busybox under the name `name`
 /// (the archive at `out`); returns its SHA-256 (hex).
 pub fn busybox_as(out: &Path, name: &str) -> anyhow::Result<String> {
-    let mut entries = vec![Entry::File {
-        path: "bin/busybox",
-        body: std::fs::read("/usr/bin/busybox").context("/usr/bin/busybox")?,
-        mode: 0o755,
-    }];
-    let links: Vec<String> = APPLETS.iter().map(|a| format!("bin/{a}")).collect();
-    for l in &links {
-        entries.push(Entry::Link {
-            path: l,
-            target: "busybox",
-        });
-    }
-    archive(out, name, &entries, Start::Cmd(&["sh"]))
+    archive(out, name, &busybox_entries(APPLETS)?, Start::cmd(&["sh"]))
 }
 
 /// Builds the cluster's images into `dir` from the components in `bin` (and Debian's
 /// busybox); returns each archive's path and SHA-256 (hex).
 pub fn build(dir: &Path, bin: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
     std::fs::create_dir_all(dir)?;
-    let read = |p: &Path| std::fs::read(p).with_context(|| format!("{}", p.display()));
     let mut out = Vec::new();
     let pause = dir.join("pause.tar");
     let h = archive(
         &pause,
         PAUSE,
-        &[Entry::File {
-            path: "pause",
-            body: read(&bin.join("pause"))?,
-            mode: 0o755,
-        }],
-        Start::Entrypoint(&["/pause"]),
+        &[Entry::file("pause", read(&bin.join("pause"))?, 0o755)],
+        Start::entrypoint(&["/pause"]),
     )?;
     out.push((pause, h));
     let coredns = dir.join("coredns.tar");
     let h = archive(
         &coredns,
         COREDNS,
-        &[Entry::File {
-            path: "coredns",
-            body: read(&bin.join("coredns"))?,
-            mode: 0o755,
-        }],
-        Start::Entrypoint(&["/coredns"]),
+        &[Entry::file("coredns", read(&bin.join("coredns"))?, 0o755)],
+        Start::entrypoint(&["/coredns"]),
     )?;
     out.push((coredns, h));
     let busybox = dir.join("busybox.tar");
@@ -240,30 +283,242 @@ pub fn build(dir: &Path, bin: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
     Ok(out)
 }
 
+fn read(p: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("{}", p.display()))
+}
+
+/// A dynamically linked program of this machine with the shared libraries it loads (as `ldd`
+/// resolves them), at the same paths.
+fn host_program(path: &str) -> anyhow::Result<Vec<Entry>> {
+    let out = std::process::Command::new("ldd")
+        .arg(path)
+        .output()
+        .context("cannot run ldd")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ldd {path}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let mut files = vec![path.to_string()];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+        let lib = line
+            .split_once("=>")
+            .map_or(line, |(_, r)| r)
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
+        if lib.starts_with('/') {
+            files.push(lib.to_string());
+        }
+    }
+    let mut entries = Vec::new();
+    for f in files {
+        // Libraries by their real names under the path the loader asks for.
+        let body = read(&std::fs::canonicalize(&f).with_context(|| f.clone())?)?;
+        entries.push(Entry::file(f.trim_start_matches('/'), body, 0o755));
+    }
+    Ok(entries)
+}
+
+/// Every applet Debian's static busybox has.
+fn all_applets() -> anyhow::Result<Vec<String>> {
+    let out = std::process::Command::new("/usr/bin/busybox")
+        .arg("--list")
+        .output()
+        .context("cannot run busybox")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        // Its list names itself: a link `busybox -> busybox` would replace the program.
+        .filter(|a| !a.is_empty() && a != "busybox")
+        .collect())
+}
+
+/// The base every conformance image shares: busybox with all its applets, `/tmp`, and the
+/// users and groups the suite expects (root, nobody, and agnhost's user-defined-in-image).
+fn conformance_base() -> anyhow::Result<Vec<Entry>> {
+    let applets = all_applets()?;
+    let applets: Vec<&str> = applets.iter().map(String::as_str).collect();
+    let mut e = busybox_entries(&applets)?;
+    e.push(Entry::Dir {
+        path: "tmp".into(),
+        mode: 0o1777,
+    });
+    e.push(Entry::file(
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n\
+          user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh\n"
+            .to_vec(),
+        0o644,
+    ));
+    e.push(Entry::file(
+        "etc/group",
+        b"root:x:0:\nnogroup:x:65534:\nuser-defined-in-image:x:1000:\n\
+          group-defined-in-image:x:50000:user-defined-in-image\n"
+            .to_vec(),
+        0o644,
+    ));
+    Ok(e)
+}
+
+/// The images the upstream Kubernetes conformance suite (e2e.test of the same version) starts,
+/// under the names it asks for, built into `dir`; returns each archive's path.
+///
+/// agnhost is the upstream test program built from the Kubernetes source (`agnhost_dir` holds it
+/// and the porter's certificate, from `components/conformance/build.sh`) on busybox, with this
+/// machine's curl and bash; busybox is Debian's. The nginx and httpd images are **stand-ins**:
+/// busybox's HTTP server on port 80 with the page those images serve, enough for the tests
+/// that only need a web server under those names. The suite's other images (DNS tools,
+/// sample API server, …) are not built: tests that need them fail at image pull, and say so.
+pub fn conformance(
+    dir: &Path,
+    components: &Path,
+    agnhost_dir: &Path,
+) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut out = Vec::new();
+    let mut put = |file: &str, name: &str, entries: &[Entry], start: Start<'_>| {
+        let p = dir.join(file);
+        archive(&p, name, entries, start)?;
+        out.push(p);
+        anyhow::Ok(())
+    };
+    let pause = [Entry::file(
+        "pause",
+        read(&components.join("pause"))?,
+        0o755,
+    )];
+    put(
+        "pause-3.10.1.tar",
+        "registry.k8s.io/pause:3.10.1",
+        &pause,
+        Start::entrypoint(&["/pause"]),
+    )?;
+    let mut agnhost = conformance_base()?;
+    agnhost.push(Entry::file(
+        "agnhost",
+        read(&agnhost_dir.join("agnhost"))?,
+        0o755,
+    ));
+    agnhost.push(Entry::link("agnhost-2", "agnhost"));
+    for f in ["localhost.crt", "localhost.key"] {
+        agnhost.push(Entry::file(f, read(&agnhost_dir.join(f))?, 0o644));
+    }
+    agnhost.push(Entry::Dir {
+        path: "uploads".into(),
+        mode: 0o755,
+    });
+    agnhost.extend(host_program("/usr/bin/curl")?);
+    agnhost.extend(host_program("/usr/bin/bash")?);
+    put(
+        "agnhost-2.56.tar",
+        "registry.k8s.io/e2e-test-images/agnhost:2.56",
+        &agnhost,
+        Start {
+            entrypoint: &["/agnhost"],
+            cmd: &["pause"],
+        },
+    )?;
+    for tag in ["1.37.0-1", "1.36.1-1"] {
+        put(
+            &format!("busybox-{tag}.tar"),
+            &format!("registry.k8s.io/e2e-test-images/busybox:{tag}"),
+            &conformance_base()?,
+            Start::cmd(&["sh"]),
+        )?;
+    }
+    let web = |root: &str, page: &str| -> anyhow::Result<Vec<Entry>> {
+        let mut e = conformance_base()?;
+        e.push(Entry::file(
+            &format!("{root}/index.html"),
+            page.as_bytes().to_vec(),
+            0o644,
+        ));
+        Ok(e)
+    };
+    let nginx = web(
+        "usr/share/nginx/html",
+        "<!DOCTYPE html>\n<html><head><title>Welcome to nginx!</title></head><body><h1>Welcome to nginx!</h1></body></html>\n",
+    )?;
+    for tag in ["1.14-4", "1.15-4"] {
+        put(
+            &format!("nginx-{tag}.tar"),
+            &format!("registry.k8s.io/e2e-test-images/nginx:{tag}"),
+            &nginx,
+            Start::cmd(&["httpd", "-f", "-p", "80", "-h", "/usr/share/nginx/html"]),
+        )?;
+    }
+    let httpd = web(
+        "usr/local/apache2/htdocs",
+        "<html><body><h1>It works!</h1></body></html>\n",
+    )?;
+    for tag in ["2.4.38-4", "2.4.39-4"] {
+        put(
+            &format!("httpd-{tag}.tar"),
+            &format!("registry.k8s.io/e2e-test-images/httpd:{tag}"),
+            &httpd,
+            Start::cmd(&["httpd", "-f", "-p", "80", "-h", "/usr/local/apache2/htdocs"]),
+        )?;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn the_conformance_base_has_a_shell_and_every_link_reaches_a_file() {
+        let entries = conformance_base().unwrap();
+        let files: std::collections::BTreeSet<&str> = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::File { path, .. } => Some(path.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut links = 0;
+        for e in &entries {
+            if let Entry::Link { path, target } = e {
+                let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+                let resolved = format!("{dir}/{target}");
+                assert!(files.contains(resolved.as_str()), "{path} -> {target}");
+                links += 1;
+            }
+        }
+        assert!(links > 100, "{links} applets");
+        assert!(files.contains("bin/busybox") && files.contains("etc/passwd"));
+        assert!(entries.iter().any(|e| e.path() == "bin/sh"));
+        layer(&entries).unwrap();
+    }
+
+    #[test]
+    fn a_path_twice_in_a_layer_is_refused() {
+        let e = layer(&[
+            Entry::file("bin/busybox", b"x".to_vec(), 0o755),
+            Entry::link("bin/busybox", "busybox"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("`bin/busybox` twice"), "{e}");
+    }
+
+    #[test]
     fn archives_are_reproducible_and_name_their_image() {
         let d = tempfile::tempdir().unwrap();
-        let entries = [Entry::File {
-            path: "hello",
-            body: b"hi".to_vec(),
-            mode: 0o755,
-        }];
+        let entries = [Entry::file("hello", b"hi".to_vec(), 0o755)];
         let a = archive(
             &d.path().join("a.tar"),
             "x/y:1",
             &entries,
-            Start::Entrypoint(&["/hello"]),
+            Start::entrypoint(&["/hello"]),
         )
         .unwrap();
         let b = archive(
             &d.path().join("b.tar"),
             "x/y:1",
             &entries,
-            Start::Entrypoint(&["/hello"]),
+            Start::entrypoint(&["/hello"]),
         )
         .unwrap();
         assert_eq!(a, b);
@@ -271,7 +526,7 @@ mod tests {
             &d.path().join("c.tar"),
             "x/y:2",
             &entries,
-            Start::Entrypoint(&["/hello"]),
+            Start::entrypoint(&["/hello"]),
         )
         .unwrap();
         assert_ne!(a, c);
