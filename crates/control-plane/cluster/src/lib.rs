@@ -21,6 +21,7 @@ pub mod mesh;
 mod service;
 
 pub use service::{
-    ControlPlane, IDLE_TIMEOUT, MAX_ACTIVATIONS_PER_SECOND, MAX_CONNECTIONS,
-    MAX_CONNECTIONS_PER_SOURCE, NodeMesh, NodeRecord, Refusal, Trust, prometheus_text,
+    ControlPlane, IDLE_TIMEOUT, KUBE_CREDENTIAL_VALIDITY, KUBE_SERVING_VALIDITY,
+    MAX_ACTIVATIONS_PER_SECOND, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_SOURCE, NodeMesh, NodeRecord,
+    Refusal, Trust, prometheus_text,
 };

@@ -511,6 +511,17 @@ async fn init_join_keys_refusals_and_recovery() {
     let (handed, approvals) = j
         .control_plane
         .expect("a control-plane node gets the secrets");
+    // A control plane runs no kubelet: it gets no kubelet credential.
+    let e = session(addr, Some(cp2_node.attester.as_ref()), &cp_app)
+        .await
+        .unwrap()
+        .kube_credentials(&j.node_cert, b"k", b"k", b"k")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("only workers run a kubelet") && r.contains("`control-plane`")),
+        "{e}"
+    );
     assert_eq!(handed.cluster_id().unwrap(), cid);
     let cp2 = Arc::new(ControlPlane::new(
         Trust {

@@ -79,6 +79,8 @@ pub fn settings(dir: &Path, components: &[&str]) -> anyhow::Result<KubeSettings>
         api_port: API_PORT,
         images: BTreeMap::new(),
         dns_image: Some(crate::images::COREDNS.into()),
+        credential_secs: None,
+        serving_secs: None,
     })
 }
 

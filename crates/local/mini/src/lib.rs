@@ -45,6 +45,14 @@ pub enum MiniCommand {
         /// namespaces when running as root and loopback otherwise.
         #[arg(long, value_enum, default_value_t = Network::Auto)]
         network: Network,
+        /// How long the Kubernetes credentials the control planes issue workers last, in
+        /// seconds (workers renew them at a third of that); 900 unless set.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(30..=2_592_000))]
+        kube_credential_secs: Option<u64>,
+        /// How long kubelets' serving certificates last, in seconds (a worker takes a new one,
+        /// restarting its kubelet, at two thirds of that); a day unless set.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(30..=2_592_000))]
+        kube_serving_secs: Option<u64>,
     },
     /// Show the nodes of a local cluster.
     Status {
@@ -81,6 +89,17 @@ pub enum ImageCommand {
     Load {
         /// The archive.
         file: PathBuf,
+        /// The workspace.
+        #[arg(long, default_value = "veil-mini")]
+        workspace: PathBuf,
+    },
+    /// Build the images the upstream Kubernetes conformance suite starts (agnhost, busybox,
+    /// pause, and stand-ins for its nginx and httpd images) under the names it asks for, and load
+    /// them into every worker.
+    Conformance {
+        /// Where `components/conformance/build.sh` put agnhost.
+        #[arg(long)]
+        from: PathBuf,
         /// The workspace.
         #[arg(long, default_value = "veil-mini")]
         workspace: PathBuf,
@@ -165,10 +184,21 @@ pub fn run(cmd: MiniCommand) -> ExitCode {
             control_plane,
             workspace,
             network,
-        } => up(&workspace, nodes, control_plane, network),
+            kube_credential_secs,
+            kube_serving_secs,
+        } => up(
+            &workspace,
+            nodes,
+            control_plane,
+            network,
+            (kube_credential_secs, kube_serving_secs),
+        ),
         MiniCommand::Status { workspace } => status(&workspace),
         MiniCommand::Down { workspace } => down(&workspace),
         MiniCommand::Image(ImageCommand::Load { file, workspace }) => image_load(&workspace, &file),
+        MiniCommand::Image(ImageCommand::Conformance { from, workspace }) => {
+            conformance_images(&workspace, &from)
+        }
         MiniCommand::Restart { node, workspace } => restart(&workspace, &node),
     };
     match r {
@@ -239,6 +269,7 @@ fn up(
     nodes: usize,
     control_planes: usize,
     network: Network,
+    kube_validity: (Option<u64>, Option<u64>),
 ) -> anyhow::Result<ExitCode> {
     if !(1..=200).contains(&nodes) {
         bail!("--nodes {nodes}: expected 1 to 200");
@@ -270,7 +301,14 @@ fn up(
         lan: None,
         nodes: Vec::new(),
     };
-    match start_cluster(&ws, &agent, nodes, control_planes, namespaces, &mut state) {
+    match start_cluster(
+        &ws,
+        &agent,
+        (nodes, control_planes),
+        namespaces,
+        kube_validity,
+        &mut state,
+    ) {
         Ok(cid) => {
             println!();
             println!("LOCAL CLUSTER up (insecure local TPM roots): cluster {cid}");
@@ -296,9 +334,9 @@ fn up(
 fn start_cluster(
     ws: &Path,
     agent: &Path,
-    nodes: usize,
-    control_planes: usize,
+    (nodes, control_planes): (usize, usize),
     namespaces: bool,
+    (credential_secs, serving_secs): (Option<u64>, Option<u64>),
     state: &mut MiniState,
 ) -> anyhow::Result<String> {
     // Owner secrets and the reference-values key.
@@ -361,10 +399,10 @@ fn start_cluster(
         worker.images = images::build(&ws.join("images"), &dir)?
             .into_iter()
             .collect();
-        (
-            Some(kube::settings(&dir, kube::CONTROL_PLANE_COMPONENTS)?),
-            Some(worker),
-        )
+        let mut cp = kube::settings(&dir, kube::CONTROL_PLANE_COMPONENTS)?;
+        cp.credential_secs = credential_secs;
+        cp.serving_secs = serving_secs;
+        (Some(cp), Some(worker))
     } else {
         (None, None)
     };
@@ -782,6 +820,14 @@ fn image_load(ws: &Path, file: &Path) -> anyhow::Result<ExitCode> {
     }
     if loaded == 0 {
         bail!("no running worker to load {} into", file.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn conformance_images(ws: &Path, from: &Path) -> anyhow::Result<ExitCode> {
+    let dir = ws.join("images/conformance");
+    for file in images::conformance(&dir, &kube::components_dir()?, from)? {
+        image_load(ws, &file)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -79,6 +79,69 @@ fn status_of(ws: &Path, node: &str) -> Status {
         .unwrap()
 }
 
+/// How long workers' Kubernetes client credentials last in the test cluster.
+const CREDENTIAL_SECS: u64 = 60;
+/// How long kubelets' serving certificates last in the test cluster.
+const SERVING_SECS: u64 = 120;
+
+/// A file of a node's private directory (a tmpfs in its agent's mount namespace), read there.
+fn private_file(ws: &Path, node: &str, file: &str) -> String {
+    let st = state(ws);
+    let n = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == node)
+        .unwrap();
+    let path = ws.join("nodes").join(node).join("private").join(file);
+    let out = Command::new("nsenter")
+        .args(["-t", &n["pid"].as_u64().unwrap().to_string(), "-m", "cat"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}: {out:?}", path.display());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The end of a PEM certificate's validity.
+fn cert_end(pem: &str) -> std::time::SystemTime {
+    let der = pem_der(pem);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    std::time::UNIX_EPOCH
+        + Duration::from_secs(cert.validity().not_after.timestamp().try_into().unwrap())
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    let b64: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap()
+}
+
+/// The certificate a server at `addr:port` on the cluster's bridge presents (from the first
+/// control plane's namespace, which reaches every node's mesh address), as PEM.
+fn served_cert(ws: &Path, addr: &str, port: u16) -> String {
+    let st = state(ws);
+    let cp = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "cp-0")
+        .unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", cp["netns"].as_str().unwrap()])
+        .args(["openssl", "s_client", "-connect", &format!("{addr}:{port}")])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("BEGIN CERTIFICATE"), "{text}\n{out:?}");
+    text
+}
+
 fn state(ws: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(ws.join("mini.json")).unwrap()).unwrap()
 }
@@ -265,7 +328,20 @@ fn kubernetes_behind_attestation() {
     let tmp = tempfile::tempdir().unwrap();
     let ws = tmp.path().join("ws");
     let w = ws.display().to_string();
-    let (code, out, err) = veil(&["mini", "up", "--nodes", "3", "--workspace", &w]);
+    // Workers' Kubernetes credentials last a minute here (900 s by default) and kubelets'
+    // serving certificates two (a day), so both are renewed while the test runs.
+    let (code, out, err) = veil(&[
+        "mini",
+        "up",
+        "--nodes",
+        "3",
+        "--kube-credential-secs",
+        &CREDENTIAL_SECS.to_string(),
+        "--kube-serving-secs",
+        &SERVING_SECS.to_string(),
+        "--workspace",
+        &w,
+    ]);
     let _down = Down(ws.clone());
     assert_eq!(code, 0, "{out}\n{err}");
     let ws = std::fs::canonicalize(&ws).unwrap();
@@ -287,6 +363,8 @@ fn kubernetes_behind_attestation() {
             })
     });
     eprintln!("workers Ready with attestation labels {ready_after:?} after `up` returned");
+    // Their first credentials were issued before this.
+    let ready_at = std::time::SystemTime::now();
     let mut names: Vec<(String, String)> = nodes(&ws)
         .into_iter()
         .map(|(n, _, _, ip)| (n, ip))
@@ -612,6 +690,48 @@ fn kubernetes_behind_attestation() {
     assert!(
         contains(&on_disk, b"k8s:enc:kms:v2:veil:"),
         "etcd holds no KMS v2 ciphertext"
+    );
+
+    // Credentials are renewed before they lapse: once worker-0's first client certificates have
+    // expired, the ones on file are newer and the node is still Ready; its kubelet restarts for
+    // a new serving certificate at two thirds of the first one's life, and serves it.
+    let first_lapsed = ready_at + Duration::from_secs(CREDENTIAL_SECS + 2);
+    if let Ok(wait) = first_lapsed.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(wait);
+    }
+    // A certificate ending after its first one could was issued after both workers were Ready.
+    for file in ["kubelet-client.crt", "kube-proxy.crt"] {
+        let end = cert_end(&private_file(&ws, "worker-0", &format!("pki/{file}")));
+        assert!(
+            end > first_lapsed,
+            "worker-0's {file} was not renewed: it ends {end:?}, the first one by {first_lapsed:?}"
+        );
+    }
+    assert!(
+        nodes(&ws)
+            .iter()
+            .any(|(n, ready, _, _)| *n == id0 && *ready),
+        "worker-0 is not Ready after its first credentials lapsed"
+    );
+    let first_serving_end = ready_at + Duration::from_secs(SERVING_SECS + 2);
+    let took = wait_until("the kubelet serving a renewed certificate", 120, || {
+        cert_end(&served_cert(&ws, &mesh(&w0), 10250)) > first_serving_end
+    });
+    let on_file = cert_end(&private_file(&ws, "worker-0", "pki/kubelet-serving.crt"));
+    assert_eq!(
+        cert_end(&served_cert(&ws, &mesh(&w0), 10250)),
+        on_file,
+        "the kubelet serves another certificate than the one on file"
+    );
+    // The restarted kubelet knows its pods again within seconds: logs come through it.
+    let back = wait_until("logs through the restarted kubelet", 60, || {
+        nodes(&ws)
+            .iter()
+            .any(|(n, ready, _, _)| *n == id0 && *ready)
+            && kubectl_raw(&ws, &["logs", "-l", "app=web", "--tail=1"], None).0 == 0
+    });
+    eprintln!(
+        "credentials renewed: worker-0 Ready past its first credentials' end; a renewed serving certificate served {took:?} after the first client ones lapsed; logs through the restarted kubelet {back:?} later"
     );
 
     // The owner removes worker-1: its Node is cordoned and deleted, it does not come back (its

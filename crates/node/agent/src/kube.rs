@@ -158,12 +158,24 @@ pub struct KubeWorker {
     keys: veil_kube::worker::WorkerKeys,
     launcher: Arc<Launcher>,
     started: bool,
-    renewed: Option<std::time::Instant>,
+    /// When the credentials were last renewed, and when they are due again.
+    renewed: Option<(std::time::Instant, Duration)>,
+    /// When kubelet's serving certificate is to be replaced (Unix seconds), and kubelet with it.
+    serving_due: Option<i64>,
+    /// kubelet, once started (in a group of its own: it restarts for a new serving
+    /// certificate).
+    kubelet: Option<veil_kube::supervise::ProcessSpec>,
     forwarder: tokio::task::JoinHandle<()>,
 }
 
-/// Renew a worker's certificates when they are this old (a third of their life).
-pub const RENEW_AFTER: Duration = Duration::from_secs(5 * 60);
+/// The group of a worker's kubelet (the other components are in [`GROUP`]).
+const KUBELET_GROUP: &str = "kubelet";
+
+/// When credentials that last `lifetime` are due for renewal: at a third of their life, so two
+/// more rounds can fail before they lapse.
+pub fn renew_after(lifetime: Duration) -> Duration {
+    lifetime / 3
+}
 
 impl KubeWorker {
     /// Makes the worker's keys, routes the pod network into the mesh and starts the forwarder
@@ -204,13 +216,15 @@ impl KubeWorker {
             launcher,
             started: false,
             renewed: None,
+            serving_due: None,
+            kubelet: None,
             forwarder,
         })
     }
 
     /// Whether the credentials are due for renewal.
     pub fn due(&self) -> bool {
-        self.renewed.is_none_or(|t| t.elapsed() >= RENEW_AFTER)
+        self.renewed.is_none_or(|(t, after)| t.elapsed() >= after)
     }
 
     /// The public keys to certify.
@@ -234,14 +248,38 @@ impl KubeWorker {
                 self.node.address
             );
         }
+        let now = veil_client::clock::now().0;
+        let serving = self.serving_due.is_none_or(|due| now >= due);
         self.node
-            .write_credentials(&self.keys, creds)
+            .write_credentials(&self.keys, creds, serving)
             .map_err(anyhow::Error::msg)?;
-        self.renewed = Some(std::time::Instant::now());
+        let lifetime = u64::try_from(creds.not_after - now).unwrap_or(0);
+        self.renewed = Some((
+            std::time::Instant::now(),
+            renew_after(Duration::from_secs(lifetime)),
+        ));
+        if serving {
+            let end = veil_kube::pki::certificate_not_after(&creds.kubelet_serving)
+                .map_err(|e| anyhow::anyhow!("the kubelet serving certificate: {e}"))?;
+            // Replaced at two thirds of its life, so a few failed rounds still leave it valid.
+            self.serving_due = Some(now + (end - now).max(0) * 2 / 3);
+            if let Some(kubelet) = self.kubelet.clone() {
+                tracing::info!(
+                    event = "kubelet_restarting",
+                    reason = "a new serving certificate"
+                );
+                self.launcher.stop(KUBELET_GROUP, STOP_GRACE).await;
+                self.launcher.start(KUBELET_GROUP, vec![kubelet]).await?;
+            }
+        }
         if !self.started {
             let specs = self.node.prepare().map_err(anyhow::Error::msg)?;
             tracing::info!(event = "kubernetes_starting", node = %self.node.node_name, components = specs.len());
-            self.launcher.start(GROUP, specs).await?;
+            let (kubelet, others): (Vec<_>, Vec<_>) =
+                specs.into_iter().partition(|s| s.name == "kubelet");
+            self.launcher.start(GROUP, others).await?;
+            self.launcher.start(KUBELET_GROUP, kubelet.clone()).await?;
+            self.kubelet = kubelet.into_iter().next();
             self.started = true;
             let node = self.node.clone();
             tokio::task::spawn_blocking(move || match node.import_images() {
@@ -271,16 +309,20 @@ impl KubeWorker {
                 event = "kubernetes_stopped",
                 reason = "refused by the control plane"
             );
+            self.launcher.stop(KUBELET_GROUP, STOP_GRACE).await;
             self.launcher.stop(GROUP, STOP_GRACE).await;
             self.started = false;
+            self.kubelet = None;
         }
         let _ = std::fs::remove_dir_all(self.node.private.join("pki"));
         self.renewed = None;
+        self.serving_due = None;
     }
 
     /// Stops everything.
     pub async fn stop(self) {
         if self.started {
+            self.launcher.stop(KUBELET_GROUP, STOP_GRACE).await;
             self.launcher.stop(GROUP, STOP_GRACE).await;
         }
         self.forwarder.abort();

@@ -156,7 +156,17 @@ async fn run_until_stopped(
                     attester,
                     cfg.state_dir.join("control-plane.json"),
                 )
-                .map_err(anyhow::Error::msg)?,
+                .map_err(anyhow::Error::msg)?
+                .with_kube_validity(
+                    kube_validity(
+                        cfg.kubernetes.as_ref().and_then(|k| k.credential_secs),
+                        veil_cluster::KUBE_CREDENTIAL_VALIDITY,
+                    ),
+                    kube_validity(
+                        cfg.kubernetes.as_ref().and_then(|k| k.serving_secs),
+                        veil_cluster::KUBE_SERVING_VALIDITY,
+                    ),
+                ),
             );
             let listen = cfg.listen_addr()?.to_string();
             let listener = tokio::net::TcpListener::bind(&listen)
@@ -353,6 +363,11 @@ async fn run_until_stopped(
 
 /// An attested session with the first control-plane node in `addrs` that accepts one (each
 /// appraised as a control plane of `membership`); the error of the last one tried otherwise.
+/// A configured credential lifetime (seconds), kept between 30 s and 30 days.
+fn kube_validity(secs: Option<u64>, default: Duration) -> Duration {
+    Duration::from_secs(secs.unwrap_or(default.as_secs()).clamp(30, 30 * 86_400))
+}
+
 /// How long an attested handshake with a control plane may take (a TPM quote included).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one re-attestation round (handshake, key, credentials, peers) may take before the

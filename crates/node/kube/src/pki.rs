@@ -311,6 +311,17 @@ pub fn node_user(node_id: &str) -> String {
     format!("system:node:{node_id}")
 }
 
+/// When the PEM certificate `pem` stops being valid (Unix seconds).
+pub fn certificate_not_after(pem: &str) -> Result<i64, PkiError> {
+    let bad = PkiError;
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| bad(format!("not a PEM certificate: {e}")))?;
+    let cert = p
+        .parse_x509()
+        .map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,5 +444,20 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("expected a P-256"), "{e}");
         assert!(server.key_pem.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn a_certificate_says_when_it_ends_and_garbage_is_refused() {
+        let pki = KubePki::derive(&secrets(1)).unwrap();
+        let v = Duration::from_secs(600);
+        let pem = pki
+            .cluster
+            .issue(&Leaf::client("u", &[], v))
+            .unwrap()
+            .cert_pem;
+        let end = certificate_not_after(&pem).unwrap();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        assert!((now + 590..=now + 610).contains(&end), "{end} vs {now}");
+        assert!(certificate_not_after("not a certificate").is_err());
     }
 }

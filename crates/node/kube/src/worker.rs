@@ -102,12 +102,16 @@ impl WorkerNode {
         self.private.join("pki")
     }
 
-    /// Writes the certificates of `creds` with the keys they certify. Components reread them
-    /// (kubeconfigs name files; kubelet reloads its serving certificate).
+    /// Writes the certificates of `creds` with the keys they certify, the kubelet's serving
+    /// certificate only if `serving`. The client certificates are reread on every new
+    /// connection (kubeconfigs name files); the serving one only when kubelet starts (kubelet
+    /// 1.34 watches the file, but serves the one it started with to clients that connect by IP
+    /// address, as the API server does: kubernetes/kubernetes#133001).
     pub fn write_credentials(
         &self,
         keys: &WorkerKeys,
         creds: &KubeCredentials,
+        serving: bool,
     ) -> Result<(), String> {
         let io = |e: std::io::Error| e.to_string();
         let d = self.pki();
@@ -126,6 +130,9 @@ impl WorkerNode {
             ),
             ("kube-proxy", &keys.proxy_client, &creds.proxy_client),
         ] {
+            if name == "kubelet-serving" && !serving {
+                continue;
+            }
             write_private(&d.join(format!("{name}.key")), pem(key).as_bytes()).map_err(io)?;
             write_private(&d.join(format!("{name}.crt")), cert.as_bytes()).map_err(io)?;
         }

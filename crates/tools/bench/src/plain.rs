@@ -147,7 +147,7 @@ impl Plain {
                 node_name: name.clone(),
                 node_address: addr.to_string(),
             };
-            node.write_credentials(&keys, &creds)
+            node.write_credentials(&keys, &creds, true)
                 .map_err(anyhow::Error::msg)?;
             let n2 = node.clone();
             let other_subnet = format!("10.244.{}.0/24", 101 - w);

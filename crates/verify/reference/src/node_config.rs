@@ -118,6 +118,15 @@ pub struct KubeSettings {
     /// The image of the cluster's DNS (CoreDNS) the control plane deploys, if any (measured).
     #[serde(default)]
     pub dns_image: Option<String>,
+    /// On a control plane: how long the Kubernetes credentials it issues workers last, in
+    /// seconds (measured: it bounds how long a node that stops re-attesting keeps them);
+    /// 900 unless set.
+    #[serde(default)]
+    pub credential_secs: Option<u64>,
+    /// On a control plane: how long the kubelet serving certificates it issues workers last,
+    /// in seconds (measured); a day unless set.
+    #[serde(default)]
+    pub serving_secs: Option<u64>,
 }
 
 fn default_api_port() -> u16 {
@@ -140,7 +149,7 @@ impl KubeSettings {
                 format!("{}=sha256:{sha}", name.unwrap_or_default())
             })
             .collect();
-        format!(
+        let mut m = format!(
             "kubernetes: pods {} services {} api {} binaries {} images {} dns {}",
             self.cluster_cidr,
             self.service_cidr,
@@ -148,7 +157,14 @@ impl KubeSettings {
             bins.join(","),
             images.join(","),
             self.dns_image.as_deref().unwrap_or("none")
-        )
+        );
+        if let Some(secs) = self.credential_secs {
+            m.push_str(&format!(" credentials {secs}s"));
+        }
+        if let Some(secs) = self.serving_secs {
+            m.push_str(&format!(" serving {secs}s"));
+        }
+        m
     }
 
     /// The slice of the pod network of the node at mesh `address` in the mesh network `mesh`:
@@ -396,6 +412,8 @@ mod tests {
             api_port: 6443,
             images: Default::default(),
             dns_image: None,
+            credential_secs: None,
+            serving_secs: None,
         };
         cfg.kubernetes = Some(kube.clone());
         let with_kube = cfg.measured(&k);
@@ -406,6 +424,18 @@ mod tests {
         kube.binaries.insert("kube".into(), "cd".repeat(32));
         cfg.kubernetes = Some(kube.clone());
         assert_ne!(with_kube, cfg.measured(&k), "which binaries run is");
+        let before = cfg.measured(&k);
+        kube.credential_secs = Some(60);
+        cfg.kubernetes = Some(kube.clone());
+        assert_ne!(before, cfg.measured(&k), "how long credentials last is");
+        let before = cfg.measured(&k);
+        kube.serving_secs = Some(600);
+        cfg.kubernetes = Some(kube.clone());
+        assert_ne!(
+            before,
+            cfg.measured(&k),
+            "how long serving certificates last is"
+        );
         assert!(
             kube.binary("etcd")
                 .unwrap_err()

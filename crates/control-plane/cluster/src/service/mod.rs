@@ -38,6 +38,7 @@ use veil_client::clock::now;
 use veil_wire::proto::{MeshPeer, Request, Response};
 
 use appraise::{AnyRole, Appraised};
+pub use nodes::{KUBE_CREDENTIAL_VALIDITY, KUBE_SERVING_VALIDITY};
 pub use refusals::{Refusal, Refusals};
 pub use tpm_ops::MAX_ACTIVATIONS_PER_SECOND;
 
@@ -369,6 +370,10 @@ pub struct ControlPlane {
     endorsement: std::sync::OnceLock<tpm_ops::Endorsement>,
     /// The number of the snapshot last written to the state file.
     persisted: Mutex<u64>,
+    /// How long the Kubernetes client credentials issued to workers last.
+    kube_credential_validity: std::time::Duration,
+    /// How long the kubelet serving certificates issued to workers last.
+    kube_serving_validity: std::time::Duration,
 }
 
 impl ControlPlane {
@@ -384,7 +389,22 @@ impl ControlPlane {
             activations: Mutex::new((0, 0)),
             endorsement: std::sync::OnceLock::new(),
             persisted: Mutex::new(0),
+            kube_credential_validity: KUBE_CREDENTIAL_VALIDITY,
+            kube_serving_validity: KUBE_SERVING_VALIDITY,
         }
+    }
+
+    /// Issues workers Kubernetes client credentials that last `client` and kubelet serving
+    /// certificates that last `serving` (instead of [`KUBE_CREDENTIAL_VALIDITY`] and
+    /// [`KUBE_SERVING_VALIDITY`]).
+    pub fn with_kube_validity(
+        mut self,
+        client: std::time::Duration,
+        serving: std::time::Duration,
+    ) -> Self {
+        self.kube_credential_validity = client;
+        self.kube_serving_validity = serving;
+        self
     }
 
     /// A control plane that keeps its public state (cluster ID, admitted nodes, the owner's

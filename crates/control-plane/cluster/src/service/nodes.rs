@@ -16,6 +16,10 @@ use veil_wire::proto::{KubeCredentials, Response, SecretHex};
 /// How long a worker's Kubernetes certificates last. Workers re-attest every few seconds and
 /// renew them well before; a removed node's or one that stopped attesting lapse within this.
 pub const KUBE_CREDENTIAL_VALIDITY: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+/// How long a kubelet's serving certificate lasts unless configured otherwise: longer than its
+/// client credentials, because kubelet 1.34 takes a new one only when it restarts (it answers
+/// only on its mesh address, which leaves every peer set when the node is removed).
+pub const KUBE_SERVING_VALIDITY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl ControlPlane {
     /// Who a joined node is (see the module documentation).
@@ -117,7 +121,7 @@ impl ControlPlane {
     }
 
     /// `kube_credentials`: a worker's kubelet and kube-proxy certificates, for keys it made,
-    /// valid for [`KUBE_CREDENTIAL_VALIDITY`]: a node that stops re-attesting, or is removed,
+    /// valid for [`KUBE_CREDENTIAL_VALIDITY`] unless configured otherwise: a node that stops re-attesting, or is removed,
     /// holds no Kubernetes credential for longer than that.
     pub(super) fn kube_credentials(
         &self,
@@ -175,7 +179,7 @@ impl ControlPlane {
                 Err(_) => return refused(format!("{op}: {name} is not hex")),
             }
         }
-        let v = KUBE_CREDENTIAL_VALIDITY;
+        let v = self.kube_credential_validity;
         let user = veil_kube::pki::node_user(&node.node_id);
         let leaves = [
             Leaf::client(&user, &["system:nodes"], v),
@@ -185,7 +189,7 @@ impl ControlPlane {
                 dns: vec![node.node_id.clone()],
                 ips: vec![address.into()],
                 usage: Usage::Server,
-                validity: v,
+                validity: self.kube_serving_validity,
             },
             Leaf::client("system:kube-proxy", &[], v),
         ];
