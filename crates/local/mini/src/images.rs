@@ -287,9 +287,24 @@ fn read(p: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("{}", p.display()))
 }
 
-/// A dynamically linked program of this machine with the shared libraries it loads (as `ldd`
-/// resolves them), at the same paths.
-fn host_program(path: &str) -> anyhow::Result<Vec<Entry>> {
+/// Dynamically linked programs of this machine with the shared libraries they load (as `ldd`
+/// resolves them), each once, at the same paths.
+fn host_programs(paths: &[&str]) -> anyhow::Result<Vec<Entry>> {
+    let mut files = std::collections::BTreeSet::new();
+    for path in paths {
+        files.extend(host_program(path)?);
+    }
+    let mut entries = Vec::new();
+    for f in files {
+        // Libraries by their real names under the path the loader asks for.
+        let body = read(&std::fs::canonicalize(&f).with_context(|| f.clone())?)?;
+        entries.push(Entry::file(f.trim_start_matches('/'), body, 0o755));
+    }
+    Ok(entries)
+}
+
+/// A program and the shared libraries it loads.
+fn host_program(path: &str) -> anyhow::Result<Vec<String>> {
     let out = std::process::Command::new("ldd")
         .arg(path)
         .output()
@@ -312,13 +327,7 @@ fn host_program(path: &str) -> anyhow::Result<Vec<Entry>> {
             files.push(lib.to_string());
         }
     }
-    let mut entries = Vec::new();
-    for f in files {
-        // Libraries by their real names under the path the loader asks for.
-        let body = read(&std::fs::canonicalize(&f).with_context(|| f.clone())?)?;
-        entries.push(Entry::file(f.trim_start_matches('/'), body, 0o755));
-    }
-    Ok(entries)
+    Ok(files)
 }
 
 /// Every applet Debian's static busybox has.
@@ -409,8 +418,7 @@ pub fn conformance(
         path: "uploads".into(),
         mode: 0o755,
     });
-    agnhost.extend(host_program("/usr/bin/curl")?);
-    agnhost.extend(host_program("/usr/bin/bash")?);
+    agnhost.extend(host_programs(&["/usr/bin/curl", "/usr/bin/bash"])?);
     put(
         "agnhost-2.56.tar",
         "registry.k8s.io/e2e-test-images/agnhost:2.56",
@@ -491,6 +499,15 @@ mod tests {
         assert!(files.contains("bin/busybox") && files.contains("etc/passwd"));
         assert!(entries.iter().any(|e| e.path() == "bin/sh"));
         layer(&entries).unwrap();
+    }
+
+    #[test]
+    fn host_programs_bring_their_libraries_once() {
+        let e = host_programs(&["/usr/bin/curl", "/usr/bin/bash"]).unwrap();
+        let paths: Vec<&str> = e.iter().map(Entry::path).collect();
+        assert!(paths.contains(&"usr/bin/curl") && paths.contains(&"usr/bin/bash"));
+        assert!(paths.iter().any(|p| p.contains("libc.so")), "{paths:?}");
+        layer(&e).unwrap();
     }
 
     #[test]
