@@ -16,6 +16,11 @@ out=$(realpath -m "${VEIL_CONFORMANCE_OUT:-conformance-results}")
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/veil-ci/target}
 export VEIL_COMPONENTS=${VEIL_COMPONENTS:-$("$root/components/build.sh")}
 conf=$("$root/components/conformance/build.sh")
+# Tools the suite's images carry (see crates/local/mini/src/images.rs, HOST_TOOLS).
+for p in netcat-openbsd bind9-dnsutils; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+    || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p"
+done
 (cd "$root" && cargo build --workspace --bins)
 
 # The cluster runs copies, so a rebuild meanwhile changes nothing under it.

@@ -305,6 +305,13 @@ fn host_programs(paths: &[&str]) -> anyhow::Result<Vec<Entry>> {
 
 /// A program and the shared libraries it loads.
 fn host_program(path: &str) -> anyhow::Result<Vec<String>> {
+    if !Path::new(path).exists() {
+        let package = HOST_TOOLS
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map_or("its package", |(_, pkg)| *pkg);
+        anyhow::bail!("{path} not found on this machine: install {package}");
+    }
     let out = std::process::Command::new("ldd")
         .arg(path)
         .output()
@@ -344,12 +351,40 @@ fn all_applets() -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// The programs of this machine the conformance images carry (the upstream images have them
+/// from their distributions), with the Debian package each comes from.
+const HOST_TOOLS: &[(&str, &str)] = &[
+    ("/usr/bin/curl", "curl"),
+    ("/usr/bin/bash", "bash"),
+    ("/usr/bin/nc", "netcat-openbsd"),
+    ("/usr/bin/dig", "bind9-dnsutils"),
+    ("/usr/bin/getent", "libc-bin"),
+];
+
+fn host_tools() -> Vec<&'static str> {
+    HOST_TOOLS.iter().map(|(p, _)| *p).collect()
+}
+
 /// The base every conformance image shares: busybox with all its applets, `/tmp`, and the
 /// users and groups the suite expects (root, nobody, and agnhost's user-defined-in-image).
 fn conformance_base() -> anyhow::Result<Vec<Entry>> {
+    base_with_shell(true)
+}
+
+/// The base with busybox's shell as `/bin/sh`, or without it (for an image whose `/bin/sh` is
+/// bash: Debian's busybox shell runs its own applets before `PATH`, so `nc` in a script
+/// would be busybox's, not OpenBSD's).
+fn base_with_shell(busybox_sh: bool) -> anyhow::Result<Vec<Entry>> {
     let applets = all_applets()?;
-    let applets: Vec<&str> = applets.iter().map(String::as_str).collect();
+    let applets: Vec<&str> = applets
+        .iter()
+        .map(String::as_str)
+        .filter(|a| busybox_sh || !matches!(*a, "sh" | "ash" | "bash"))
+        .collect();
     let mut e = busybox_entries(&applets)?;
+    if !busybox_sh {
+        e.push(Entry::link("bin/sh", "../usr/bin/bash"));
+    }
     e.push(Entry::Dir {
         path: "tmp".into(),
         mode: 0o1777,
@@ -376,10 +411,11 @@ fn conformance_base() -> anyhow::Result<Vec<Entry>> {
 ///
 /// agnhost is the upstream test program built from the Kubernetes source (`agnhost_dir` holds it
 /// and the porter's certificate, from `components/conformance/build.sh`) on busybox, with this
-/// machine's curl and bash; busybox is Debian's. The nginx and httpd images are **stand-ins**:
+/// machine's curl, bash, OpenBSD netcat, dig and getent ([`HOST_TOOLS`]); jessie-dnsutils is
+/// the same tools on busybox; busybox is Debian's. The nginx and httpd images are **stand-ins**:
 /// busybox's HTTP server on port 80 with the page those images serve, enough for the tests
-/// that only need a web server under those names. The suite's other images (DNS tools,
-/// sample API server, …) are not built: tests that need them fail at image pull, and say so.
+/// that only need a web server under those names. The suite's other images (the sample API
+/// server, …) are not built: tests that need them fail at image pull, and say so.
 pub fn conformance(
     dir: &Path,
     components: &Path,
@@ -404,7 +440,7 @@ pub fn conformance(
         &pause,
         Start::entrypoint(&["/pause"]),
     )?;
-    let mut agnhost = conformance_base()?;
+    let mut agnhost = base_with_shell(false)?;
     agnhost.push(Entry::file(
         "agnhost",
         read(&agnhost_dir.join("agnhost"))?,
@@ -418,7 +454,7 @@ pub fn conformance(
         path: "uploads".into(),
         mode: 0o755,
     });
-    agnhost.extend(host_programs(&["/usr/bin/curl", "/usr/bin/bash"])?);
+    agnhost.extend(host_programs(&host_tools())?);
     put(
         "agnhost-2.56.tar",
         "registry.k8s.io/e2e-test-images/agnhost:2.56",
@@ -427,6 +463,15 @@ pub fn conformance(
             entrypoint: &["/agnhost"],
             cmd: &["pause"],
         },
+    )?;
+    // The DNS tests' second querier: upstream a Debian with dig; here the same tools.
+    let mut dnsutils = base_with_shell(false)?;
+    dnsutils.extend(host_programs(&host_tools())?);
+    put(
+        "jessie-dnsutils-1.7.tar",
+        "registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7",
+        &dnsutils,
+        Start::cmd(&["sh"]),
     )?;
     for tag in ["1.37.0-1", "1.36.1-1"] {
         put(
@@ -502,11 +547,24 @@ mod tests {
     }
 
     #[test]
-    fn host_programs_bring_their_libraries_once() {
+    fn host_programs_bring_their_libraries_once_and_a_missing_one_names_its_package() {
         let e = host_programs(&["/usr/bin/curl", "/usr/bin/bash"]).unwrap();
         let paths: Vec<&str> = e.iter().map(Entry::path).collect();
         assert!(paths.contains(&"usr/bin/curl") && paths.contains(&"usr/bin/bash"));
         assert!(paths.iter().any(|p| p.contains("libc.so")), "{paths:?}");
+        layer(&e).unwrap();
+        let e = host_program("/usr/bin/no-such-tool").unwrap_err();
+        assert!(e.to_string().contains("not found on this machine"), "{e}");
+    }
+
+    #[test]
+    fn images_with_the_host_tools_run_scripts_in_bash() {
+        let mut e = base_with_shell(false).unwrap();
+        e.extend(host_programs(&["/usr/bin/bash"]).unwrap());
+        let sh = e.iter().find(|e| e.path() == "bin/sh").unwrap();
+        assert!(matches!(sh, Entry::Link { target, .. } if target == "../usr/bin/bash"));
+        assert!(e.iter().any(|e| e.path() == "usr/bin/bash"));
+        assert!(!e.iter().any(|e| e.path() == "bin/ash"));
         layer(&e).unwrap();
     }
 
