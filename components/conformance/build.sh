@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds what a Kubernetes conformance run needs, at the Kubernetes version Veil runs: e2e.test (the
-# upstream end-to-end suite, [Conformance] tests included), the ginkgo runner for parallel runs, and
-# agnhost (the upstream test workload). Cached like the components, by a hash of its inputs; prints
-# the directory holding the binaries. Not part of a node: scripts/conformance.sh uses it.
+# upstream end-to-end suite, [Conformance] tests included), the ginkgo runner for parallel runs,
+# agnhost (the upstream test workload) and the sample API server (the aggregator test's). Cached
+# like the components, by a hash of its inputs; prints the directory holding the binaries. Not part
+# of a node: scripts/conformance.sh uses it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${VEIL_CACHE:-$HOME/.cache/veil-ci}
@@ -25,9 +26,15 @@ if [ ! -e "$out/.complete" ]; then
   go test -c -trimpath -ldflags "$ldflags" -o "$bin/e2e.test" k8s.io/kubernetes/test/e2e
   go build -trimpath -ldflags "-s -w" -o "$bin/ginkgo" github.com/onsi/ginkgo/v2/ginkgo
   CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$bin/agnhost" k8s.io/kubernetes/test/images/agnhost
+  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$bin/sample-apiserver" k8s.io/sample-apiserver
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$bin/nnp" k8s.io/kubernetes/test/images/nonewprivs
   # agnhost's image carries the porter's test certificate; keep it beside the binary.
   src=$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost
   cp "$src/porter/localhost.crt" "$src/porter/localhost.key" "$bin/"
+  # The update-demo images are agnhost serving these pages.
+  for demo in nautilus kitten; do
+    mkdir -p "$bin/$demo" && cp "$src/../$demo/html/"* "$bin/$demo/"
+  done
   touch "$out.tmp/.complete"
   rm -rf "$out"
   mv "$out.tmp" "$out"

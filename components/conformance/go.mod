@@ -5,6 +5,7 @@ go 1.24.0
 require (
 	github.com/onsi/ginkgo/v2 v2.21.0
 	k8s.io/kubernetes v1.34.4
+	k8s.io/sample-apiserver v0.0.0
 )
 
 require (

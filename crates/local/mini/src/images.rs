@@ -367,14 +367,11 @@ fn host_tools() -> Vec<&'static str> {
 
 /// The base every conformance image shares: busybox with all its applets, `/tmp`, and the
 /// users and groups the suite expects (root, nobody, and agnhost's user-defined-in-image).
-fn conformance_base() -> anyhow::Result<Vec<Entry>> {
-    base_with_shell(true)
-}
-
-/// The base with busybox's shell as `/bin/sh`, or without it (for an image whose `/bin/sh` is
-/// bash: Debian's busybox shell runs its own applets before `PATH`, so `nc` in a script
-/// would be busybox's, not OpenBSD's).
-fn base_with_shell(busybox_sh: bool) -> anyhow::Result<Vec<Entry>> {
+/// With `busybox_sh`, busybox's shell is `/bin/sh`; without, `/bin/sh` links to bash, which the
+/// image must carry (Debian's busybox shell runs its own applets before `PATH`, so `nc` in a
+/// script would be busybox's, not OpenBSD's, and it drops environment variables whose names are
+/// not identifiers).
+fn conformance_base(busybox_sh: bool) -> anyhow::Result<Vec<Entry>> {
     let applets = all_applets()?;
     let applets: Vec<&str> = applets
         .iter()
@@ -412,10 +409,11 @@ fn base_with_shell(busybox_sh: bool) -> anyhow::Result<Vec<Entry>> {
 /// agnhost is the upstream test program built from the Kubernetes source (`agnhost_dir` holds it
 /// and the porter's certificate, from `components/conformance/build.sh`) on busybox, with this
 /// machine's curl, bash, OpenBSD netcat, dig and getent ([`HOST_TOOLS`]); jessie-dnsutils is
-/// the same tools on busybox; busybox is Debian's. The nginx and httpd images are **stand-ins**:
+/// the same tools on busybox; busybox is Debian's, with this machine's bash as `/bin/sh`. The nginx and httpd images are **stand-ins**:
 /// busybox's HTTP server on port 80 with the page those images serve, enough for the tests
-/// that only need a web server under those names. The suite's other images (the sample API
-/// server, …) are not built: tests that need them fail at image pull, and say so.
+/// that only need a web server under those names. The sample API server is built from its
+/// source at the cluster's version; etcd is the components'. The suite's other images are not
+/// built: tests that need them fail at image pull, and say so.
 pub fn conformance(
     dir: &Path,
     components: &Path,
@@ -440,7 +438,7 @@ pub fn conformance(
         &pause,
         Start::entrypoint(&["/pause"]),
     )?;
-    let mut agnhost = base_with_shell(false)?;
+    let mut agnhost = conformance_base(false)?;
     agnhost.push(Entry::file(
         "agnhost",
         read(&agnhost_dir.join("agnhost"))?,
@@ -464,8 +462,76 @@ pub fn conformance(
             cmd: &["pause"],
         },
     )?;
+    // kubectl's update demo: agnhost serving a picture and its data.json, as upstream.
+    for demo in ["nautilus", "kitten"] {
+        let mut e = Vec::new();
+        let pages = agnhost_dir.join(demo);
+        let mut names: Vec<String> = std::fs::read_dir(&pages)
+            .with_context(|| format!("{}", pages.display()))?
+            .filter_map(|f| f.ok().map(|f| f.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        for name in &names {
+            e.push(Entry::file(name, read(&pages.join(name))?, 0o644));
+        }
+        let mut image = conformance_base(false)?;
+        image.extend(host_programs(&["/usr/bin/bash"])?);
+        image.push(Entry::file(
+            "agnhost",
+            read(&agnhost_dir.join("agnhost"))?,
+            0o755,
+        ));
+        image.extend(e);
+        put(
+            &format!("{demo}-1.7.tar"),
+            &format!("registry.k8s.io/e2e-test-images/{demo}:1.7"),
+            &image,
+            Start {
+                entrypoint: &["/agnhost"],
+                cmd: &["test-webserver"],
+            },
+        )?;
+    }
+    // The aggregator test's API server, built from k8s.io/sample-apiserver at the cluster's
+    // version, and the etcd beside it: the components' etcd (a stand-in: 3.6.16, not 3.6.4).
+    put(
+        "sample-apiserver-1.29.2.tar",
+        "registry.k8s.io/e2e-test-images/sample-apiserver:1.29.2",
+        &[Entry::file(
+            "sample-apiserver",
+            read(&agnhost_dir.join("sample-apiserver"))?,
+            0o755,
+        )],
+        Start::entrypoint(&["/sample-apiserver"]),
+    )?;
+    let mut etcd = conformance_base(true)?;
+    etcd.push(Entry::file(
+        "usr/local/bin/etcd",
+        read(&components.join("etcd"))?,
+        0o755,
+    ));
+    put(
+        "etcd-3.6.4-0.tar",
+        "registry.k8s.io/etcd:3.6.4-0",
+        &etcd,
+        Start::cmd(&["/usr/local/bin/etcd"]),
+    )?;
+    // A setuid-root program that prints its effective user: no privilege escalation means
+    // it prints the pod's.
+    let mut nnp = conformance_base(true)?;
+    nnp.push(Entry::file(
+        "usr/local/bin/nnp",
+        read(&agnhost_dir.join("nnp"))?,
+        0o4755,
+    ));
+    put(
+        "nonewprivs-1.3.tar",
+        "registry.k8s.io/e2e-test-images/nonewprivs:1.3",
+        &nnp,
+        Start::cmd(&["nnp"]),
+    )?;
     // The DNS tests' second querier: upstream a Debian with dig; here the same tools.
-    let mut dnsutils = base_with_shell(false)?;
+    let mut dnsutils = conformance_base(false)?;
     dnsutils.extend(host_programs(&host_tools())?);
     put(
         "jessie-dnsutils-1.7.tar",
@@ -473,16 +539,23 @@ pub fn conformance(
         &dnsutils,
         Start::cmd(&["sh"]),
     )?;
+    // Their shell is bash: Debian's busybox shell drops environment variables whose names are
+    // not identifiers (`data-1`), which Kubernetes passes and the suite checks `sh -c env` for.
+    let with_bash = || -> anyhow::Result<Vec<Entry>> {
+        let mut e = conformance_base(false)?;
+        e.extend(host_programs(&["/usr/bin/bash"])?);
+        Ok(e)
+    };
     for tag in ["1.37.0-1", "1.36.1-1"] {
         put(
             &format!("busybox-{tag}.tar"),
             &format!("registry.k8s.io/e2e-test-images/busybox:{tag}"),
-            &conformance_base()?,
+            &with_bash()?,
             Start::cmd(&["sh"]),
         )?;
     }
     let web = |root: &str, page: &str| -> anyhow::Result<Vec<Entry>> {
-        let mut e = conformance_base()?;
+        let mut e = with_bash()?;
         e.push(Entry::file(
             &format!("{root}/index.html"),
             page.as_bytes().to_vec(),
@@ -523,7 +596,7 @@ mod tests {
 
     #[test]
     fn the_conformance_base_has_a_shell_and_every_link_reaches_a_file() {
-        let entries = conformance_base().unwrap();
+        let entries = conformance_base(true).unwrap();
         let files: std::collections::BTreeSet<&str> = entries
             .iter()
             .filter_map(|e| match e {
@@ -559,7 +632,7 @@ mod tests {
 
     #[test]
     fn images_with_the_host_tools_run_scripts_in_bash() {
-        let mut e = base_with_shell(false).unwrap();
+        let mut e = conformance_base(false).unwrap();
         e.extend(host_programs(&["/usr/bin/bash"]).unwrap());
         let sh = e.iter().find(|e| e.path() == "bin/sh").unwrap();
         assert!(matches!(sh, Entry::Link { target, .. } if target == "../usr/bin/bash"));
