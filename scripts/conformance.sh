@@ -58,8 +58,10 @@ for c in cases:
         failed.append(c.get("name"))
     else:
         passed.append(c.get("name"))
-ran = [n for n in passed if not n.startswith("[SynchronizedBeforeSuite]") and not n.startswith("[SynchronizedAfterSuite]") and not n.startswith("[ReportAfterSuite]")]
-print(f"{sys.argv[2]}: {len(ran)} passed, {len(failed)} failed, {skipped} not run")
+# Specs only (not the suite's set-up and tear-down nodes).
+ran = [n for n in passed if n.startswith("[It]")]
+failed_specs = [n for n in failed if n.startswith("[It]")]
+print(f"{sys.argv[2]}: {len(ran)} specs passed, {len(failed_specs)} failed, {skipped} not run; other failures: {len(failed) - len(failed_specs)}")
 for n in failed:
     print("  FAILED", n)
 PY
