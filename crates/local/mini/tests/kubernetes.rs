@@ -16,7 +16,7 @@
 )]
 
 mod common;
-use common::veil;
+use common::{mini_node, veil};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -86,13 +86,7 @@ const SERVING_SECS: u64 = 120;
 
 /// A file of a node's private directory (a tmpfs in its agent's mount namespace), read there.
 fn private_file(ws: &Path, node: &str, file: &str) -> String {
-    let st = state(ws);
-    let n = st["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == node)
-        .unwrap();
+    let n = mini_node(ws, node);
     let path = ws.join("nodes").join(node).join("private").join(file);
     let out = Command::new("nsenter")
         .args(["-t", &n["pid"].as_u64().unwrap().to_string(), "-m", "cat"])
@@ -125,13 +119,7 @@ fn pem_der(pem: &str) -> Vec<u8> {
 /// control plane's namespace, which reaches every node's mesh address), as PEM; `None` while
 /// nothing answers there.
 fn served_cert(ws: &Path, addr: &str, port: u16) -> Option<String> {
-    let st = state(ws);
-    let cp = st["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "cp-0")
-        .unwrap();
+    let cp = mini_node(ws, "cp-0");
     let out = Command::new("ip")
         .args(["netns", "exec", cp["netns"].as_str().unwrap()])
         .args(["openssl", "s_client", "-connect", &format!("{addr}:{port}")])
@@ -598,17 +586,7 @@ fn kubernetes_behind_attestation() {
     // While pods on the two workers talk, the LAN between them carries only WireGuard.
     let st = state(&ws);
     let lan_id = st["lan"]["id"].as_str().unwrap();
-    let addr_of = |name: &str| {
-        st["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["name"] == name)
-            .unwrap()["addr"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let addr_of = |name: &str| mini_node(&ws, name)["addr"].as_str().unwrap().to_string();
     let (a, b) = (addr_of("worker-0"), addr_of("worker-1"));
     let other = web.iter().find(|(_, n, _)| *n == id1).unwrap().0.clone();
     let other_ip = kubectl(

@@ -10,7 +10,7 @@
 )]
 
 mod common;
-use common::{bin, veil};
+use common::{bin, mini_node, veil};
 
 use std::path::Path;
 use std::process::Command;
@@ -459,14 +459,7 @@ fn mesh_checks(ws: &Path) {
     // worker-1 stops re-attesting (frozen): within seconds it is out of worker-0's peer set
     // and unreachable; once it re-attests again it is back.
     let w1_pid = {
-        let state: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(ws.join("mini.json")).unwrap()).unwrap();
-        state["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["name"] == "worker-1")
-            .unwrap()["pid"]
+        mini_node(ws, "worker-1")["pid"]
             .as_u64()
             .unwrap()
             .to_string()

@@ -159,13 +159,15 @@ async fn run_until_stopped(
                 .map_err(anyhow::Error::msg)?
                 .with_kube_validity(
                     kube_validity(
+                        "credential_secs",
                         cfg.kubernetes.as_ref().and_then(|k| k.credential_secs),
                         veil_cluster::KUBE_CREDENTIAL_VALIDITY,
-                    ),
+                    )?,
                     kube_validity(
+                        "serving_secs",
                         cfg.kubernetes.as_ref().and_then(|k| k.serving_secs),
                         veil_cluster::KUBE_SERVING_VALIDITY,
-                    ),
+                    )?,
                 ),
             );
             let listen = cfg.listen_addr()?.to_string();
@@ -361,11 +363,14 @@ async fn run_until_stopped(
     }
 }
 
-/// An attested session with the first control-plane node in `addrs` that accepts one (each
-/// appraised as a control plane of `membership`); the error of the last one tried otherwise.
-/// A configured credential lifetime (seconds), kept between 30 s and 30 days.
-fn kube_validity(secs: Option<u64>, default: Duration) -> Duration {
-    Duration::from_secs(secs.unwrap_or(default.as_secs()).clamp(30, 30 * 86_400))
+/// A configured credential lifetime `field` (seconds), or `default`: between 30 s and 30 days,
+/// or refused with what was found.
+fn kube_validity(field: &str, secs: Option<u64>, default: Duration) -> anyhow::Result<Duration> {
+    match secs {
+        None => Ok(default),
+        Some(s) if (30..=30 * 86_400).contains(&s) => Ok(Duration::from_secs(s)),
+        Some(s) => bail!("kubernetes.{field} = {s}: expected 30 to 2592000 seconds"),
+    }
 }
 
 /// How long an attested handshake with a control plane may take (a TPM quote included).
@@ -374,6 +379,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// node gives up on it and tries again.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// An attested session with the first control-plane node in `addrs` that accepts one (each
+/// appraised as a control plane of `membership`); the error of the last one tried otherwise.
 async fn connect_any(
     addrs: &[String],
     reference: &ReferenceValues,
@@ -881,6 +888,25 @@ async fn serve_metrics(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_credential_lifetime_out_of_range_is_refused_with_what_was_found() {
+        let d = Duration::from_secs(900);
+        assert_eq!(super::kube_validity("x", None, d).unwrap(), d);
+        assert_eq!(
+            super::kube_validity("x", Some(60), d).unwrap(),
+            Duration::from_secs(60)
+        );
+        for bad in [0, 29, 30 * 86_400 + 1] {
+            let e = super::kube_validity("serving_secs", Some(bad), d).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("kubernetes.serving_secs = {bad}: expected 30 to")),
+                "{e}"
+            );
+        }
+    }
+
     use super::*;
 
     fn refs(tpm_roots: Vec<String>) -> ReferenceValues {

@@ -30,3 +30,15 @@ pub fn veil(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into(),
     )
 }
+
+/// The record `veil mini up` keeps of node `name` (its mini.json entry: pid, netns, addr, …).
+pub fn mini_node(ws: &std::path::Path, name: &str) -> serde_json::Value {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.join("mini.json")).expect("mini.json"))
+            .expect("mini.json is JSON");
+    state["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["name"] == name))
+        .unwrap_or_else(|| panic!("no node {name} in mini.json"))
+        .clone()
+}
