@@ -459,6 +459,6 @@ mod tests {
                 .to_string()
                 .contains("count")
         );
-        assert!(JOURNAL_ENTRIES >= 100);
+        assert_eq!(JOURNAL_ENTRIES, 112);
     }
 }

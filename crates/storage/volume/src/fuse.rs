@@ -228,6 +228,31 @@ impl Filesystem for VolumeFs {
         }
     }
 
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::ENODATA);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        // No discard: a freed block keeps its (sealed) contents; the size never changes.
+        reply.error(Errno::EOPNOTSUPP);
+    }
+
     fn readdir(
         &self,
         _req: &Request,

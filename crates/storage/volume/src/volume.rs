@@ -118,12 +118,13 @@ impl Keys {
     }
 }
 
-fn aad(volume_id: &[u8; 16], index: u64) -> [u8; 40] {
-    let mut a = [0u8; 40];
-    a[..16].copy_from_slice(b"veil-volume data");
-    a[16..32].copy_from_slice(volume_id);
-    a[32..].copy_from_slice(&index.to_be_bytes());
-    a
+fn aad(volume_id: &[u8; 16], index: u64) -> Vec<u8> {
+    [
+        b"veil-volume data".as_slice(),
+        volume_id,
+        &index.to_be_bytes(),
+    ]
+    .concat()
 }
 
 /// What a mount found.
@@ -344,7 +345,7 @@ impl Volume {
             anchored,
         };
         // The copy not in use holds an unknown older state: write all of it at this commit.
-        v.copy_dirty[((v.sb.generation + 1) & 1) as usize] = (0..geo.meta_blocks()).collect();
+        *v.dirty_copy(v.sb.generation + 1) = (0..geo.meta_blocks()).collect();
         v.commit_with_epoch(report.epoch)?;
         tracing::info!(
             event = "volume_mounted",
@@ -469,6 +470,12 @@ impl Volume {
         Ok((replayed, discarded))
     }
 
+    /// The metadata blocks metadata copy `copy` (taken mod 2) lacks.
+    fn dirty_copy(&mut self, copy: u64) -> &mut BTreeSet<u64> {
+        let [a, b] = &mut self.copy_dirty;
+        if copy & 1 == 0 { a } else { b }
+    }
+
     fn entry(&self, i: u64) -> Entry {
         self.entries.get(i as usize).copied().unwrap_or_default()
     }
@@ -479,8 +486,9 @@ impl Volume {
         }
         let m = i / ENTRIES_PER_META;
         self.tree_dirty.insert(m);
-        self.copy_dirty[0].insert(m);
-        self.copy_dirty[1].insert(m);
+        for c in &mut self.copy_dirty {
+            c.insert(m);
+        }
         self.dirty = true;
     }
 
@@ -518,7 +526,7 @@ impl Volume {
     }
 
     fn range(&self, offset: u64, len: usize) -> Result<(u64, u64), VolumeError> {
-        let end = offset.checked_add(len as u64).unwrap_or(u64::MAX);
+        let end = offset.saturating_add(len as u64);
         if end > self.capacity() {
             return Err(VolumeError::OutOfRange {
                 offset,
@@ -591,7 +599,7 @@ impl Volume {
                 dst.copy_from_slice(&b);
             }
         }
-        if tail_end % BLOCK != 0 && (last - 1 != first || head == 0) {
+        if !tail_end.is_multiple_of(BLOCK) && (last - 1 != first || head == 0) {
             let b = self.read((last - 1) * BLOCK as u64, BLOCK)?;
             let at = plain.len() - BLOCK;
             if let Some(dst) = plain.get_mut(at..) {
@@ -619,8 +627,9 @@ impl Volume {
             let i = first + k as u64;
             self.counter += 1;
             let mut nonce = [0u8; 12];
-            nonce[..4].copy_from_slice(&self.sb.epoch.to_be_bytes());
-            nonce[4..].copy_from_slice(&self.counter.to_be_bytes());
+            let (hi, lo) = nonce.split_at_mut(4);
+            hi.copy_from_slice(&self.sb.epoch.to_be_bytes());
+            lo.copy_from_slice(&self.counter.to_be_bytes());
             let tag = self
                 .keys
                 .data
@@ -691,7 +700,7 @@ impl Volume {
             let bytes = encode_meta(meta_range(&self.entries, m));
             self.tree.set(m as usize, leaf(m, &bytes));
         }
-        let dirty: Vec<u64> = self.copy_dirty[copy as usize].iter().copied().collect();
+        let dirty: Vec<u64> = self.dirty_copy(copy).iter().copied().collect();
         for run in runs(&dirty) {
             let mut buf = Vec::with_capacity(run.len() * BLOCK);
             for &m in run {
@@ -712,7 +721,7 @@ impl Volume {
         self.file.write_all_at(&bytes, copy * BLOCK as u64)?;
         self.file.sync_data()?;
         self.sb = sb;
-        self.copy_dirty[copy as usize].clear();
+        self.dirty_copy(copy).clear();
         self.journal_pos = 0;
         self.dirty = false;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,13 @@
 //! The engine on a real backing file: what the host can do to the file, and what the volume
 //! says about it. (The FUSE, loop and ext4 stack is in `tests/stack.rs`.)
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
