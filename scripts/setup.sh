@@ -3,7 +3,8 @@
 set -euo pipefail
 
 apt_packages=(build-essential cmake pkg-config ca-certificates curl openssl procps iproute2 iputils-ping tcpdump wireguard-tools iperf3 nftables swtpm swtpm-tools tpm2-tools libtss2-dev
-  containerd runc containernetworking-plugins iptables conntrack socat busybox-static)
+  containerd runc containernetworking-plugins iptables conntrack socat busybox-static
+  fuse3 e2fsprogs util-linux gocryptfs fio)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

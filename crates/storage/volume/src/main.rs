@@ -215,6 +215,7 @@ fn serve(
         }
     }
     volume.write().sync()?;
+    tracing::info!(event = "volume_stopped", stats = %volume.read().stats().json());
     if let Err(e) = session.umount_and_join() {
         tracing::warn!(event = "volume_fuse_unmount", error = %e);
     }

@@ -149,6 +149,29 @@ pub struct Stats {
     pub rejected_blocks: AtomicU64,
     /// Commits since the mount.
     pub commits: AtomicU64,
+    /// Write requests, and the bytes they carried.
+    pub writes: AtomicU64,
+    /// Bytes written.
+    pub written: AtomicU64,
+    /// Read requests.
+    pub reads: AtomicU64,
+    /// Bytes read.
+    pub read: AtomicU64,
+}
+
+impl Stats {
+    /// The counters as JSON, for logs and metrics.
+    pub fn json(&self) -> serde_json::Value {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "rejected_blocks": g(&self.rejected_blocks),
+            "commits": g(&self.commits),
+            "writes": g(&self.writes),
+            "written_bytes": g(&self.written),
+            "reads": g(&self.reads),
+            "read_bytes": g(&self.read),
+        })
+    }
 }
 
 /// An open volume.
@@ -546,6 +569,8 @@ impl Volume {
             return Ok(Vec::new());
         }
         let (first, last) = self.range(offset, len)?;
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        self.stats.read.fetch_add(len as u64, Ordering::Relaxed);
         let mut buf = vec![0u8; ((last - first) as usize) * BLOCK];
         self.file
             .read_exact_at(&mut buf, self.geo.data_block(first) * BLOCK as u64)?;
@@ -590,6 +615,10 @@ impl Volume {
             return Ok(());
         }
         let (first, last) = self.range(offset, data.len())?;
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .written
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         let mut plain = vec![0u8; ((last - first) as usize) * BLOCK];
         let head = (offset - first * BLOCK as u64) as usize;
         let tail_end = head + data.len();

@@ -25,8 +25,9 @@ struct Args {
     /// between software-TPM nodes), `cluster` (join latency, key requests), `mesh`
     /// (throughput between nodes over the WireGuard mesh, against boringtun-cli; needs root) or
     /// `kubernetes` (a real `veil mini up`: bring-up, pod start latency, pod-to-pod throughput
-    /// against the plain node link, memory per node; needs root).
-    #[arg(value_parser = ["attest", "atls", "cluster", "mesh", "kubernetes"])]
+    /// against the plain node link, memory per node; needs root) or `storage` (a plain
+    /// directory, gocryptfs and Veil's volume: sequential MB/s, 4 KiB random IOPS; needs root).
+    #[arg(value_parser = ["attest", "atls", "cluster", "mesh", "kubernetes", "storage"])]
     suite: String,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3.0)]
@@ -74,6 +75,7 @@ mod cluster;
 mod kubernetes;
 mod mesh;
 mod plain;
+mod storage;
 
 fn main() -> Result<()> {
     // A baseline node of `kubernetes` (started by the suite itself).
@@ -93,6 +95,9 @@ fn main() -> Result<()> {
     }
     if a.suite == "kubernetes" {
         return kubernetes::run(a.seconds);
+    }
+    if a.suite == "storage" {
+        return storage::run(a.seconds);
     }
     let v = &a.vectors.clone().unwrap_or_else(veil_testvectors::dir);
     if !v.join("INDEX.md").exists() {
