@@ -23,6 +23,7 @@ pub mod blockdev;
 pub mod error;
 pub mod format;
 pub mod fuse;
+pub mod io;
 pub mod tree;
 pub mod volume;
 

@@ -57,6 +57,10 @@ enum Cmd {
         /// FUSE request threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Open the backing file with O_DIRECT (no second page cache of the ciphertext; slower
+        /// sequential writes with one request in flight).
+        #[arg(long)]
+        direct_io: bool,
     },
 }
 
@@ -128,7 +132,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             anchor,
             ext4,
             threads,
-        } => serve(backing, mount, anchor_from(&anchor)?, ext4, threads),
+            direct_io,
+        } => serve(
+            backing,
+            mount,
+            anchor_from(&anchor)?,
+            ext4,
+            threads,
+            direct_io,
+        ),
     }
 }
 
@@ -138,6 +150,7 @@ fn serve(
     anchor: Box<dyn Anchor>,
     ext4: Option<PathBuf>,
     threads: usize,
+    direct_io: bool,
 ) -> anyhow::Result<()> {
     // Signals are taken by sigwait below; block them before any thread starts.
     let mut signals = SigSet::empty();
@@ -146,11 +159,9 @@ fn serve(
     signals.thread_block().context("blocking signals")?;
 
     let key = read_key()?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&backing)
+    let (file, direct) = veil_volume::io::open_backing(&backing, direct_io)
         .with_context(|| format!("{}", backing.display()))?;
+    tracing::info!(event = "volume_backing", backing = %backing.display(), direct);
     let (volume, report) = match Volume::open(file, &key, anchor) {
         Ok(v) => v,
         Err(e) => {
@@ -199,6 +210,7 @@ fn serve(
             "replayed": report.replayed,
             "discarded": report.discarded,
             "anchored": report.anchored,
+            "direct_io": direct,
             "device": attached.as_ref().map(|a| a.0.clone()),
             "ext4": attached.as_ref().map(|a| a.1.clone()),
             "formatted_ext4": attached.as_ref().map(|a| a.2),

@@ -34,6 +34,7 @@ use crate::format::{
     BLOCK, ENTRIES_PER_META, Entry, Geometry, JOURNAL_ENTRIES, JOURNAL_MACED, JournalBlock,
     SUPERBLOCK_MACED, Superblock, encode_meta, parse_meta,
 };
+use crate::io;
 use crate::tree::{Tree, leaf};
 
 /// The 32-byte key of a volume (zeroized on drop, never printed).
@@ -206,8 +207,9 @@ impl std::fmt::Debug for Volume {
 }
 
 fn read_block(file: &File, block: u64) -> Result<[u8; BLOCK], VolumeError> {
+    let buf = io::read_at(file, block * BLOCK as u64, BLOCK)?;
     let mut b = [0u8; BLOCK];
-    file.read_exact_at(&mut b, block * BLOCK as u64)?;
+    b.copy_from_slice(buf.bytes());
     Ok(b)
 }
 
@@ -245,7 +247,7 @@ impl Volume {
             mac: [0; 32],
         };
         let bytes = seal_superblock(&keys, &mut sb);
-        file.write_all_at(&bytes, 0)?;
+        io::write_at(file, &io::Buf::from_slice(&bytes), 0)?;
         file.sync_all()?;
         anchor
             .advance(Anchored {
@@ -315,13 +317,15 @@ impl Volume {
         let mut entries = Vec::with_capacity(geo.data_blocks as usize);
         let mut leaves = Vec::with_capacity(geo.meta_blocks() as usize);
         const BATCH: u64 = 256;
-        let mut buf = vec![0u8; BATCH as usize * BLOCK];
         let mut m = 0;
         while m < geo.meta_blocks() {
             let n = BATCH.min(geo.meta_blocks() - m);
-            let chunk = buf.get_mut(..n as usize * BLOCK).unwrap_or_default();
-            file.read_exact_at(chunk, geo.meta_block(copy, m) * BLOCK as u64)?;
-            for (j, b) in chunk.chunks_exact(BLOCK).enumerate() {
+            let chunk = io::read_at(
+                &file,
+                geo.meta_block(copy, m) * BLOCK as u64,
+                n as usize * BLOCK,
+            )?;
+            for (j, b) in chunk.bytes().chunks_exact(BLOCK).enumerate() {
                 leaves.push(leaf(m + j as u64, b));
                 entries.extend(parse_meta(b)?);
             }
@@ -571,10 +575,12 @@ impl Volume {
         let (first, last) = self.range(offset, len)?;
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
         self.stats.read.fetch_add(len as u64, Ordering::Relaxed);
-        let mut buf = vec![0u8; ((last - first) as usize) * BLOCK];
-        self.file
-            .read_exact_at(&mut buf, self.geo.data_block(first) * BLOCK as u64)?;
-        for (k, b) in buf.chunks_exact_mut(BLOCK).enumerate() {
+        let mut buf = io::read_at(
+            &self.file,
+            self.geo.data_block(first) * BLOCK as u64,
+            ((last - first) as usize) * BLOCK,
+        )?;
+        for (k, b) in buf.bytes_mut().chunks_exact_mut(BLOCK).enumerate() {
             let i = first + k as u64;
             let e = self.entry(i);
             if e.is_unwritten() {
@@ -600,6 +606,7 @@ impl Volume {
         }
         let skip = (offset - first * BLOCK as u64) as usize;
         Ok(buf
+            .bytes()
             .get(skip..skip + len)
             .map(<[u8]>::to_vec)
             .unwrap_or_default())
@@ -619,7 +626,8 @@ impl Volume {
         self.stats
             .written
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let mut plain = vec![0u8; ((last - first) as usize) * BLOCK];
+        let mut buf = io::Buf::zeroed(((last - first) as usize) * BLOCK);
+        let plain = buf.bytes_mut();
         let head = (offset - first * BLOCK as u64) as usize;
         let tail_end = head + data.len();
         if head != 0 {
@@ -639,7 +647,7 @@ impl Volume {
             dst.copy_from_slice(data);
         }
         let mut start = first;
-        for chunk in plain.chunks_mut(JOURNAL_ENTRIES * BLOCK) {
+        for chunk in buf.bytes_mut().chunks_mut(JOURNAL_ENTRIES * BLOCK) {
             self.write_sealed(start, chunk)?;
             start += (chunk.len() / BLOCK) as u64;
         }
@@ -688,11 +696,9 @@ impl Volume {
         // committed entry still opens; one cut short before it leaves nothing to replay.
         let journal_at = self.geo.journal_block(self.journal_pos) * BLOCK as u64;
         let data_at = self.geo.data_block(first) * BLOCK as u64;
-        let io = self
-            .file
-            .write_all_at(&bytes, journal_at)
+        let done = io::write_at(&self.file, &io::Buf::from_slice(&bytes), journal_at)
             .and_then(|()| self.file.write_all_at(chunk, data_at));
-        if let Err(e) = io {
+        if let Err(e) = done {
             // What the journal and the blocks now hold is unknown: no more writes until a
             // remount replays them.
             self.failed = Some(format!("a write failed: {e}"));
@@ -731,13 +737,16 @@ impl Volume {
         }
         let dirty: Vec<u64> = self.dirty_copy(copy).iter().copied().collect();
         for run in runs(&dirty) {
-            let mut buf = Vec::with_capacity(run.len() * BLOCK);
-            for &m in run {
-                buf.extend_from_slice(&encode_meta(meta_range(&self.entries, m)));
+            let mut buf = io::Buf::zeroed(run.len() * BLOCK);
+            for (&m, dst) in run.iter().zip(buf.bytes_mut().chunks_exact_mut(BLOCK)) {
+                dst.copy_from_slice(&encode_meta(meta_range(&self.entries, m)));
             }
             let first = run.first().copied().unwrap_or_default();
-            self.file
-                .write_all_at(&buf, self.geo.meta_block(copy, first) * BLOCK as u64)?;
+            io::write_at(
+                &self.file,
+                &buf,
+                self.geo.meta_block(copy, first) * BLOCK as u64,
+            )?;
         }
         self.file.sync_data()?;
         let mut sb = Superblock {
@@ -747,7 +756,11 @@ impl Volume {
             ..self.sb.clone()
         };
         let bytes = seal_superblock(&self.keys, &mut sb);
-        self.file.write_all_at(&bytes, copy * BLOCK as u64)?;
+        io::write_at(
+            &self.file,
+            &io::Buf::from_slice(&bytes),
+            copy * BLOCK as u64,
+        )?;
         self.file.sync_data()?;
         self.sb = sb;
         self.dirty_copy(copy).clear();
