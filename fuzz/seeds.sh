@@ -18,5 +18,6 @@ case "$1" in
   atls_evidence_extension) ls "$(dirname "$0")"/seeds/atls_evidence_extension/* ;;
   cluster_wire) ls "$(dirname "$0")"/seeds/cluster_wire/* "$v"/snp/milan-trustee-vcek/vcek.der ;;
   kms_unwrap) ls "$(dirname "$0")"/seeds/kms_unwrap/* ;;
+  volume_structures) ls "$(dirname "$0")"/seeds/volume_structures/* ;;
   *) ;;
 esac
