@@ -12,17 +12,23 @@ use std::str::FromStr;
 
 use tss_esapi::Context;
 use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, KeyCustomization, ak, ek};
+use tss_esapi::attributes::NvIndexAttributesBuilder;
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::attributes::SessionAttributesBuilder;
+use tss_esapi::constants::NvIndexType;
 use tss_esapi::constants::SessionType;
-use tss_esapi::handles::{AuthHandle, KeyHandle, PcrHandle, SessionHandle};
+use tss_esapi::handles::{
+    AuthHandle, KeyHandle, NvIndexHandle, NvIndexTpmHandle, ObjectHandle, PcrHandle, SessionHandle,
+    TpmHandle,
+};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, SignatureSchemeAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
+use tss_esapi::interface_types::resource_handles::{NvAuth, Provision};
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    Data, Digest, DigestValues, EncryptedSecret, IdObject, PcrSelectionListBuilder, PcrSlot,
-    SignatureScheme, SymmetricDefinition,
+    Data, Digest, DigestValues, EncryptedSecret, IdObject, MaxNvBuffer, NvPublicBuilder,
+    PcrSelectionListBuilder, PcrSlot, SignatureScheme, SymmetricDefinition,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::Marshall;
@@ -385,6 +391,88 @@ impl NodeTpm {
     pub fn ak_public(&self) -> &[u8] {
         &self.ak_public
     }
+
+    /// Reads the first `size` bytes of NV index `index` (owner authorisation), or `None` if the
+    /// index is not defined. Veil keeps freshness anchors of volumes here.
+    pub fn nv_read(&mut self, index: u32, size: u16) -> Result<Option<Vec<u8>>, TpmDeviceError> {
+        let Some(handle) = self.nv_handle(index)? else {
+            return Ok(None);
+        };
+        let data = self
+            .ctx
+            .execute_with_nullauth_session(|ctx| ctx.nv_read(NvAuth::Owner, handle, size, 0))
+            .map_err(cmd("NV read"));
+        let _ = self.ctx.tr_close(&mut ObjectHandle::from(handle));
+        Ok(Some(data?.value().to_vec()))
+    }
+
+    /// Writes `data` at the start of NV index `index`, first defining it (an ordinary index of
+    /// `data.len()` bytes, owner read and write, no dictionary-attack lockout) if it is not.
+    /// One TPM2_NV_Write: the TPM makes it atomic.
+    pub fn nv_write(&mut self, index: u32, data: &[u8]) -> Result<(), TpmDeviceError> {
+        let handle = match self.nv_handle(index)? {
+            Some(h) => h,
+            None => {
+                let attributes = NvIndexAttributesBuilder::new()
+                    .with_owner_write(true)
+                    .with_owner_read(true)
+                    .with_no_da(true)
+                    .with_nv_index_type(NvIndexType::Ordinary)
+                    .build()
+                    .map_err(cmd("NV attributes"))?;
+                let size = u16::try_from(data.len())
+                    .map_err(|_| TpmDeviceError::Argument("NV data too large".into()))?;
+                let public = NvPublicBuilder::new()
+                    .with_nv_index(nv_index(index)?)
+                    .with_index_name_algorithm(HashingAlgorithm::Sha256)
+                    .with_index_attributes(attributes)
+                    .with_data_area_size(size.into())
+                    .build()
+                    .map_err(cmd("NV public"))?;
+                self.ctx
+                    .execute_with_nullauth_session(|ctx| {
+                        ctx.nv_define_space(Provision::Owner, None, public)
+                    })
+                    .map_err(cmd("NV define"))?
+            }
+        };
+        let buffer = MaxNvBuffer::try_from(data.to_vec()).map_err(cmd("NV buffer"));
+        let result = buffer.and_then(|b| {
+            self.ctx
+                .execute_with_nullauth_session(|ctx| ctx.nv_write(NvAuth::Owner, handle, b, 0))
+                .map_err(cmd("NV write"))
+        });
+        let _ = self.ctx.tr_close(&mut ObjectHandle::from(handle));
+        result
+    }
+
+    /// Removes NV index `index` if it is defined.
+    pub fn nv_undefine(&mut self, index: u32) -> Result<(), TpmDeviceError> {
+        let Some(handle) = self.nv_handle(index)? else {
+            return Ok(());
+        };
+        self.ctx
+            .execute_with_nullauth_session(|ctx| ctx.nv_undefine_space(Provision::Owner, handle))
+            .map_err(cmd("NV undefine"))
+    }
+
+    fn nv_handle(&mut self, index: u32) -> Result<Option<NvIndexHandle>, TpmDeviceError> {
+        let tpm_handle = TpmHandle::NvIndex(nv_index(index)?);
+        match self
+            .ctx
+            .execute_without_session(|ctx| ctx.tr_from_tpm_public(tpm_handle))
+        {
+            Ok(h) => Ok(Some(h.into())),
+            // TPM_RC_HANDLE: no such index.
+            Err(e) if e.to_string().to_lowercase().contains("handle") => Ok(None),
+            Err(e) => Err(cmd("NV lookup")(e)),
+        }
+    }
+}
+
+fn nv_index(index: u32) -> Result<NvIndexTpmHandle, TpmDeviceError> {
+    NvIndexTpmHandle::new(index)
+        .map_err(|e| TpmDeviceError::Argument(format!("NV index {index:#x}: {e}")))
 }
 
 impl Drop for NodeTpm {

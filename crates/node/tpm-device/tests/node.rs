@@ -190,3 +190,33 @@ fn a_broken_tpm_connection_is_reopened_with_the_same_attestation_key() {
     tpm.shutdown().unwrap();
     drop(swtpm);
 }
+
+/// Freshness anchors of volumes live in NV indices: absent until written, then what was last
+/// written, across a reconnect and a TPM restart.
+#[test]
+fn an_nv_index_holds_the_last_write_across_a_tpm_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::at(&dir.path().join("ca"));
+    let state = dir.path().join("tpm");
+    ca.manufacture(&state).unwrap();
+    let mut swtpm = SwTpm::start(&state).unwrap();
+    let port = swtpm.port();
+    let mut tpm = NodeTpm::open(&swtpm.tcti()).unwrap();
+    const INDEX: u32 = 0x0150_0a01;
+    assert_eq!(tpm.nv_read(INDEX, 40).unwrap(), None);
+    tpm.nv_write(INDEX, &[1; 40]).unwrap();
+    tpm.nv_write(INDEX, &[2; 40]).unwrap();
+    assert_eq!(tpm.nv_read(INDEX, 40).unwrap(), Some(vec![2; 40]));
+    for _ in 0..20 {
+        tpm.nv_write(INDEX, &[3; 40]).unwrap();
+    }
+    tpm.shutdown().unwrap();
+    drop(tpm);
+    swtpm.stop().unwrap();
+    let swtpm = SwTpm::start_on(&state, port).unwrap();
+    let mut tpm = NodeTpm::open(&swtpm.tcti()).unwrap();
+    assert_eq!(tpm.nv_read(INDEX, 40).unwrap(), Some(vec![3; 40]));
+    tpm.nv_undefine(INDEX).unwrap();
+    assert_eq!(tpm.nv_read(INDEX, 40).unwrap(), None);
+    tpm.shutdown().unwrap();
+}
