@@ -27,7 +27,7 @@ pub mod io;
 pub mod tree;
 pub mod volume;
 
-pub use anchor::{Anchor, Anchored, FileAnchor};
+pub use anchor::{Anchor, AnchorRequest, Anchored, FileAnchor, SocketAnchor};
 pub use error::VolumeError;
 pub use format::Geometry;
 pub use volume::{MountReport, Volume, VolumeKey};

@@ -35,7 +35,8 @@ enum Cmd {
         /// Journal blocks (4 KiB each): writes between two commits, one per request.
         #[arg(long, default_value_t = 1024)]
         journal_blocks: u64,
-        /// The freshness anchor: a file outside the host's reach (`file:PATH`).
+        /// The freshness anchor: kept by the node agent (`agent:SOCKET:NAME`, in the node's
+        /// TPM), or a file outside the host's reach (`file:PATH`, tests and benchmarks).
         #[arg(long)]
         anchor: String,
     },
@@ -48,7 +49,7 @@ enum Cmd {
         /// Where the FUSE filesystem holding the volume file is mounted.
         #[arg(long)]
         mount: PathBuf,
-        /// The freshness anchor (`file:PATH`).
+        /// The freshness anchor (`agent:SOCKET:NAME` or `file:PATH`).
         #[arg(long)]
         anchor: String,
         /// Also attach a loop device and mount ext4 here (formatted if the volume is blank).
@@ -67,7 +68,13 @@ enum Cmd {
 fn anchor_from(spec: &str) -> anyhow::Result<Box<dyn Anchor>> {
     match spec.split_once(':') {
         Some(("file", path)) if !path.is_empty() => Ok(Box::new(FileAnchor::new(path))),
-        _ => bail!("--anchor: expected file:PATH, found {spec:?}"),
+        Some(("agent", rest)) => match rest.rsplit_once(':') {
+            Some((path, name)) if !path.is_empty() => Ok(Box::new(
+                veil_volume::anchor::SocketAnchor::new(path, name).map_err(anyhow::Error::msg)?,
+            )),
+            _ => bail!("--anchor: expected agent:SOCKET:NAME, found {spec:?}"),
+        },
+        _ => bail!("--anchor: expected file:PATH or agent:SOCKET:NAME, found {spec:?}"),
     }
 }
 
