@@ -69,6 +69,16 @@ pub fn umount(dir: &Path) -> Result<(), String> {
     run(Command::new("umount").arg(dir)).map(|_| ())
 }
 
+/// Detaches the mount at `dir` now; the kernel unmounts it when it is no longer busy.
+pub fn umount_lazy(dir: &Path) -> Result<(), String> {
+    run(Command::new("umount").arg("--lazy").arg(dir)).map(|_| ())
+}
+
+/// Whether a loop device is attached to `dev`'s number (`losetup` lists it).
+pub fn loop_attached(dev: &str) -> bool {
+    run(Command::new("losetup").arg(dev)).is_ok()
+}
+
 /// Checks the filesystem on `dev` without changing it (`e2fsck -f -n`): `Ok` if clean.
 pub fn fsck(dev: &str) -> Result<(), String> {
     run(Command::new("e2fsck").args(["-f", "-n", dev])).map(|_| ())

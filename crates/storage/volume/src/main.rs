@@ -204,6 +204,10 @@ fn serve(
             blockdev::mkfs_ext4(&dev).map_err(anyhow::Error::msg)?;
         }
         blockdev::mount_ext4(&dev, dir).map_err(anyhow::Error::msg)?;
+        // Detaching a device in use makes the kernel detach it when ext4 lets go of it (at
+        // unmount, or when the mount namespace holding it goes): no loop device outlives the
+        // volume, even if this process is killed.
+        blockdev::detach_loop(&dev).map_err(anyhow::Error::msg)?;
         attached = Some((dev, dir.clone(), fresh));
     }
     println!(
@@ -225,12 +229,14 @@ fn serve(
     );
     let sig = signals.wait().context("waiting for a signal")?;
     tracing::info!(event = "volume_stopping", signal = ?sig);
-    if let Some((dev, dir, _)) = attached {
-        if let Err(e) = blockdev::umount(&dir) {
+    if let Some((_, dir, _)) = attached
+        && let Err(e) = blockdev::umount(&dir)
+    {
+        // Still in use (a process, or mounts below it): detach it now, it goes when they do;
+        // what reaches the volume until then is written, what comes after this process is not.
+        tracing::error!(event = "volume_umount_failed", error = %e, "detaching lazily");
+        if let Err(e) = blockdev::umount_lazy(&dir) {
             tracing::error!(event = "volume_umount_failed", error = %e);
-        }
-        if let Err(e) = blockdev::detach_loop(&dev) {
-            tracing::error!(event = "volume_detach_failed", error = %e);
         }
     }
     volume.write().sync()?;
