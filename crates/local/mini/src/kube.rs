@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use veil_reference::node_config::KubeSettings;
+use veil_reference::node_config::{KubeSettings, StateVolumeSettings};
 
 /// The components a control-plane node runs.
 pub const CONTROL_PLANE_COMPONENTS: &[&str] = &[
@@ -81,6 +81,20 @@ pub fn settings(dir: &Path, components: &[&str]) -> anyhow::Result<KubeSettings>
         dns_image: Some(crate::images::COREDNS.into()),
         credential_secs: None,
         serving_secs: None,
+        state_volume: None,
+    })
+}
+
+/// The state volume every node is measured with: `binary`'s SHA-256, and the capacity.
+pub fn state_volume(binary: &Path, size_mib: u64) -> anyhow::Result<StateVolumeSettings> {
+    let binary = std::fs::canonicalize(binary).with_context(|| format!("{}", binary.display()))?;
+    Ok(StateVolumeSettings {
+        sha256: hex::encode(
+            veil_kube::supervise::file_sha256(&binary)
+                .with_context(|| format!("{}", binary.display()))?,
+        ),
+        binary,
+        size_mib,
     })
 }
 

@@ -53,6 +53,12 @@ pub enum MiniCommand {
         /// restarting its kubelet, at two thirds of that); a day unless set.
         #[arg(long, value_parser = clap::value_parser!(u64).range(30..=2_592_000))]
         kube_serving_secs: Option<u64>,
+        /// The capacity of each node's encrypted state volume (where etcd, containerd and
+        /// kubelet keep their data), in MiB; 0 (for now the default: a node's TPM can stop
+        /// answering under the anchor's NV writes, being investigated): none, they write to
+        /// the node's directory.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+        state_volume_mib: u64,
     },
     /// Show the nodes of a local cluster.
     Status {
@@ -186,12 +192,13 @@ pub fn run(cmd: MiniCommand) -> ExitCode {
             network,
             kube_credential_secs,
             kube_serving_secs,
+            state_volume_mib,
         } => up(
             &workspace,
             nodes,
             control_plane,
             network,
-            (kube_credential_secs, kube_serving_secs),
+            (kube_credential_secs, kube_serving_secs, state_volume_mib),
         ),
         MiniCommand::Status { workspace } => status(&workspace),
         MiniCommand::Down { workspace } => down(&workspace),
@@ -219,6 +226,18 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// A binary in the same directory as `agent`.
+fn beside(agent: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let p = agent
+        .parent()
+        .context("the agent binary has no directory")?
+        .join(name);
+    if !p.exists() {
+        bail!("{} not found (cargo build --bins)", p.display());
+    }
+    Ok(p)
 }
 
 fn agent_binary() -> anyhow::Result<PathBuf> {
@@ -269,7 +288,7 @@ fn up(
     nodes: usize,
     control_planes: usize,
     network: Network,
-    kube_validity: (Option<u64>, Option<u64>),
+    kube_options: (Option<u64>, Option<u64>, u64),
 ) -> anyhow::Result<ExitCode> {
     if !(1..=200).contains(&nodes) {
         bail!("--nodes {nodes}: expected 1 to 200");
@@ -306,7 +325,7 @@ fn up(
         &agent,
         (nodes, control_planes),
         namespaces,
-        kube_validity,
+        kube_options,
         &mut state,
     ) {
         Ok(cid) => {
@@ -336,7 +355,7 @@ fn start_cluster(
     agent: &Path,
     (nodes, control_planes): (usize, usize),
     namespaces: bool,
-    (credential_secs, serving_secs): (Option<u64>, Option<u64>),
+    (credential_secs, serving_secs, state_volume_mib): (Option<u64>, Option<u64>, u64),
     state: &mut MiniState,
 ) -> anyhow::Result<String> {
     // Owner secrets and the reference-values key.
@@ -402,6 +421,11 @@ fn start_cluster(
         let mut cp = kube::settings(&dir, kube::CONTROL_PLANE_COMPONENTS)?;
         cp.credential_secs = credential_secs;
         cp.serving_secs = serving_secs;
+        if state_volume_mib > 0 {
+            let volume = kube::state_volume(&beside(agent, "veil-volume")?, state_volume_mib)?;
+            cp.state_volume = Some(volume.clone());
+            worker.state_volume = Some(volume);
+        }
         (Some(cp), Some(worker))
     } else {
         (None, None)

@@ -13,7 +13,10 @@ use veil_kube::kms::Kms;
 use veil_kube::launcher::Launcher;
 use veil_kube::pki::KubePki;
 use veil_kube::supervise::ProcessState;
+use veil_node_attest::TpmAttester;
 use veil_reference::node_config::{AgentConfig, KubeSettings};
+
+use crate::volume::StateVolume;
 
 /// The supervisor group of a node's Kubernetes components.
 const GROUP: &str = "kubernetes";
@@ -34,6 +37,23 @@ pub struct KubeControlPlane {
     launcher: Arc<Launcher>,
     kms_stop: tokio::sync::oneshot::Sender<()>,
     kms: tokio::task::JoinHandle<anyhow::Result<()>>,
+    volume: Option<StateVolume>,
+}
+
+/// Mounts the node's encrypted state volume where the components keep their data, if the
+/// node has one; binds the machine-wide paths into it.
+async fn state_volume(
+    cfg: &AgentConfig,
+    settings: &KubeSettings,
+    key: &[u8],
+    attester: &Arc<TpmAttester>,
+) -> anyhow::Result<Option<StateVolume>> {
+    match &settings.state_volume {
+        None => Ok(None),
+        Some(v) => Ok(Some(
+            StateVolume::start(cfg, v, key, attester.clone()).await?,
+        )),
+    }
 }
 
 /// Every control plane's cluster address: its mesh address, or without a mesh the host of
@@ -85,7 +105,11 @@ impl KubeControlPlane {
         settings: &KubeSettings,
         secrets: &ClusterSecrets,
         launcher: Arc<Launcher>,
+        attester: &Arc<TpmAttester>,
     ) -> anyhow::Result<Self> {
+        // A control plane derives its own state-volume key (it holds the secrets).
+        let key = secrets.derive(&veil_keys::KeyId::node(&cfg.name, "state")?)?;
+        let volume = state_volume(cfg, settings, key.expose(), attester).await?;
         let listen = cfg.listen_addr()?.to_string();
         let member = cfg
             .control_planes
@@ -135,6 +159,7 @@ impl KubeControlPlane {
             launcher,
             kms_stop,
             kms,
+            volume,
         })
     }
 
@@ -143,11 +168,14 @@ impl KubeControlPlane {
         self.launcher.states()
     }
 
-    /// Stops the components, then the KMS plugin.
+    /// Stops the components, then the KMS plugin and the state volume.
     pub async fn stop(self) {
         self.launcher.stop(GROUP, STOP_GRACE).await;
         let _ = self.kms_stop.send(());
         let _ = self.kms.await;
+        if let Some(v) = self.volume {
+            v.stop().await;
+        }
     }
 }
 
@@ -166,6 +194,7 @@ pub struct KubeWorker {
     /// certificate).
     kubelet: Option<veil_kube::supervise::ProcessSpec>,
     forwarder: tokio::task::JoinHandle<()>,
+    volume: Option<StateVolume>,
 }
 
 /// The group of a worker's kubelet (the other components are in [`GROUP`]).
@@ -186,7 +215,10 @@ impl KubeWorker {
         node_name: &str,
         address: Ipv4Addr,
         launcher: Arc<Launcher>,
+        state_key: &[u8],
+        attester: &Arc<TpmAttester>,
     ) -> anyhow::Result<Self> {
+        let volume = state_volume(cfg, settings, state_key, attester).await?;
         let mesh = cfg
             .mesh
             .as_ref()
@@ -219,6 +251,7 @@ impl KubeWorker {
             serving_due: None,
             kubelet: None,
             forwarder,
+            volume,
         })
     }
 
@@ -326,6 +359,9 @@ impl KubeWorker {
             self.launcher.stop(GROUP, STOP_GRACE).await;
         }
         self.forwarder.abort();
+        if let Some(v) = self.volume {
+            v.stop().await;
+        }
     }
 }
 

@@ -29,6 +29,7 @@ use veil_tpm_device::{AkKind, NodeTpm};
 
 pub mod kube;
 pub mod mesh;
+pub mod volume;
 pub use mesh::MeshRuntime;
 pub use veil_reference::node_config::{AgentConfig, MeshSettings, StrictSettings};
 pub use veil_wire::status::{MeshStatus, Status};
@@ -258,7 +259,15 @@ async fn run_until_stopped(
                             let Some(l) = launcher.clone() else {
                                 bail!("Kubernetes is configured but no supervisor process runs");
                             };
-                            match kube::KubeControlPlane::start(&cfg, settings, &secrets, l).await {
+                            match kube::KubeControlPlane::start(
+                                &cfg,
+                                settings,
+                                &secrets,
+                                l,
+                                &attester_for_peers,
+                            )
+                            .await
+                            {
                                 Ok(k) => {
                                     cp.set_kube_api(Some(k.api.clone()));
                                     kube_upkeep = Some(tokio::spawn(kube::keep_cluster(
@@ -555,7 +564,7 @@ async fn worker(
         attester.set_context(veil_cluster::mesh::key_context(&k.public()));
     }
     // Join, retrying while no control plane is up or initialised yet.
-    let (node_id, cluster_id, check, node_cert, mesh_address) = loop {
+    let (node_id, cluster_id, check, node_cert, mesh_address, state_key) = loop {
         let attempt = async {
             // The control plane must already belong to a cluster: learn which from its answer.
             let mut s =
@@ -584,6 +593,7 @@ async fn worker(
                 key_check(&joined.state_key),
                 joined.node_cert,
                 joined.mesh_address,
+                zeroize::Zeroizing::new(joined.state_key),
             ))
         };
         match attempt.await {
@@ -632,6 +642,8 @@ async fn worker(
                 &node_id,
                 *address,
                 launcher.context("Kubernetes is configured but no supervisor process runs")?,
+                &state_key,
+                &attester,
             )
             .await?,
         ),

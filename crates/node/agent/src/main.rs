@@ -38,11 +38,14 @@ fn main() -> ExitCode {
     // Its components are started by a supervisor process of their own, started now, before the
     // agent opens its TPM or mesh device: they inherit none of the agent's descriptors.
     let mut launcher = None;
-    if cfg.kubernetes.is_some() {
-        if let Err(e) = veil_kube::private::enter(
-            &veil_agent::kube::private_dir(&cfg),
-            &cfg.state_dir.join("kube"),
-        ) {
+    if let Some(k) = &cfg.kubernetes {
+        // With a state volume, the machine-wide paths are bound once it is mounted.
+        let private = veil_agent::kube::private_dir(&cfg);
+        let entered = match k.state_volume {
+            Some(_) => veil_kube::private::enter_private(&private),
+            None => veil_kube::private::enter(&private, &cfg.state_dir.join("kube")),
+        };
+        if let Err(e) = entered {
             eprintln!("error: {e}");
             return ExitCode::from(1);
         }

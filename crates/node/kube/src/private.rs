@@ -31,6 +31,13 @@ const NODE_PATHS: &[(&str, Option<&str>)] = &[
 /// most 64 MiB, mode 0700, at `dir`, and gives the node its own copy of the machine-wide paths
 /// its components write (under `data`, or in memory). Call before any other thread exists.
 pub fn enter(dir: &Path, data: &Path) -> Result<(), String> {
+    enter_private(dir)?;
+    node_paths(data)
+}
+
+/// As [`enter`], without the machine-wide paths: for a node whose `data` is not there yet (its
+/// encrypted state volume is mounted on it later); [`node_paths`] binds them then.
+pub fn enter_private(dir: &Path) -> Result<(), String> {
     own_namespace()?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     mount(
@@ -40,8 +47,7 @@ pub fn enter(dir: &Path, data: &Path) -> Result<(), String> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0700,size=64m"),
     )
-    .map_err(|e| format!("cannot mount the private tmpfs at {}: {e}", dir.display()))?;
-    node_paths(data)
+    .map_err(|e| format!("cannot mount the private tmpfs at {}: {e}", dir.display()))
 }
 
 /// Enters a mount namespace of the node's own and gives it its own copy of the machine-wide
@@ -65,7 +71,9 @@ fn own_namespace() -> Result<(), String> {
     .map_err(|e| format!("cannot make the node's mounts private: {e}"))
 }
 
-fn node_paths(data: &Path) -> Result<(), String> {
+/// Gives the node its own copy of the machine-wide paths its components write, under `data`
+/// or in memory (in the node's mount namespace, which every thread shares once entered).
+pub fn node_paths(data: &Path) -> Result<(), String> {
     for (target, source) in NODE_PATHS {
         std::fs::create_dir_all(target).map_err(|e| format!("{target}: {e}"))?;
         match source {

@@ -127,6 +127,22 @@ pub struct KubeSettings {
     /// in seconds (measured); a day unless set.
     #[serde(default)]
     pub serving_secs: Option<u64>,
+    /// The node's encrypted state volume, which holds what its components write (etcd's data,
+    /// containerd's and kubelet's state); none: they write to the state directory (measured).
+    #[serde(default)]
+    pub state_volume: Option<StateVolumeSettings>,
+}
+
+/// The node's encrypted state volume (`veil-volume`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StateVolumeSettings {
+    /// The `veil-volume` binary (plumbing: its SHA-256 is what is measured).
+    pub binary: PathBuf,
+    /// The binary's SHA-256 (hex).
+    pub sha256: String,
+    /// The volume's capacity in MiB.
+    pub size_mib: u64,
 }
 
 fn default_api_port() -> u16 {
@@ -163,6 +179,12 @@ impl KubeSettings {
         }
         if let Some(secs) = self.serving_secs {
             m.push_str(&format!(" serving {secs}s"));
+        }
+        if let Some(v) = &self.state_volume {
+            m.push_str(&format!(
+                " state-volume {}MiB veil-volume=sha256:{}",
+                v.size_mib, v.sha256
+            ));
         }
         m
     }
@@ -414,6 +436,7 @@ mod tests {
             dns_image: None,
             credential_secs: None,
             serving_secs: None,
+            state_volume: None,
         };
         cfg.kubernetes = Some(kube.clone());
         let with_kube = cfg.measured(&k);
@@ -436,6 +459,25 @@ mod tests {
             cfg.measured(&k),
             "how long serving certificates last is"
         );
+        let before = cfg.measured(&k);
+        kube.state_volume = Some(StateVolumeSettings {
+            binary: "/opt/a/veil-volume".into(),
+            sha256: "ef".repeat(32),
+            size_mib: 1024,
+        });
+        cfg.kubernetes = Some(kube.clone());
+        let with_volume = cfg.measured(&k);
+        assert_ne!(before, with_volume, "the state volume is");
+        if let Some(v) = &mut kube.state_volume {
+            v.binary = "/elsewhere".into();
+        }
+        cfg.kubernetes = Some(kube.clone());
+        assert_eq!(with_volume, cfg.measured(&k), "where its binary is is not");
+        if let Some(v) = &mut kube.state_volume {
+            v.sha256 = "01".repeat(32);
+        }
+        cfg.kubernetes = Some(kube.clone());
+        assert_ne!(with_volume, cfg.measured(&k), "which binary runs it is");
         assert!(
             kube.binary("etcd")
                 .unwrap_err()
