@@ -202,13 +202,19 @@ fn an_nv_index_holds_the_last_write_across_a_tpm_restart() {
     let mut swtpm = SwTpm::start(&state).unwrap();
     let port = swtpm.port();
     let mut tpm = NodeTpm::open(&swtpm.tcti()).unwrap();
+    tpm.load_ek().unwrap();
+    tpm.create_ak(AkKind::EccP256).unwrap();
     const INDEX: u32 = 0x0150_0a01;
+    assert_eq!(tpm.nv_read(INDEX, 40).unwrap(), None);
+    tpm.quote(&[1; 32], &[Bank::Sha256], &[8]).unwrap();
     assert_eq!(tpm.nv_read(INDEX, 40).unwrap(), None);
     tpm.nv_write(INDEX, &[1; 40]).unwrap();
     tpm.nv_write(INDEX, &[2; 40]).unwrap();
     assert_eq!(tpm.nv_read(INDEX, 40).unwrap(), Some(vec![2; 40]));
-    for _ in 0..20 {
+    for i in 0..20 {
         tpm.nv_write(INDEX, &[3; 40]).unwrap();
+        tpm.quote(&[i; 32], &[Bank::Sha256], &[8]).unwrap();
+        assert!(tpm.nv_read(INDEX, 40).unwrap().is_some());
     }
     tpm.shutdown().unwrap();
     drop(tpm);
