@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use veil_node_attest::TpmAttester;
 use veil_reference::node_config::StateVolumeSettings;
 use veil_volume::{AnchorRequest, Anchored};
@@ -102,28 +101,27 @@ pub fn answer(line: &str, attester: &TpmAttester) -> String {
     }
 }
 
-async fn serve_anchors(listener: tokio::net::UnixListener, attester: Arc<TpmAttester>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
+/// Serves the anchor protocol on a thread of its own, with blocking I/O: the volume's fsyncs
+/// wait on it, so it must not wait for the agent's runtime (whose threads a blocking call can
+/// hold), and requests are answered one at a time, in order.
+fn serve_anchors(listener: std::os::unix::net::UnixListener, attester: Arc<TpmAttester>) {
+    use std::io::{BufRead, Read};
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else {
             continue;
         };
-        let attester = attester.clone();
-        tokio::spawn(async move {
-            let (r, mut w) = stream.into_split();
-            let mut line = String::new();
-            let read = tokio::time::timeout(
-                Duration::from_secs(10),
-                tokio::io::BufReader::new(r.take(512)).read_line(&mut line),
-            )
-            .await;
-            if !matches!(read, Ok(Ok(n)) if n > 0) {
-                return;
-            }
-            let reply = tokio::task::spawn_blocking(move || answer(&line, &attester))
-                .await
-                .unwrap_or_else(|e| format!("error {e}"));
-            let _ = w.write_all(format!("{reply}\n").as_bytes()).await;
-        });
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+        let mut line = String::new();
+        let read = match stream.try_clone() {
+            Ok(r) => std::io::BufReader::new(r.take(512)).read_line(&mut line),
+            Err(e) => Err(e),
+        };
+        if !matches!(read, Ok(n) if n > 0) {
+            continue;
+        }
+        let reply = answer(&line, &attester);
+        let _ = stream.write_all(format!("{reply}\n").as_bytes());
     }
 }
 
@@ -135,7 +133,6 @@ fn field(v: &serde_json::Value, name: &str) -> String {
 #[derive(Debug)]
 pub struct StateVolume {
     child: std::process::Child,
-    anchors: tokio::task::JoinHandle<()>,
 }
 
 impl StateVolume {
@@ -161,17 +158,18 @@ impl StateVolume {
         let private = crate::kube::private_dir(cfg);
         let sock = private.join("anchor.sock");
         let _ = std::fs::remove_file(&sock);
-        let listener = tokio::net::UnixListener::bind(&sock)
+        let listener = std::os::unix::net::UnixListener::bind(&sock)
             .with_context(|| format!("cannot listen on {}", sock.display()))?;
-        let anchors = tokio::spawn(serve_anchors(listener, attester.clone()));
-        let started = Self::open(cfg, settings, key, &attester, &sock).await;
-        match started {
-            Ok(child) => Ok(Self { child, anchors }),
-            Err(e) => {
-                anchors.abort();
-                Err(e)
-            }
-        }
+        let a = attester.clone();
+        // The thread lives as long as the agent: a volume stopped and started again (secrets
+        // lost and regained) binds a new socket and the old thread's listener is gone with
+        // its file.
+        std::thread::Builder::new()
+            .name("volume-anchors".into())
+            .spawn(move || serve_anchors(listener, a))
+            .context("cannot start the anchor thread")?;
+        let child = Self::open(cfg, settings, key, &attester, &sock).await?;
+        Ok(Self { child })
     }
 
     async fn open(
@@ -322,6 +320,5 @@ impl StateVolume {
         } else {
             tracing::warn!(event = "state_volume_stop_timeout");
         }
-        self.anchors.abort();
     }
 }
