@@ -19,5 +19,6 @@ case "$1" in
   cluster_wire) ls "$(dirname "$0")"/seeds/cluster_wire/* "$v"/snp/milan-trustee-vcek/vcek.der ;;
   kms_unwrap) ls "$(dirname "$0")"/seeds/kms_unwrap/* ;;
   volume_structures) ls "$(dirname "$0")"/seeds/volume_structures/* ;;
+  s3_object) ls "$(dirname "$0")"/../crates/storage/s3-proxy/fuzz-seeds/* ;;
   *) ;;
 esac

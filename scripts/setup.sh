@@ -31,6 +31,12 @@ if ! command -v boringtun-cli >/dev/null 2>&1; then
   cargo install --locked boringtun-cli@0.7.1
 fi
 
+# The real S3 server the object-storage proxy is tested against (later versions need rustc 1.96).
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  echo "setup: installing s3s-fs" >&2
+  cargo install --locked s3s-fs@0.14.1 --features binary
+fi
+
 if [ "${VEIL_SETUP_FUZZ:-1}" = 1 ] && ! cargo fuzz --version >/dev/null 2>&1; then
   echo "setup: installing cargo-fuzz" >&2
   cargo install --locked cargo-fuzz@0.13.1

@@ -8,7 +8,11 @@
 //!   O_DIRECT where the filesystem takes it (gocryptfs does not: buffered there, with an fsync
 //!   per write for writes, and said so).
 //!
-//! It runs the `veil-volume` binary beside this one (`cargo build --release --bins` first).
+//! - the S3 encryption proxy: PUT and GET of 256 MiB through it and against the backend
+//!   (s3s-fs) alone.
+//!
+//! It runs the `veil-volume` binary beside this one (`cargo build --release --bins` first) and
+//! s3s-fs (setup installs it).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -255,6 +259,28 @@ pub fn run(secs: f64) -> Result<()> {
             }
         );
     }
+    let s3 = veil_s3_proxy::harness::find_s3s_fs().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let work = tempfile::tempdir_in(&base)?;
+    let t = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(veil_s3_proxy::bench::bench_throughput(
+            &s3,
+            work.path(),
+            256,
+        ))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "S3, {} MiB objects: through the proxy PUT {:.0} MiB/s GET {:.0} MiB/s; backend alone PUT {:.0} MiB/s GET {:.0} MiB/s; ratio PUT {:.2}x GET {:.2}x",
+        t.mib,
+        t.proxy.put_mib_s,
+        t.proxy.get_mib_s,
+        t.backend.put_mib_s,
+        t.backend.get_mib_s,
+        t.proxy.put_mib_s / t.backend.put_mib_s,
+        t.proxy.get_mib_s / t.backend.get_mib_s
+    );
     if let (Some(p), Some(g), Some(v)) = (results.first(), results.get(1), results.get(2)) {
         println!(
             "veil / plain: seq write {:.2}x (aim 0.70), seq read {:.2}x, rand read {:.2}x, rand write {:.2}x",
