@@ -78,6 +78,17 @@ fn anchor_from(spec: &str) -> anyhow::Result<Box<dyn Anchor>> {
     }
 }
 
+/// An exclusive lock on the backing file, held while the returned value lives.
+fn lock_backing(backing: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let f = std::fs::File::open(backing).with_context(|| format!("{}", backing.display()))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "{} is in use by another volume process ({e})",
+            backing.display()
+        )
+    })
+}
+
 fn read_key() -> anyhow::Result<VolumeKey> {
     let mut line = zeroize::Zeroizing::new(String::new());
     std::io::stdin()
@@ -126,6 +137,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .truncate(false)
                 .open(&backing)
                 .with_context(|| format!("{}", backing.display()))?;
+            let _lock = lock_backing(&backing)?;
             Volume::format(&file, &key, geo, anchor.as_ref())?;
             println!(
                 "{}",
@@ -166,6 +178,9 @@ fn serve(
     signals.thread_block().context("blocking signals")?;
 
     let key = read_key()?;
+    // One process per backing file: a second one (an orphan of a killed agent still serving)
+    // would interleave its commits with ours.
+    let _lock = lock_backing(&backing)?;
     let (file, direct) = veil_volume::io::open_backing(&backing, direct_io)
         .with_context(|| format!("{}", backing.display()))?;
     tracing::info!(event = "volume_backing", backing = %backing.display(), direct);
@@ -229,20 +244,32 @@ fn serve(
     );
     let sig = signals.wait().context("waiting for a signal")?;
     tracing::info!(event = "volume_stopping", signal = ?sig);
-    if let Some((_, dir, _)) = attached
-        && let Err(e) = blockdev::umount(&dir)
-    {
-        // Still in use (a process, or mounts below it): detach it now, it goes when they do;
-        // what reaches the volume until then is written, what comes after this process is not.
-        tracing::error!(event = "volume_umount_failed", error = %e, "detaching lazily");
-        if let Err(e) = blockdev::umount_lazy(&dir) {
-            tracing::error!(event = "volume_umount_failed", error = %e);
+    if let Some((dev, dir, _)) = &attached {
+        match blockdev::umount(dir) {
+            // The kernel lets go of the loop device (and of the volume file) just after.
+            Ok(()) => {
+                for _ in 0..100 {
+                    if !blockdev::loop_attached(dev) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+            Err(e) => {
+                // Still in use (a process, or mounts below it): detach it now, it goes when
+                // they do.
+                tracing::error!(event = "volume_umount_failed", error = %e, "detaching lazily");
+                if let Err(e) = blockdev::umount_lazy(dir) {
+                    tracing::error!(event = "volume_umount_failed", error = %e);
+                }
+            }
         }
     }
     volume.write().sync()?;
     tracing::info!(event = "volume_stopped", stats = %volume.read().stats().json());
     if let Err(e) = session.umount_and_join() {
-        tracing::warn!(event = "volume_fuse_unmount", error = %e);
+        tracing::warn!(event = "volume_fuse_unmount", error = %e, "detaching lazily");
+        let _ = blockdev::umount_lazy(&mount);
     }
     Ok(())
 }

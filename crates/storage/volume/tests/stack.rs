@@ -326,6 +326,9 @@ fn a_flipped_bit_gives_an_io_error_and_an_audit_event_an_older_copy_and_a_wrong_
     let e = Served::start(&d, OTHER_KEY, true, "serve4.log").unwrap_err();
     assert!(e.contains("wrong key"), "{e}");
     assert!(!is_mounted(&d.p("fuse")) && !is_mounted(&d.p("mnt")));
-    // The right key still opens it.
-    Served::start(&d, KEY, true, "serve5.log").unwrap().stop();
+    // The right key still opens it, and only one process at a time serves it.
+    let s = Served::start(&d, KEY, true, "serve5.log").unwrap();
+    let e = Served::start(&d, KEY, false, "serve6.log").unwrap_err();
+    assert!(e.contains("in use by another volume process"), "{e}");
+    s.stop();
 }
