@@ -54,9 +54,9 @@ pub enum MiniCommand {
         #[arg(long, value_parser = clap::value_parser!(u64).range(30..=2_592_000))]
         kube_serving_secs: Option<u64>,
         /// The capacity of each node's encrypted state volume (where etcd, containerd and
-        /// kubelet keep their data), in MiB; 0 (for now the default: a node's TPM can stop
-        /// answering under the anchor's NV writes, being investigated): none, they write to
-        /// the node's directory.
+        /// kubelet keep their data), in MiB (a sparse file on the host; the volume keeps 8 MiB
+        /// of metadata in memory per GiB); 0 (the default until a cluster of three control
+        /// planes comes up as fast with it): none, they write to the node's directory.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
         state_volume_mib: u64,
     },

@@ -239,20 +239,24 @@ fn apply(ws: &Path, yaml: &str) {
     assert_eq!(code, 0, "{out}\n{err}");
 }
 
-/// The etcd files of the control plane: every byte etcd keeps on disk.
+/// The etcd files of the control plane, as etcd sees them: every byte it keeps on disk. They
+/// are on the node's encrypted state volume, mounted in the node's own mount namespace, so they
+/// are read from inside it.
 fn etcd_bytes(ws: &Path) -> Vec<u8> {
-    let mut all = Vec::new();
-    let mut stack = vec![ws.join("nodes/cp-0/kube/etcd")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                all.extend(std::fs::read(e.path()).unwrap_or_default());
-            }
-        }
-    }
-    all
+    let pid = mini_node(ws, "cp-0")["pid"].as_u64().unwrap();
+    let dir = ws.join("nodes/cp-0/kube/etcd");
+    let out = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "--", "find"])
+        .arg(&dir)
+        .args(["-type", "f", "-exec", "cat", "{}", "+"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -317,12 +321,15 @@ fn kubernetes_behind_attestation() {
     let ws = tmp.path().join("ws");
     let w = ws.display().to_string();
     // Workers' Kubernetes credentials last a minute here (900 s by default) and kubelets'
-    // serving certificates two (a day), so both are renewed while the test runs.
+    // serving certificates two (a day), so both are renewed while the test runs. Every node's
+    // data is on its encrypted state volume.
     let (code, out, err) = veil(&[
         "mini",
         "up",
         "--nodes",
         "3",
+        "--state-volume-mib",
+        "2048",
         "--kube-credential-secs",
         &CREDENTIAL_SECS.to_string(),
         "--kube-serving-secs",
@@ -668,6 +675,17 @@ fn kubernetes_behind_attestation() {
     assert!(
         contains(&on_disk, b"k8s:enc:kms:v2:veil:"),
         "etcd holds no KMS v2 ciphertext"
+    );
+    // And what etcd writes reaches the host's disk only as the state volume's ciphertext: not
+    // even the keys of etcd's records are in the backing file.
+    let backing = std::fs::read(ws.join("nodes/cp-0/state.vol")).unwrap();
+    assert!(
+        !contains(&backing, b"/registry/secrets/default/s1"),
+        "etcd's records are in the state volume's backing file in plaintext"
+    );
+    assert!(
+        !ws.join("nodes/cp-0/kube/etcd").exists(),
+        "etcd's files are on the host's disk"
     );
 
     // Credentials are renewed before they lapse: once worker-0's first client certificates have

@@ -240,6 +240,7 @@ impl StateVolume {
             .args(["--anchor", &anchor])
             .arg("--ext4")
             .arg(&data)
+            .arg("--die-with-parent")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(log()?)

@@ -62,6 +62,10 @@ enum Cmd {
         /// sequential writes with one request in flight).
         #[arg(long)]
         direct_io: bool,
+        /// Stop (as on SIGTERM) when the parent process dies: the node agent that started the
+        /// volume, whose components stop with it.
+        #[arg(long)]
+        die_with_parent: bool,
     },
 }
 
@@ -152,14 +156,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ext4,
             threads,
             direct_io,
-        } => serve(
-            backing,
-            mount,
-            anchor_from(&anchor)?,
-            ext4,
-            threads,
-            direct_io,
-        ),
+            die_with_parent,
+        } => {
+            if die_with_parent {
+                let parent = nix::unistd::getppid();
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                    .context("PR_SET_PDEATHSIG")?;
+                // The parent may have died before the line above.
+                if nix::unistd::getppid() != parent || parent.as_raw() == 1 {
+                    bail!("the parent process is gone");
+                }
+            }
+            serve(
+                backing,
+                mount,
+                anchor_from(&anchor)?,
+                ext4,
+                threads,
+                direct_io,
+            )
+        }
     }
 }
 
