@@ -20,6 +20,7 @@ pub mod ca;
 pub mod mesh;
 mod service;
 
+pub use service::volumes::{AttachRefused, VolumeRecord};
 pub use service::{
     ControlPlane, IDLE_TIMEOUT, KUBE_CREDENTIAL_VALIDITY, KUBE_SERVING_VALIDITY,
     MAX_ACTIVATIONS_PER_SECOND, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_SOURCE, NodeMesh, NodeRecord,

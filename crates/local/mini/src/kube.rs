@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use veil_reference::node_config::{KubeSettings, StateVolumeSettings};
+use veil_reference::node_config::{KubeSettings, StateVolumeSettings, VolumeSettings};
 
 /// The components a control-plane node runs.
 pub const CONTROL_PLANE_COMPONENTS: &[&str] = &[
@@ -82,6 +82,7 @@ pub fn settings(dir: &Path, components: &[&str]) -> anyhow::Result<KubeSettings>
         credential_secs: None,
         serving_secs: None,
         state_volume: None,
+        volumes: None,
     })
 }
 
@@ -95,6 +96,17 @@ pub fn state_volume(binary: &Path, size_mib: u64) -> anyhow::Result<StateVolumeS
         ),
         binary,
         size_mib,
+    })
+}
+
+/// Persistent volumes from the disk pool `pool` with `binary` (measured by its SHA-256).
+pub fn volumes(binary: &Path, pool: &Path) -> anyhow::Result<VolumeSettings> {
+    let v = state_volume(binary, 0)?;
+    std::fs::create_dir_all(pool).with_context(|| format!("{}", pool.display()))?;
+    Ok(VolumeSettings {
+        binary: v.binary,
+        sha256: v.sha256,
+        pool: std::fs::canonicalize(pool)?,
     })
 }
 

@@ -421,11 +421,16 @@ fn start_cluster(
         let mut cp = kube::settings(&dir, kube::CONTROL_PLANE_COMPONENTS)?;
         cp.credential_secs = credential_secs;
         cp.serving_secs = serving_secs;
+        let volume_bin = beside(agent, "veil-volume")?;
         if state_volume_mib > 0 {
-            let volume = kube::state_volume(&beside(agent, "veil-volume")?, state_volume_mib)?;
+            let volume = kube::state_volume(&volume_bin, state_volume_mib)?;
             cp.state_volume = Some(volume.clone());
             worker.state_volume = Some(volume);
         }
+        // Persistent volumes: the pool every node reaches stands in for a cloud's block store.
+        let volumes = kube::volumes(&volume_bin, &ws.join("disk-pool"))?;
+        cp.volumes = Some(volumes.clone());
+        worker.volumes = Some(volumes);
         (Some(cp), Some(worker))
     } else {
         (None, None)

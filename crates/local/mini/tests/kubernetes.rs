@@ -234,6 +234,69 @@ spec:
     )
 }
 
+/// A Deployment of one pod on a PVC of Veil's default StorageClass: the first pod writes a
+/// canary and a random blob with its checksum (then `sync`: every byte acknowledged), a later
+/// one finds them and checks the blob.
+fn data_app(canary: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: data}}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {{requests: {{storage: 64Mi}}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: data}}
+spec:
+  replicas: 1
+  strategy: {{type: Recreate}}
+  selector: {{matchLabels: {{app: data}}}}
+  template:
+    metadata: {{labels: {{app: data}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      volumes: [{{name: data, persistentVolumeClaim: {{claimName: data}}}}]
+      containers:
+      - name: data
+        image: veil.local/busybox:1
+        imagePullPolicy: Never
+        volumeMounts: [{{name: data, mountPath: /data}}]
+        command: ["sh", "-c", "if [ ! -f /data/canary ]; then echo {canary} > /data/canary && head -c 4194304 /dev/urandom > /data/blob && sha256sum /data/blob > /data/blob.sha && sync && echo wrote; fi; echo found $(cat /data/canary); sha256sum -c /data/blob.sha && echo blob intact; exec sleep 3600"]
+"#
+    )
+}
+
+/// The data pod Running on `node`, if any.
+fn data_pod_on(ws: &Path, node: &str) -> Option<String> {
+    pods(ws, "app=data")
+        .into_iter()
+        .find(|(_, n, phase)| n == node && phase == "Running")
+        .map(|(p, _, _)| p)
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+/// The files of the disk pool, read whole.
+fn pool_bytes(ws: &Path) -> (usize, Vec<u8>) {
+    let mut all = Vec::new();
+    let mut n = 0;
+    for e in std::fs::read_dir(ws.join("disk-pool")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "vol") {
+            n += 1;
+        }
+        all.extend(std::fs::read(&p).unwrap());
+    }
+    (n, all)
+}
+
 fn apply(ws: &Path, yaml: &str) {
     let (code, out, err) = kubectl_raw(ws, &["apply", "-f", "-"], Some(yaml));
     assert_eq!(code, 0, "{out}\n{err}");
@@ -736,6 +799,94 @@ fn kubernetes_behind_attestation() {
         kubectl_raw(&ws, &["get", "--raw", "/readyz"], None).0 == 0
     });
 
+    // A persistent volume follows its pod. Both kubelets registered Veil's CSI driver; a PVC
+    // of the default StorageClass is provisioned from the disk pool; its pod writes on
+    // worker-0 (worker-1 cordoned), then worker-0 is cordoned and the pod deleted: the new
+    // pod on worker-1 finds every byte. The pool holds ciphertext only.
+    for id in [&id0, &id1] {
+        wait_until(&format!("{id}'s CSINode to list the driver"), 60, || {
+            kubectl_raw(
+                &ws,
+                &[
+                    "get",
+                    "csinode",
+                    id,
+                    "-o",
+                    "jsonpath={.spec.drivers[*].name}",
+                ],
+                None,
+            )
+            .1
+            .contains("volume.veil.dev")
+        });
+    }
+    let canary = format!("veil-pv-canary-{:016x}", rand_u64());
+    kubectl(&ws, &["cordon", &id1]);
+    apply(&ws, &data_app(&canary));
+    let mut first = None;
+    let took = wait_until("the data pod Running on worker-0", 150, || {
+        first = data_pod_on(&ws, &id0);
+        first.is_some()
+    });
+    let first = first.unwrap();
+    wait_until("the data pod to write", 30, || {
+        kubectl_raw(&ws, &["logs", &first], None)
+            .1
+            .contains("blob intact")
+    });
+    let logs = kubectl(&ws, &["logs", &first]);
+    assert!(
+        logs.contains("wrote") && logs.contains(&format!("found {canary}")),
+        "{logs}"
+    );
+    eprintln!(
+        "persistent volume: provisioned, attached, staged and written on worker-0 {took:?} after the claim"
+    );
+    let (files, bytes) = pool_bytes(&ws);
+    assert_eq!(files, 1, "one volume in the pool");
+    assert!(
+        !contains(&bytes, canary.as_bytes()),
+        "the canary is in the pool in plaintext"
+    );
+    kubectl(&ws, &["uncordon", &id1]);
+    kubectl(&ws, &["cordon", &id0]);
+    let t = Instant::now();
+    kubectl(&ws, &["delete", "pod", &first, "--wait=false"]);
+    let mut second = None;
+    let moved = wait_until("the data pod Running on worker-1", 180, || {
+        second = data_pod_on(&ws, &id1);
+        second.is_some()
+    });
+    let second = second.unwrap();
+    wait_until("the moved pod to read", 30, || {
+        kubectl_raw(&ws, &["logs", &second], None)
+            .1
+            .contains("blob intact")
+    });
+    let logs = kubectl(&ws, &["logs", &second]);
+    assert!(
+        !logs.contains("wrote"),
+        "the volume was empty on worker-1: {logs}"
+    );
+    assert!(logs.contains(&format!("found {canary}")), "{logs}");
+    eprintln!(
+        "persistent volume: followed its pod to worker-1 in {moved:?} ({:?} since the delete), canary and a 4 MiB blob intact",
+        t.elapsed()
+    );
+    kubectl(&ws, &["uncordon", &id0]);
+    let pv = kubectl(
+        &ws,
+        &["get", "pvc", "data", "-o", "jsonpath={.spec.volumeName}"],
+    );
+    assert!(pv.starts_with("pvc-"), "{pv}");
+    // Done with it: the Deployment goes, the volume detaches.
+    kubectl(&ws, &["delete", "deployment", "data"]);
+    wait_until("the volume detached", 90, || {
+        kubectl(&ws, &["get", "volumeattachments", "-o", "name"])
+            .trim()
+            .is_empty()
+    });
+
     // The owner removes worker-1: its Node is cordoned and deleted, it does not come back (its
     // certificate may still be valid; the admission policy denies its writes), and its pods
     // are rescheduled on worker-0.
@@ -767,6 +918,57 @@ fn kubernetes_behind_attestation() {
         nodes(&ws).iter().all(|(n, _, _, _)| *n != id1),
         "the removed node registered again"
     );
+    // A removed node cannot attach the volume: an attachment to it is refused by the control
+    // plane, with the reason in the attachment's status. Then the claim goes, and its volume
+    // with it: no file left in the pool.
+    let va = format!(
+        r#"
+apiVersion: storage.k8s.io/v1
+kind: VolumeAttachment
+metadata: {{name: to-removed}}
+spec:
+  attacher: volume.veil.dev
+  nodeName: {id1}
+  source: {{persistentVolumeName: {pv}}}
+"#
+    );
+    apply(&ws, &va);
+    let mut error = String::new();
+    wait_until("the attachment to the removed node refused", 30, || {
+        error = kubectl(
+            &ws,
+            &[
+                "get",
+                "volumeattachment",
+                "to-removed",
+                "-o",
+                "jsonpath={.status.attachError.message}",
+            ],
+        );
+        !error.is_empty()
+    });
+    assert!(error.contains("was removed"), "{error}");
+    assert_eq!(
+        kubectl(
+            &ws,
+            &[
+                "get",
+                "volumeattachment",
+                "to-removed",
+                "-o",
+                "jsonpath={.status.attached}"
+            ]
+        )
+        .trim(),
+        "false"
+    );
+    eprintln!("persistent volume: attaching it to the removed node refused: {error}");
+    kubectl(&ws, &["delete", "volumeattachment", "to-removed"]);
+    kubectl(&ws, &["delete", "pvc", "data"]);
+    wait_until("the released volume deleted from the pool", 60, || {
+        pool_bytes(&ws).0 == 0 && kubectl(&ws, &["get", "pv", "-o", "name"]).trim().is_empty()
+    });
+
     let removed_status = status_of(&ws, "worker-1");
     assert!(
         removed_status.components.is_empty(),

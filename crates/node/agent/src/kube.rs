@@ -195,6 +195,51 @@ pub struct KubeWorker {
     kubelet: Option<veil_kube::supervise::ProcessSpec>,
     forwarder: tokio::task::JoinHandle<()>,
     volume: Option<StateVolume>,
+    /// The CSI node service, its server, and what stops it.
+    csi: Option<WorkerCsi>,
+}
+
+/// A worker's CSI node plugin.
+#[derive(Debug)]
+struct WorkerCsi {
+    node: veil_csi::node::Node<crate::broker::Broker>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts the worker's CSI node plugin in kubelet's directory, its keys and anchors from the
+/// control plane through `broker`.
+fn worker_csi(
+    cfg: &AgentConfig,
+    v: &veil_reference::node_config::VolumeSettings,
+    node_name: &str,
+    broker: crate::broker::Broker,
+    attester: &Arc<TpmAttester>,
+) -> anyhow::Result<WorkerCsi> {
+    let b = broker.clone();
+    crate::volume::set_remote(Arc::new(move |id, advance| b.anchor_blocking(id, advance)));
+    let anchors = crate::volume::start_anchors(cfg, attester)?;
+    let node = veil_csi::node::Node::new(
+        veil_csi::node::NodeSettings {
+            node_id: node_name.to_string(),
+            pool: v.pool.clone(),
+            binary: v.binary.clone(),
+            sha256: v.sha256.clone(),
+            anchor_socket: anchors,
+            work: private_dir(cfg).join("pv"),
+        },
+        broker,
+    );
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let kubelet_dir = cfg.state_dir.join("kube").join("kubelet");
+    let served = node.clone();
+    let server = tokio::spawn(async move {
+        veil_csi::node::serve(&kubelet_dir, served, async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    Ok(WorkerCsi { node, stop, server })
 }
 
 /// The group of a worker's kubelet (the other components are in [`GROUP`]).
@@ -209,6 +254,7 @@ pub fn renew_after(lifetime: Duration) -> Duration {
 impl KubeWorker {
     /// Makes the worker's keys, routes the pod network into the mesh and starts the forwarder
     /// to the API servers; the components start with the first credentials.
+    #[allow(clippy::too_many_arguments)] // what the join gave, each from another step
     pub async fn new(
         cfg: &AgentConfig,
         settings: &KubeSettings,
@@ -217,8 +263,13 @@ impl KubeWorker {
         launcher: Arc<Launcher>,
         state_key: &[u8],
         attester: &Arc<TpmAttester>,
+        broker: Option<crate::broker::Broker>,
     ) -> anyhow::Result<Self> {
         let volume = state_volume(cfg, settings, state_key, attester).await?;
+        let csi = match (&settings.volumes, broker) {
+            (Some(v), Some(b)) => Some(worker_csi(cfg, v, node_name, b, attester)?),
+            _ => None,
+        };
         let mesh = cfg
             .mesh
             .as_ref()
@@ -252,6 +303,7 @@ impl KubeWorker {
             kubelet: None,
             forwarder,
             volume,
+            csi,
         })
     }
 
@@ -347,6 +399,10 @@ impl KubeWorker {
             self.started = false;
             self.kubelet = None;
         }
+        // Its persistent volumes close (their anchors could not advance any more).
+        if let Some(c) = &self.csi {
+            c.node.stop_all().await;
+        }
         let _ = std::fs::remove_dir_all(self.node.private.join("pki"));
         self.renewed = None;
         self.serving_due = None;
@@ -359,6 +415,10 @@ impl KubeWorker {
             self.launcher.stop(GROUP, STOP_GRACE).await;
         }
         self.forwarder.abort();
+        if let Some(c) = self.csi {
+            let _ = c.stop.send(());
+            let _ = c.server.await;
+        }
         if let Some(v) = self.volume {
             v.stop().await;
         }
@@ -371,8 +431,22 @@ pub async fn keep_cluster(
     cp: Arc<veil_cluster::ControlPlane>,
     cfg: AgentConfig,
     settings: KubeSettings,
+    attester: Arc<TpmAttester>,
 ) {
     use veil_kube::addons;
+    // Persistent volumes: the CSI controller (served on a socket of its own, called in-process
+    // by the provisioner and attacher below), stopped with this upkeep.
+    let volumes = match &settings.volumes {
+        Some(v) => match csi_controller(&cp, &cfg, v, &attester) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(event = "csi_controller_not_started", error = %format!("{e:#}"));
+                None
+            }
+        },
+        None => None,
+    };
+    let mut refused_attachments = std::collections::BTreeMap::new();
     let admin = private_dir(&cfg).join("admin.conf");
     let mut client = None;
     let mut applied = false;
@@ -402,6 +476,9 @@ pub async fn keep_cluster(
                     )
                     .map_err(anyhow::Error::msg)?;
                     addons::apply_dns(c, &ip.to_string(), image).await?;
+                }
+                if volumes.is_some() {
+                    veil_kube::volumes::apply_driver(c).await?;
                 }
                 addons::apply_removal_policy(c, &removed).await
             };
@@ -456,5 +533,85 @@ pub async fn keep_cluster(
                 last_error = Some(e);
             }
         }
+        if let Some((controller, _)) = &volumes
+            && let Err(e) =
+                veil_kube::volumes::reconcile(c, controller, &mut refused_attachments).await
+        {
+            let e = format!("{e:#}");
+            if last_error.as_deref() != Some(e.as_str()) {
+                tracing::warn!(error = %e, "volumes not reconciled");
+                last_error = Some(e);
+            }
+        }
     }
+}
+
+/// Aborts a task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<anyhow::Result<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the CSI controller asks of this control plane.
+#[derive(Debug)]
+struct CpAuthority {
+    cp: Arc<veil_cluster::ControlPlane>,
+    anchors: std::path::PathBuf,
+}
+
+impl veil_csi::controller::Authority for CpAuthority {
+    fn volume_key(&self, id: &str) -> Result<zeroize::Zeroizing<[u8; 32]>, String> {
+        self.cp.volume_key_local(id)
+    }
+    fn attach(&self, id: &str, node: &str) -> Result<(), veil_csi::controller::AttachRefused> {
+        use veil_cluster::AttachRefused as Cp;
+        use veil_csi::controller::AttachRefused as Csi;
+        self.cp.attach_volume(id, node).map_err(|e| match e {
+            Cp::UnknownNode(r) => Csi::UnknownNode(r),
+            Cp::Refused(r) => Csi::Refused(r),
+        })
+    }
+    fn detach(&self, id: &str, node: &str) -> Result<(), String> {
+        self.cp.detach_volume(id, node)
+    }
+    fn forget(&self, id: &str) -> Result<(), String> {
+        self.cp.forget_volume(id)
+    }
+    fn anchor_for(&self, id: &str) -> String {
+        format!("agent:{}:{id}", self.anchors.display())
+    }
+}
+
+/// The CSI controller of this control plane, and its gRPC endpoint
+/// (`<private>/csi-controller.sock`). Volumes' anchors are this control plane's to keep.
+fn csi_controller(
+    cp: &Arc<veil_cluster::ControlPlane>,
+    cfg: &AgentConfig,
+    v: &veil_reference::node_config::VolumeSettings,
+    attester: &Arc<TpmAttester>,
+) -> anyhow::Result<(veil_csi::controller::Controller, AbortOnDrop)> {
+    let c = cp.clone();
+    crate::volume::set_remote(Arc::new(move |id, advance| {
+        c.volume_anchor_local(id, advance)
+    }));
+    let anchors = crate::volume::start_anchors(cfg, attester)?;
+    let controller = veil_csi::controller::Controller::new(
+        v.pool.clone(),
+        v.binary.clone(),
+        v.sha256.clone(),
+        Box::new(CpAuthority {
+            cp: cp.clone(),
+            anchors,
+        }),
+    );
+    let sock = private_dir(cfg).join("csi-controller.sock");
+    let served = controller.clone();
+    let server = tokio::spawn(async move {
+        veil_csi::controller::serve(&sock, served, std::future::pending()).await
+    });
+    Ok((controller, AbortOnDrop(server)))
 }

@@ -27,6 +27,7 @@ use veil_node_attest::{Membership, TpmAppraiser, TpmAttester};
 use veil_reference::{ReferenceValues, signing};
 use veil_tpm_device::{AkKind, NodeTpm};
 
+pub mod broker;
 pub mod kube;
 pub mod mesh;
 pub mod volume;
@@ -274,6 +275,7 @@ async fn run_until_stopped(
                                         cp.clone(),
                                         cfg.clone(),
                                         settings.clone(),
+                                        attester_for_peers.clone(),
                                     )));
                                     kube = Some(k);
                                 }
@@ -390,7 +392,7 @@ const ROUND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An attested session with the first control-plane node in `addrs` that accepts one (each
 /// appraised as a control plane of `membership`); the error of the last one tried otherwise.
-async fn connect_any(
+pub(crate) async fn connect_any(
     addrs: &[String],
     reference: &ReferenceValues,
     membership: Membership,
@@ -634,6 +636,21 @@ async fn worker(
             attester.clone(),
         ));
     }
+    // The control planes to ask, mesh addresses first once the round learns them.
+    let cp_addresses = Arc::new(std::sync::Mutex::new(cfg.control_planes.clone()));
+    let broker = cfg
+        .kubernetes
+        .as_ref()
+        .and_then(|k| k.volumes.as_ref())
+        .map(|_| {
+            broker::Broker::start(broker::Member {
+                addresses: cp_addresses.clone(),
+                reference: reference.clone(),
+                cluster_id: cluster_id.clone(),
+                node_cert: node_cert.clone(),
+                attester: attester.clone(),
+            })
+        });
     let mut kube = match (&cfg.kubernetes, &device) {
         (Some(settings), Some((_, address))) => Some(
             kube::KubeWorker::new(
@@ -644,6 +661,7 @@ async fn worker(
                 launcher.context("Kubernetes is configured but no supervisor process runs")?,
                 &state_key,
                 &attester,
+                broker,
             )
             .await?,
         ),
@@ -730,6 +748,10 @@ async fn worker(
                     .filter(|p| p.node_id == "control-plane")
                     .map(|p| format!("{}:{port}", p.address))
                     .collect();
+                if let Ok(mut a) = cp_addresses.lock() {
+                    *a = cp_on_mesh.clone();
+                    a.extend(cfg.control_planes.iter().cloned());
+                }
             }
             anyhow::Ok(())
         };

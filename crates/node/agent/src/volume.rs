@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use veil_node_attest::TpmAttester;
 use veil_reference::node_config::StateVolumeSettings;
+use veil_volume::launch::{Launch, LaunchError};
 use veil_volume::{AnchorRequest, Anchored};
 use zeroize::Zeroizing;
 
@@ -51,16 +52,52 @@ fn read_anchor(attester: &TpmAttester, index: u32) -> Result<Option<Anchored>, S
     }
 }
 
-/// Answers one request line of the anchor protocol from the node's TPM. An anchor only moves
-/// forward: a request to record an older commit (or another at the same generation) is refused.
-pub fn answer(line: &str, attester: &TpmAttester) -> String {
+/// Where anchors of persistent volumes are kept: the control plane (asked over attested TLS
+/// by a worker, directly by a control plane's own CSI controller). Reads give the latest
+/// commit; an advance records a newer one (refused if it is not newer).
+pub type RemoteAnchor = Arc<
+    dyn Fn(
+            &str,
+            Option<veil_wire::proto::VolumeCommit>,
+        ) -> Result<Option<veil_wire::proto::VolumeCommit>, String>
+        + Send
+        + Sync,
+>;
+
+fn answer_remote(req: AnchorRequest, remote: &RemoteAnchor) -> String {
+    match req {
+        AnchorRequest::Read { name } => match remote(&name, None) {
+            Ok(None) => "none".into(),
+            Ok(Some(c)) => format!("{} {}", c.generation, c.digest),
+            Err(e) => format!("error {e}"),
+        },
+        AnchorRequest::Advance { name, to } => {
+            let commit = veil_wire::proto::VolumeCommit {
+                generation: to.generation,
+                digest: hex::encode(to.digest),
+            };
+            match remote(&name, Some(commit)) {
+                Ok(_) => "ok".into(),
+                Err(e) => format!("error {e}"),
+            }
+        }
+    }
+}
+
+/// Answers one request line of the anchor protocol: the state volume's from the node's TPM,
+/// a persistent volume's from `remote`. An anchor only moves forward: a request to record an
+/// older commit (or another at the same generation) is refused.
+pub fn answer(line: &str, attester: &TpmAttester, remote: Option<&RemoteAnchor>) -> String {
     let req = match AnchorRequest::parse(line) {
         Ok(r) => r,
         Err(e) => return format!("error {e}"),
     };
     let (AnchorRequest::Read { name } | AnchorRequest::Advance { name, .. }) = &req;
     let Some(index) = nv_index(name) else {
-        return format!("error no anchor for volume {name} on this node");
+        return match remote {
+            Some(r) if name.starts_with("v-") => answer_remote(req, r),
+            _ => format!("error no anchor for volume {name} on this node"),
+        };
     };
     let current = match read_anchor(attester, index) {
         Ok(c) => c,
@@ -120,7 +157,7 @@ fn serve_anchors(listener: std::os::unix::net::UnixListener, attester: Arc<TpmAt
         if !matches!(read, Ok(n) if n > 0) {
             continue;
         }
-        let reply = answer(&line, &attester);
+        let reply = answer(&line, &attester, REMOTE.get());
         let _ = stream.write_all(format!("{reply}\n").as_bytes());
     }
 }
@@ -129,7 +166,44 @@ fn field(v: &serde_json::Value, name: &str) -> String {
     v.get(name).map(ToString::to_string).unwrap_or_default()
 }
 
-/// The mounted state volume: the `veil-volume` process and the anchor socket it uses.
+/// The anchor socket this agent serves, once started.
+static ANCHORS: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+/// Where persistent volumes' anchors are kept, once known (see [`set_remote`]).
+static REMOTE: std::sync::OnceLock<RemoteAnchor> = std::sync::OnceLock::new();
+
+/// Names where persistent volumes' anchors are kept (once: a worker's control planes, or a
+/// control plane's own state).
+pub fn set_remote(remote: RemoteAnchor) {
+    let _ = REMOTE.set(remote);
+}
+
+/// Serves the anchor protocol at `<private>/anchor.sock` for the volumes of this node (the
+/// state volume from its TPM, persistent volumes from [`set_remote`]'s), on a thread that
+/// lives as long as the agent; started once, later calls return the same socket.
+pub fn start_anchors(
+    cfg: &AgentConfig,
+    attester: &Arc<TpmAttester>,
+) -> anyhow::Result<std::path::PathBuf> {
+    if let Some(p) = ANCHORS.get() {
+        return Ok(p.clone());
+    }
+    let sock = crate::kube::private_dir(cfg).join("anchor.sock");
+    if let Some(dir) = sock.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&sock);
+    let listener = std::os::unix::net::UnixListener::bind(&sock)
+        .with_context(|| format!("cannot listen on {}", sock.display()))?;
+    let a = attester.clone();
+    std::thread::Builder::new()
+        .name("volume-anchors".into())
+        .spawn(move || serve_anchors(listener, a))
+        .context("cannot start the anchor thread")?;
+    let _ = ANCHORS.set(sock.clone());
+    Ok(sock)
+}
+
+/// The mounted state volume: the `veil-volume` process.
 #[derive(Debug)]
 pub struct StateVolume {
     child: std::process::Child,
@@ -145,51 +219,18 @@ impl StateVolume {
         key: &[u8],
         attester: Arc<TpmAttester>,
     ) -> anyhow::Result<Self> {
-        let sha = veil_kube::supervise::file_sha256(&settings.binary)
-            .with_context(|| format!("{}", settings.binary.display()))?;
-        if hex::encode(sha) != settings.sha256 {
-            bail!(
-                "{} is not the measured veil-volume: SHA-256 {}, measured {}",
-                settings.binary.display(),
-                hex::encode(sha),
-                settings.sha256
-            );
-        }
-        let private = crate::kube::private_dir(cfg);
-        let sock = private.join("anchor.sock");
-        let _ = std::fs::remove_file(&sock);
-        let listener = std::os::unix::net::UnixListener::bind(&sock)
-            .with_context(|| format!("cannot listen on {}", sock.display()))?;
-        let a = attester.clone();
-        // The thread lives as long as the agent: a volume stopped and started again (secrets
-        // lost and regained) binds a new socket and the old thread's listener is gone with
-        // its file.
-        std::thread::Builder::new()
-            .name("volume-anchors".into())
-            .spawn(move || serve_anchors(listener, a))
-            .context("cannot start the anchor thread")?;
-        let child = Self::open(cfg, settings, key, &attester, &sock).await?;
-        Ok(Self { child })
-    }
-
-    async fn open(
-        cfg: &AgentConfig,
-        settings: &StateVolumeSettings,
-        key: &[u8],
-        attester: &Arc<TpmAttester>,
-        sock: &std::path::Path,
-    ) -> anyhow::Result<std::process::Child> {
-        let backing = cfg.state_dir.join("state.vol");
-        let anchor = format!("agent:{}:{STATE_NAME}", sock.display());
-        let key_line = Zeroizing::new(format!("{}\n", hex::encode(key)));
-        let log_path = cfg.state_dir.join("volume.log");
-        let log = || {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
+        let sock = start_anchors(cfg, &attester)?;
+        let key: Zeroizing<[u8; 32]> = Zeroizing::new(key.try_into().map_err(|_| {
+            anyhow::anyhow!("the state-volume key is {} bytes, expected 32", key.len())
+        })?);
+        let launch = Launch {
+            binary: settings.binary.clone(),
+            sha256: settings.sha256.clone(),
+            backing: cfg.state_dir.join("state.vol"),
+            anchor: format!("agent:{}:{STATE_NAME}", sock.display()),
+            log: cfg.state_dir.join("volume.log"),
         };
-        if !backing.exists() {
+        if !launch.backing.exists() {
             let a = attester.clone();
             let anchored = tokio::task::spawn_blocking(move || read_anchor(&a, STATE_NV_INDEX))
                 .await?
@@ -202,28 +243,14 @@ impl StateVolume {
                 );
                 bail!(
                     "state volume refused: {} is gone, but its anchor in the TPM is at generation {}: the host removed it (not formatting over it)",
-                    backing.display(),
+                    launch.backing.display(),
                     a.generation
                 );
             }
-            let mut c = std::process::Command::new(&settings.binary)
-                .args(["format", "--size-mib", &settings.size_mib.to_string()])
-                .arg("--backing")
-                .arg(&backing)
-                .args(["--anchor", &anchor])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .stderr(log()?)
-                .spawn()
-                .context("cannot run veil-volume format")?;
-            c.stdin
-                .take()
-                .context("stdin")?
-                .write_all(key_line.as_bytes())?;
-            let status = tokio::task::spawn_blocking(move || c.wait()).await??;
-            if !status.success() {
-                bail!("veil-volume format failed (see {})", log_path.display());
-            }
+            let (l, k, mib) = (launch.clone(), key.clone(), settings.size_mib);
+            tokio::task::spawn_blocking(move || l.format(mib, &k))
+                .await?
+                .context("formatting the state volume")?;
             tracing::info!(
                 event = "state_volume_formatted",
                 size_mib = settings.size_mib
@@ -231,66 +258,23 @@ impl StateVolume {
         }
         let data = cfg.state_dir.join("kube");
         std::fs::create_dir_all(&data)?;
-        let mut child = std::process::Command::new(&settings.binary)
-            .arg("serve")
-            .arg("--backing")
-            .arg(&backing)
-            .arg("--mount")
-            .arg(crate::kube::private_dir(cfg).join("volume"))
-            .args(["--anchor", &anchor])
-            .arg("--ext4")
-            .arg(&data)
-            .arg("--die-with-parent")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(log()?)
-            .spawn()
-            .context("cannot run veil-volume serve")?;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(key_line.as_bytes())?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let line = tokio::time::timeout(
-            Duration::from_secs(180),
-            tokio::task::spawn_blocking(move || {
-                let mut line = String::new();
-                std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
-                    .map(|_| line)
-            }),
-        )
-        .await
-        .context("the state volume did not come up within 180 s")???;
-        if line.trim().is_empty() {
-            let _ = child.wait();
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let refused = text
-                .lines()
-                .rev()
-                .find(|l| l.contains("\"volume_refused\""))
-                .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok());
-            let (check, reason) = match &refused {
-                Some(v) => (
-                    v.pointer("/fields/check")
-                        .and_then(serde_json::Value::as_str)
-                        .unwrap_or("unknown")
-                        .to_string(),
-                    v.pointer("/fields/reason")
-                        .and_then(serde_json::Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                ),
-                None => (
-                    "start".to_string(),
-                    text.lines().last().unwrap_or("no output").to_string(),
-                ),
-            };
-            tracing::error!(event = "state_volume_refused", check = %check, reason = %reason);
-            bail!("state volume refused ({check}): {reason}");
-        }
-        let ready: serde_json::Value =
-            serde_json::from_str(&line).context("veil-volume's ready line")?;
+        let fuse = crate::kube::private_dir(cfg).join("volume");
+        let ext4 = data.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            launch.serve(&fuse, &ext4, &key, Duration::from_secs(180))
+        })
+        .await?;
+        let (child, ready) = match opened {
+            Ok(v) => v,
+            Err(LaunchError::Refused { check, reason }) => {
+                tracing::error!(event = "state_volume_refused", check = %check, reason = %reason);
+                bail!("state volume refused ({check}): {reason}");
+            }
+            Err(e) => {
+                tracing::error!(event = "state_volume_refused", check = "start", reason = %e);
+                bail!("state volume refused (start): {e}");
+            }
+        };
         tracing::info!(
             event = "state_volume_mounted",
             generation = %field(&ready, "generation"),
@@ -299,25 +283,20 @@ impl StateVolume {
             mount = %data.display()
         );
         veil_kube::private::node_paths(&data).map_err(anyhow::Error::msg)?;
-        Ok(child)
+        Ok(Self { child })
     }
 
     /// Stops the volume (after the components that write to it): it unmounts, commits and
     /// anchors its last state.
     pub async fn stop(self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let mut child = self.child;
-        let waited = tokio::time::timeout(
-            Duration::from_secs(30),
-            tokio::task::spawn_blocking(move || {
-                let r = child.wait();
-                (child, r)
-            }),
-        )
-        .await;
-        if let Ok(Ok((_, Ok(status)))) = &waited {
-            tracing::info!(event = "state_volume_stopped", status = %status);
+        let child = self.child;
+        let clean = tokio::task::spawn_blocking(move || {
+            veil_volume::launch::stop(child, Duration::from_secs(30))
+        })
+        .await
+        .unwrap_or(false);
+        if clean {
+            tracing::info!(event = "state_volume_stopped");
         } else {
             tracing::warn!(event = "state_volume_stop_timeout");
         }

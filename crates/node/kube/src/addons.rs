@@ -37,7 +37,8 @@ pub async fn client(path: &std::path::Path) -> anyhow::Result<Client> {
     Ok(Client::try_from(cfg)?)
 }
 
-async fn apply<K>(api: Api<K>, value: serde_json::Value) -> anyhow::Result<()>
+/// Server-side applies `value` (a manifest with a name) through `api`.
+pub(crate) async fn apply<K>(api: Api<K>, value: serde_json::Value) -> anyhow::Result<()>
 where
     K: kube::Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {

@@ -11,6 +11,8 @@
 //! - [`worker`]: containerd, kubelet and kube-proxy of a worker with attested credentials.
 //! - [`addons`]: cluster DNS, the removed-node policy and attestation labels, kept by the
 //!   control plane through the API.
+//! - [`volumes`]: persistent volumes through the API: Veil's CSI driver and StorageClass, its
+//!   provisioner and attacher.
 //! - [`apiproxy`]: a worker's forwarder to whichever API server answers.
 //! - [`files`]: private files and kubeconfigs.
 
@@ -29,5 +31,7 @@ pub mod pki;
 pub mod private;
 #[cfg(feature = "node")]
 pub mod supervise;
+#[cfg(feature = "node")]
+pub mod volumes;
 #[cfg(feature = "node")]
 pub mod worker;

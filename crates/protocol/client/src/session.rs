@@ -535,6 +535,44 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         }
     }
 
+    /// Worker: fetches the key of a persistent volume attached to it.
+    pub async fn volume_key(
+        &mut self,
+        volume_id: &str,
+        node_cert: &[u8],
+    ) -> Result<Vec<u8>, ClientError> {
+        match self
+            .call(&Request::VolumeKey {
+                volume_id: volume_id.to_string(),
+                node_cert: hex::encode(node_cert),
+            })
+            .await?
+        {
+            Response::Key { key, .. } => unhex(key.expose()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Worker: reads the anchor of a persistent volume attached to it, or advances it.
+    pub async fn volume_anchor(
+        &mut self,
+        volume_id: &str,
+        node_cert: &[u8],
+        advance: Option<veil_wire::proto::VolumeCommit>,
+    ) -> Result<Option<veil_wire::proto::VolumeCommit>, ClientError> {
+        match self
+            .call(&Request::VolumeAnchor {
+                volume_id: volume_id.to_string(),
+                node_cert: hex::encode(node_cert),
+                advance,
+            })
+            .await?
+        {
+            Response::VolumeAnchor { anchored } => Ok(anchored),
+            r => Err(unexpected(r)),
+        }
+    }
+
     /// Asks for this worker's Kubernetes credentials: certificates for the three public keys
     /// (SubjectPublicKeyInfo DER) it made.
     pub async fn kube_credentials(

@@ -79,7 +79,8 @@ impl fmt::Debug for ClusterId {
     }
 }
 
-/// A stable key identifier: `cluster/<purpose>` or `node/<node-id>/<purpose>`; segments of
+/// A stable key identifier: `cluster/<purpose>`, `node/<node-id>/<purpose>` or
+/// `volume/<volume-id>`; segments of
 /// `[a-z0-9-]`, at most 128 characters.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(String);
@@ -113,9 +114,9 @@ impl KeyId {
             return Err(bad("segments must be non-empty [a-z0-9-]"));
         }
         match segments.as_slice() {
-            ["cluster", _] | ["node", _, _] => Ok(Self(s.to_string())),
+            ["cluster", _] | ["node", _, _] | ["volume", _] => Ok(Self(s.to_string())),
             _ => Err(bad(
-                "expected cluster/<purpose> or node/<node-id>/<purpose>",
+                "expected cluster/<purpose>, node/<node-id>/<purpose> or volume/<volume-id>",
             )),
         }
     }
@@ -125,7 +126,13 @@ impl KeyId {
         Self::parse(&format!("node/{node_id}/{purpose}"))
     }
 
-    /// Who may receive this key.
+    /// The key ID of persistent volume `volume_id`'s key.
+    pub fn volume(volume_id: &str) -> Result<Self, KeyError> {
+        Self::parse(&format!("{}{volume_id}", veil_wire::ids::KEY_VOLUME_PREFIX))
+    }
+
+    /// Who may receive this key (a volume's key: the control plane, which releases it only to
+    /// the node the volume is attached to).
     pub fn owner(&self) -> Owner {
         match self.0.split('/').collect::<Vec<_>>().as_slice() {
             ["node", id, _] => Owner::Node((*id).to_string()),
@@ -279,7 +286,16 @@ mod tests {
             KeyId::parse("cluster/etcd").unwrap().owner(),
             Owner::ControlPlane
         );
+        // A volume's key is never a node's own: get_key does not release it.
+        assert_eq!(
+            KeyId::volume("v-00ff").unwrap().owner(),
+            Owner::ControlPlane
+        );
+        assert_eq!(KeyId::volume("v-00ff").unwrap().as_str(), "volume/v-00ff");
         for bad in [
+            "volume/",
+            "volume/a/b",
+            "volume/V-1",
             "",
             "node/n1",
             "node/N1/state",

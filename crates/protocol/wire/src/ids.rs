@@ -36,6 +36,20 @@ pub const CLUSTER_ID_EVENT: &[u8] = b"veil-cluster-id";
 pub const HKDF_CLUSTER_ID: &[u8] = b"veil/v1/cluster-id";
 /// HKDF-SHA256 info prefix of a derived key: `this ‖ key ID` (e.g. `node/<id>/state`).
 pub const HKDF_KEY_PREFIX: &str = "veil/v1/key/";
+/// Whether `id` is a persistent volume's ID as Veil's CSI driver makes them: `v-` and 32
+/// lowercase hex digits (it names a file in the disk pool and a key).
+pub fn is_volume_id(id: &str) -> bool {
+    id.len() == 34
+        && id.starts_with("v-")
+        && id
+            .bytes()
+            .skip(2)
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The key ID prefix of a persistent volume's key: `this ‖ volume ID` (released only to the
+/// node the volume is attached to).
+pub const KEY_VOLUME_PREFIX: &str = "volume/";
 /// The key ID of the cluster CA's signing key.
 pub const KEY_CLUSTER_CA: &str = "cluster/ca";
 

@@ -161,6 +161,25 @@ pub enum Request {
         /// The node certificate the cluster CA issued at join (hex DER).
         node_cert: String,
     },
+    /// A joined worker asks for the key of a persistent volume, showing its node certificate
+    /// (re-attested, like a key request): released only to the node the volume is attached to.
+    VolumeKey {
+        /// The volume's ID (`v-` and 32 hex digits).
+        volume_id: String,
+        /// The node certificate the cluster CA issued at join (hex DER).
+        node_cert: String,
+    },
+    /// The worker a persistent volume is attached to reads its freshness anchor, or advances
+    /// it to a newer commit (re-attested, like a key request). An anchor only moves forward.
+    VolumeAnchor {
+        /// The volume's ID.
+        volume_id: String,
+        /// The node certificate the cluster CA issued at join (hex DER).
+        node_cert: String,
+        /// The commit to record, if any: its generation and superblock digest (hex).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        advance: Option<VolumeCommit>,
+    },
     /// A joined worker asks for its Kubernetes credentials (re-attested, like a key request):
     /// certificates for public keys it made itself, whose private halves never leave it.
     KubeCredentials {
@@ -194,6 +213,16 @@ pub struct KubeCredentials {
     pub node_name: String,
     /// The node's address, which the serving certificate names.
     pub node_address: String,
+}
+
+/// A volume's commit as its freshness anchor records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeCommit {
+    /// The superblock's generation.
+    pub generation: u64,
+    /// The superblock's SHA-256 (hex).
+    pub digest: String,
 }
 
 /// A joining node's mesh identity.
@@ -334,6 +363,12 @@ pub enum Response {
     },
     /// A worker's Kubernetes credentials.
     Kube(KubeCredentials),
+    /// A volume's freshness anchor (none: it has no commit recorded).
+    VolumeAnchor {
+        /// Its latest recorded commit.
+        anchored: Option<VolumeCommit>,
+    },
+
     /// Not now: the cluster is not initialised yet, or the control plane awaits recovery.
     /// Nothing is wrong with the caller; it may retry.
     Unavailable {

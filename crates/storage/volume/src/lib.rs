@@ -24,6 +24,7 @@ pub mod error;
 pub mod format;
 pub mod fuse;
 pub mod io;
+pub mod launch;
 pub mod tree;
 pub mod volume;
 

@@ -131,6 +131,23 @@ pub struct KubeSettings {
     /// containerd's and kubelet's state); none: they write to the state directory (measured).
     #[serde(default)]
     pub state_volume: Option<StateVolumeSettings>,
+    /// Persistent volumes (Veil's CSI driver) from a disk pool; none: the cluster offers
+    /// none (measured: the driver's `veil-volume`).
+    #[serde(default)]
+    pub volumes: Option<VolumeSettings>,
+}
+
+/// Persistent volumes: Veil's CSI driver on `veil-volume`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSettings {
+    /// The `veil-volume` binary (plumbing: its SHA-256 is what is measured).
+    pub binary: PathBuf,
+    /// The binary's SHA-256 (hex).
+    pub sha256: String,
+    /// The disk pool: a directory every node reaches, the stand-in for a cloud's block store
+    /// (placement: not measured; what it holds is sealed, authenticated and anchored).
+    pub pool: PathBuf,
 }
 
 /// The node's encrypted state volume (`veil-volume`).
@@ -185,6 +202,9 @@ impl KubeSettings {
                 " state-volume {}MiB veil-volume=sha256:{}",
                 v.size_mib, v.sha256
             ));
+        }
+        if let Some(v) = &self.volumes {
+            m.push_str(&format!(" volumes veil-volume=sha256:{}", v.sha256));
         }
         m
     }
@@ -437,6 +457,7 @@ mod tests {
             credential_secs: None,
             serving_secs: None,
             state_volume: None,
+            volumes: None,
         };
         cfg.kubernetes = Some(kube.clone());
         let with_kube = cfg.measured(&k);

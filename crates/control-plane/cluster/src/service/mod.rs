@@ -17,6 +17,7 @@ mod nodes;
 mod owner_ops;
 pub mod refusals;
 mod tpm_ops;
+pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -164,6 +165,8 @@ struct State {
     refusals_written_at: i64,
     /// Whether the state changed since it was last written.
     unwritten: bool,
+    /// Persistent volumes: their attachments and anchors.
+    volumes: volumes::Volumes,
 }
 
 impl State {
@@ -263,6 +266,8 @@ struct Persisted {
     approvals: Option<SignedApprovals>,
     #[serde(default)]
     refusals: Refusals,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    volumes: volumes::Volumes,
 }
 
 /// Counters exported in the Prometheus text format.
@@ -351,6 +356,8 @@ fn op(req: &Request) -> &'static str {
         Request::MeshPeers { .. } => "mesh",
         Request::GetKey { .. } => "get_key",
         Request::KubeCredentials { .. } => "kube_credentials",
+        Request::VolumeKey { .. } => "volume_key",
+        Request::VolumeAnchor { .. } => "volume_anchor",
     }
 }
 
@@ -435,6 +442,7 @@ impl ControlPlane {
                 .collect();
             st.removed = p.removed.into_iter().collect();
             st.refusals = p.refusals;
+            st.volumes = p.volumes;
             // The file is the host's to change: the approvals count only as the owner signed them.
             if let Some(a) = p.approvals
                 && let Err(e) = st.take_approvals(&cp.trust.owner_key, a)
@@ -469,6 +477,7 @@ impl ControlPlane {
             removed: st.removed.iter().cloned().collect(),
             approvals: st.approvals.as_ref().map(|a| a.signed.clone()),
             refusals: st.refusals.clone(),
+            volumes: st.volumes.clone(),
         };
         drop(st);
         let Ok(body) = serde_json::to_vec_pretty(&p) else {
@@ -991,6 +1000,15 @@ impl ControlPlane {
             } => self.mesh_rekey(caller, &node_cert, public_key),
             Request::MeshPeers { node_cert } => self.mesh_peers(caller, &node_cert),
             Request::GetKey { key_id, node_cert } => self.get_key(caller, &key_id, &node_cert),
+            Request::VolumeKey {
+                volume_id,
+                node_cert,
+            } => self.volume_key(caller, &volume_id, &node_cert),
+            Request::VolumeAnchor {
+                volume_id,
+                node_cert,
+                advance,
+            } => self.volume_anchor(caller, &volume_id, &node_cert, advance),
             Request::KubeCredentials {
                 node_cert,
                 kubelet_client_key,

@@ -23,7 +23,7 @@ pub const KUBE_SERVING_VALIDITY: std::time::Duration = std::time::Duration::from
 
 impl ControlPlane {
     /// Who a joined node is (see the module documentation).
-    fn authenticate(
+    pub(super) fn authenticate(
         &self,
         st: &State,
         caller: &mut Caller<'_>,
