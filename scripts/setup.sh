@@ -50,3 +50,6 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 components=$("$(dirname "$0")/../components/build.sh")
 echo "setup: Kubernetes components in $components" >&2
+# The CSI conformance suite the volume driver is tested with.
+csi_sanity=$("$(dirname "$0")/../components/csi-sanity.sh")
+echo "setup: csi-sanity at $csi_sanity" >&2

@@ -6,6 +6,8 @@ scripts/setup.sh
 # The Kubernetes components setup built (a second run of build.sh only prints where they are).
 VEIL_COMPONENTS=$(components/build.sh)
 export VEIL_COMPONENTS
+VEIL_CSI_SANITY=$(components/csi-sanity.sh)
+export VEIL_CSI_SANITY
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The owner's workstation binary links no TPM library and no WireGuard (local clusters are

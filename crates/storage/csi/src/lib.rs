@@ -15,6 +15,7 @@
 pub mod controller;
 pub mod node;
 pub mod proto;
+pub mod registration;
 
 include!(concat!(env!("OUT_DIR"), "/csi.v1.Identity.rs"));
 include!(concat!(env!("OUT_DIR"), "/csi.v1.Controller.rs"));
@@ -27,7 +28,6 @@ include!(concat!(
 pub use controller_server::ControllerServer;
 pub use identity_server::IdentityServer;
 pub use node_server::NodeServer;
-pub use registration_server::RegistrationServer;
 
 use sha2::Digest;
 use tonic::{Request, Response, Status};
@@ -103,41 +103,6 @@ impl identity_server::Identity for Identity {
         _: Request<proto::ProbeRequest>,
     ) -> Result<Response<proto::ProbeResponse>, Status> {
         Ok(Response::new(proto::ProbeResponse { ready: Some(true) }))
-    }
-}
-
-/// kubelet's plugin registration: where the driver's CSI endpoint is.
-#[derive(Clone, Debug)]
-pub struct Registration {
-    /// The CSI endpoint (a unix socket path).
-    pub endpoint: std::path::PathBuf,
-}
-
-#[tonic::async_trait]
-impl registration_server::Registration for Registration {
-    async fn get_info(
-        &self,
-        _: Request<proto::InfoRequest>,
-    ) -> Result<Response<proto::PluginInfo>, Status> {
-        Ok(Response::new(proto::PluginInfo {
-            r#type: "CSIPlugin".into(),
-            name: DRIVER.into(),
-            endpoint: self.endpoint.display().to_string(),
-            supported_versions: vec!["1.0.0".into()],
-        }))
-    }
-
-    async fn notify_registration_status(
-        &self,
-        r: Request<proto::RegistrationStatus>,
-    ) -> Result<Response<proto::RegistrationStatusResponse>, Status> {
-        let r = r.into_inner();
-        if r.plugin_registered {
-            tracing::info!(event = "csi_registered", driver = DRIVER);
-        } else {
-            tracing::error!(event = "csi_registration_failed", error = %r.error);
-        }
-        Ok(Response::new(proto::RegistrationStatusResponse {}))
     }
 }
 

@@ -432,15 +432,7 @@ pub async fn serve<K: Keys>(
         )
         .serve_with_incoming_shutdown(csi, stopped(rx.clone()));
     // Registration last: kubelet connects to the endpoint as soon as it finds it.
-    let reg = crate::bind(&registration)?;
-    let reg_server = tonic::transport::Server::builder()
-        .add_service(
-            crate::RegistrationServer::new(crate::Registration {
-                endpoint: endpoint.clone(),
-            })
-            .max_decoding_message_size(crate::MAX_MESSAGE),
-        )
-        .serve_with_incoming_shutdown(reg, stopped(rx));
+    let reg_server = crate::registration::serve(&registration, &endpoint, stopped(rx));
     tracing::info!(event = "csi_node_serving", endpoint = %endpoint.display(), registration = %registration.display());
     tokio::spawn(async move {
         stop.await;

@@ -1,7 +1,7 @@
 //! The driver's CSI services over their gRPC socket (`veil-csi local`, real `veil-volume`,
 //! FUSE, loop device, ext4): a volume is created, attached, staged and published, written
 //! through the mount, and opened again after unstaging with every byte there; the pool holds
-//! no plaintext; an attachment to another node, a block volume and a multi-node mode are
+//! no plaintext; an older copy of the backing file is refused at stage (`rolled back`); an attachment to another node, a block volume and a multi-node mode are
 //! refused; a deleted volume leaves nothing in the pool.
 
 #![allow(
@@ -239,14 +239,43 @@ async fn a_volume_is_made_staged_published_written_and_opened_again() {
         "the canary is in the pool in plaintext"
     );
 
-    // Opened again: everything written is there.
-    node.node_stage_volume(stage).await.unwrap();
-    node.node_publish_volume(publish_node).await.unwrap();
+    // Opened again: everything written is there. Something more is written, so the copy of
+    // the backing file taken now is older than the volume's anchor after this.
+    let backing = pool.join(format!("{}.vol", v.volume_id));
+    let older = dir.path().join("older.vol");
+    std::fs::copy(&backing, &older).unwrap();
+    node.node_stage_volume(stage.clone()).await.unwrap();
+    node.node_publish_volume(publish_node.clone())
+        .await
+        .unwrap();
     assert_eq!(
         std::fs::read_to_string(target.join("canary")).unwrap(),
         canary
     );
     assert!(std::fs::read(target.join("payload")).unwrap() == payload);
+    std::fs::write(target.join("later"), b"later").unwrap();
+    std::fs::File::open(target.join("later"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    node.node_unpublish_volume(unpublish.clone()).await.unwrap();
+    node.node_unstage_volume(unstage.clone()).await.unwrap();
+
+    // The host puts the older copy back: staging refuses it, naming the check.
+    let newer = std::fs::read(&backing).unwrap();
+    std::fs::copy(&older, &backing).unwrap();
+    let e = node.node_stage_volume(stage.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
+    assert!(e.message().contains("rolled back"), "{}", e.message());
+    assert!(
+        !veil_csi::node::is_mount_point(&staging),
+        "a refused volume is mounted"
+    );
+    // The current copy opens again, with what was written last.
+    std::fs::write(&backing, newer).unwrap();
+    node.node_stage_volume(stage).await.unwrap();
+    node.node_publish_volume(publish_node).await.unwrap();
+    assert_eq!(std::fs::read(target.join("later")).unwrap(), b"later");
     node.node_unpublish_volume(unpublish).await.unwrap();
     node.node_unstage_volume(unstage).await.unwrap();
 
