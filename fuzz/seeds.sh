@@ -20,5 +20,6 @@ case "$1" in
   kms_unwrap) ls "$(dirname "$0")"/seeds/kms_unwrap/* ;;
   volume_structures) ls "$(dirname "$0")"/seeds/volume_structures/* ;;
   s3_object) ls "$(dirname "$0")"/../crates/storage/s3-proxy/fuzz-seeds/* ;;
+  csi_registration) ls "$(dirname "$0")"/seeds/csi_registration/* ;;
   *) ;;
 esac

@@ -266,6 +266,74 @@ async fn init_join_keys_refusals_and_recovery() {
         "{e}"
     );
 
+    // Persistent volumes: a volume's key and anchor go only to the worker it is attached to,
+    // one worker at a time; an anchor only moves forward.
+    let vol = format!("v-{}", "ab".repeat(16));
+    let e = s1.volume_key(&vol, &c1).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("volume_key") && r.contains("attached to no node")),
+        "{e}"
+    );
+    cp.attach_volume(&vol, &id1).unwrap();
+    assert_eq!(
+        s1.volume_key(&vol, &c1).await.unwrap(),
+        secrets
+            .derive(&KeyId::volume(&vol).unwrap())
+            .unwrap()
+            .expose()
+            .to_vec()
+    );
+    let e = cp.attach_volume(&vol, &id2).unwrap_err();
+    assert!(e.to_string().contains(&format!("attached to {id1}")), "{e}");
+    assert!(matches!(
+        cp.attach_volume(&vol, "node-000000000000"),
+        Err(veil_cluster::AttachRefused::UnknownNode(_))
+    ));
+    let mut sv2 = session(addr, Some(w2.attester.as_ref()), &cp_app)
+        .await
+        .unwrap();
+    let e = sv2.volume_key(&vol, &c2).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains(&format!("attached to {id1}, not to {id2}"))),
+        "{e}"
+    );
+    let commit = |generation, d: &str| veil_wire::proto::VolumeCommit {
+        generation,
+        digest: d.repeat(32),
+    };
+    assert_eq!(s1.volume_anchor(&vol, &c1, None).await.unwrap(), None);
+    s1.volume_anchor(&vol, &c1, Some(commit(3, "aa")))
+        .await
+        .unwrap();
+    let e = s1
+        .volume_anchor(&vol, &c1, Some(commit(2, "bb")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("generation 2 is older")),
+        "{e}"
+    );
+    let e = sv2
+        .volume_anchor(&vol, &c2, Some(commit(9, "cc")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("volume_anchor")),
+        "{e}"
+    );
+    assert_eq!(
+        s1.volume_anchor(&vol, &c1, None).await.unwrap(),
+        Some(commit(3, "aa"))
+    );
+    // Detached from w1, it may go to w2, whose anchor reads are then w1's last commit.
+    cp.detach_volume(&vol, &id1).unwrap();
+    cp.attach_volume(&vol, &id2).unwrap();
+    assert_eq!(
+        sv2.volume_anchor(&vol, &c2, None).await.unwrap(),
+        Some(commit(3, "aa"))
+    );
+    assert!(s1.volume_key(&vol, &c1).await.is_err());
+
     // A node with a modified agent is refused (its evidence fails appraisal for every role).
     let evil = boot(
         &dir.path().join("evil"),
@@ -381,6 +449,9 @@ async fn init_join_keys_refusals_and_recovery() {
         ("join", "EK certificate"),
         ("join", "role `control-plane`"),
         ("report", "signature"),
+        ("volume_key", "attached to no node"),
+        ("volume_anchor", "older"),
+        ("volume_attach", "attached to"),
     ] {
         assert!(
             failed
@@ -623,6 +694,11 @@ async fn init_join_keys_refusals_and_recovery() {
         "{e}"
     );
     assert!(!cp.nodes().iter().any(|n| n.node_id == id2));
+    // A removed node holds no volume: attaching to it is refused, and the volume it held may
+    // go to another worker.
+    let e = cp.attach_volume(&vol, &id2).unwrap_err();
+    assert!(e.to_string().contains("was removed"), "{e}");
+    cp.attach_volume(&vol, &id1).unwrap();
     let mut s1 = session(addr, Some(w1.attester.as_ref()), &cp_app)
         .await
         .unwrap();

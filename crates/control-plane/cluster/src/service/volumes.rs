@@ -124,7 +124,12 @@ impl ControlPlane {
             drop(st);
             let reason = refusal.to_string();
             tracing::warn!(event = "volume_attach_refused", volume = %id, node = %node, %reason);
-            self.refuse("csi-controller", None, "volume_attach", &reason);
+            self.refuse(
+                "csi-controller",
+                None,
+                "volume_attach",
+                &format!("volume_attach: {reason}"),
+            );
             return Err(refusal);
         }
         let v = st.volumes.entry(id.to_string()).or_default();
