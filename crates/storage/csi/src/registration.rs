@@ -88,16 +88,18 @@ pub fn data_payload(flags: u8, payload: &[u8]) -> Result<&[u8], String> {
 
 /// The gRPC message in a request body (one length-prefixed, uncompressed message).
 pub fn grpc_message(body: &[u8]) -> Result<&[u8], String> {
-    let (head, rest) = body.split_at_checked(5).ok_or_else(|| {
+    let short = || {
         format!(
             "a gRPC message of {} bytes, at least 5 expected",
             body.len()
         )
-    })?;
-    if head[0] != 0 {
+    };
+    let (head, rest) = body.split_at_checked(5).ok_or_else(short)?;
+    let [flag, l0, l1, l2, l3]: [u8; 5] = head.try_into().map_err(|_| short())?;
+    if flag != 0 {
         return Err("a compressed gRPC message (none was offered)".into());
     }
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let len = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
     rest.get(..len)
         .filter(|m| m.len() == rest.len())
         .ok_or_else(|| {

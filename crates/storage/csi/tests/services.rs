@@ -1,8 +1,9 @@
 //! The driver's CSI services over their gRPC socket (`veil-csi local`, real `veil-volume`,
 //! FUSE, loop device, ext4): a volume is created, attached, staged and published, written
 //! through the mount, and opened again after unstaging with every byte there; the pool holds
-//! no plaintext; an older copy of the backing file is refused at stage (`rolled back`); an attachment to another node, a block volume and a multi-node mode are
-//! refused; a deleted volume leaves nothing in the pool.
+//! no plaintext; an older copy of the backing file is refused at stage (`rolled back`); an
+//! attachment to a node that is not a member, a block volume and a multi-node mode are refused;
+//! a deleted volume leaves nothing in the pool.
 
 #![allow(
     clippy::unwrap_used,
@@ -174,11 +175,13 @@ async fn a_volume_is_made_staged_published_written_and_opened_again() {
     ctl.controller_publish_volume(publish("node-a"))
         .await
         .unwrap();
+    // A node that is not a member: NOT_FOUND, as the specification asks.
     let e = ctl
         .controller_publish_volume(publish("node-b"))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
+    assert!(e.message().contains("node-b"), "{}", e.message());
 
     let staging = dir.path().join("staging");
     let target = dir.path().join("target");
