@@ -333,6 +333,28 @@ async fn init_join_keys_refusals_and_recovery() {
         Some(commit(3, "aa"))
     );
     assert!(s1.volume_key(&vol, &c1).await.is_err());
+    // A node reports what it refused of its own (its state volume): recorded under its name,
+    // for the report; only the kinds there are.
+    s1.report_refusal(
+        &c1,
+        "state_volume",
+        "state volume refused (rollback): generation 3, the anchor records 5",
+    )
+    .await
+    .unwrap();
+    let e = s1.report_refusal(&c1, "anything", "x").await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Refused(r) if r.contains("expected one of")),
+        "{e}"
+    );
+    assert!(
+        cp.refusals().iter().any(|r| r
+            .reason
+            .contains(&format!("{id1} refused its own state_volume"))
+            && r.reason.contains("rollback")),
+        "{:?}",
+        cp.refusals()
+    );
 
     // A node with a modified agent is refused (its evidence fails appraisal for every role).
     let evil = boot(
@@ -452,6 +474,8 @@ async fn init_join_keys_refusals_and_recovery() {
         ("volume_key", "attached to no node"),
         ("volume_anchor", "older"),
         ("volume_attach", "attached to"),
+        ("state_volume", "refused its own state_volume"),
+        ("report_refusal", "expected one of"),
     ] {
         assert!(
             failed

@@ -37,8 +37,7 @@ pub struct Broker {
 /// Who the worker is to the control plane.
 #[derive(Debug)]
 pub struct Member {
-    /// The control planes' addresses, in the order to try (the worker's round keeps them
-    /// current: mesh addresses first).
+    /// The addresses of the control plane that keeps the volumes.
     pub addresses: Arc<std::sync::Mutex<Vec<String>>>,
     /// The reference values control planes are checked against.
     pub reference: ReferenceValues,

@@ -436,7 +436,14 @@ pub async fn keep_cluster(
     use veil_kube::addons;
     // Persistent volumes: the CSI controller (served on a socket of its own, called in-process
     // by the provisioner and attacher below), stopped with this upkeep.
+    // One control plane keeps the volumes (their attachments and anchors are its own state):
+    // the first of the cluster's control planes; the others run no controller.
+    let keeper = cfg
+        .listen_addr()
+        .ok()
+        .is_some_and(|a| cfg.control_planes.first() == Some(&a.to_string()));
     let volumes = match &settings.volumes {
+        Some(_) if !keeper => None,
         Some(v) => match csi_controller(&cp, &cfg, v, &attester) {
             Ok(c) => Some(c),
             Err(e) => {

@@ -281,6 +281,11 @@ async fn run_until_stopped(
                                 }
                                 Err(e) => {
                                     let e = format!("kubernetes: {e:#}");
+                                    if e.contains("state volume refused")
+                                        && status.error.as_deref() != Some(e.as_str())
+                                    {
+                                        cp.record_own_refusal("state_volume", &e);
+                                    }
                                     if status.error.as_deref() != Some(e.as_str()) {
                                         tracing::error!(error = %e, "kubernetes not started");
                                         status.error = Some(e);
@@ -636,8 +641,15 @@ async fn worker(
             attester.clone(),
         ));
     }
-    // The control planes to ask, mesh addresses first once the round learns them.
-    let cp_addresses = Arc::new(std::sync::Mutex::new(cfg.control_planes.clone()));
+    // Volumes are kept by the first control plane (their attachments and anchors are its
+    // state): the errands go there.
+    let cp_addresses = Arc::new(std::sync::Mutex::new(
+        cfg.control_planes
+            .first()
+            .cloned()
+            .into_iter()
+            .collect::<Vec<_>>(),
+    ));
     let broker = cfg
         .kubernetes
         .as_ref()
@@ -651,20 +663,49 @@ async fn worker(
                 attester: attester.clone(),
             })
         });
+    // Why this node runs no Kubernetes, if it refused its own state volume (kept in its status).
+    let mut kube_refused: Option<String> = None;
     let mut kube = match (&cfg.kubernetes, &device) {
-        (Some(settings), Some((_, address))) => Some(
-            kube::KubeWorker::new(
-                cfg,
-                settings,
-                &node_id,
-                *address,
-                launcher.context("Kubernetes is configured but no supervisor process runs")?,
-                &state_key,
-                &attester,
-                broker,
-            )
-            .await?,
-        ),
+        (Some(settings), Some((_, address))) => match kube::KubeWorker::new(
+            cfg,
+            settings,
+            &node_id,
+            *address,
+            launcher.context("Kubernetes is configured but no supervisor process runs")?,
+            &state_key,
+            &attester,
+            broker,
+        )
+        .await
+        {
+            Ok(k) => Some(k),
+            // A state volume altered, rolled back or gone: this node starts no Kubernetes,
+            // says so in its status and to the control plane (a refusal in the cluster
+            // report), and keeps attesting.
+            Err(e) if format!("{e:#}").contains("state volume refused") => {
+                let reason = format!("{e:#}");
+                kube_refused = Some(format!("kubernetes not started: {reason}"));
+                status.error = kube_refused.clone();
+                write_status(&cfg.state_dir, &status);
+                let reported = async {
+                    connect_any(
+                        &cfg.control_planes,
+                        &reference,
+                        Membership::Member(cluster_id.clone()),
+                        &attester,
+                    )
+                    .await?
+                    .report_refusal(&node_cert, "state_volume", &reason)
+                    .await?;
+                    anyhow::Ok(())
+                };
+                if let Err(r) = reported.await {
+                    tracing::warn!(error = %format!("{r:#}"), "the state volume's refusal was not reported");
+                }
+                None
+            }
+            Err(e) => return Err(e),
+        },
         (Some(_), None) => bail!("Kubernetes on a worker needs the mesh"),
         _ => None,
     };
@@ -748,10 +789,6 @@ async fn worker(
                     .filter(|p| p.node_id == "control-plane")
                     .map(|p| format!("{}:{port}", p.address))
                     .collect();
-                if let Ok(mut a) = cp_addresses.lock() {
-                    *a = cp_on_mesh.clone();
-                    a.extend(cfg.control_planes.iter().cloned());
-                }
             }
             anyhow::Ok(())
         };
@@ -761,7 +798,7 @@ async fn worker(
         match r {
             Ok(()) => {
                 status.key_fetches += 1;
-                status.error = None;
+                status.error = kube_refused.clone();
             }
             Err(e) => {
                 // Refused (removed, or no longer matching the reference values): this node

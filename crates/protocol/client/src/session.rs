@@ -535,6 +535,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         }
     }
 
+    /// Node: reports what it refused of its own (its state volume), for the cluster report.
+    pub async fn report_refusal(
+        &mut self,
+        node_cert: &[u8],
+        kind: &str,
+        reason: &str,
+    ) -> Result<(), ClientError> {
+        match self
+            .call(&Request::ReportRefusal {
+                node_cert: hex::encode(node_cert),
+                kind: kind.to_string(),
+                reason: reason.to_string(),
+            })
+            .await?
+        {
+            Response::Accepted { .. } => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
     /// Worker: fetches the key of a persistent volume attached to it.
     pub async fn volume_key(
         &mut self,

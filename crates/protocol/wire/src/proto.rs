@@ -180,6 +180,17 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         advance: Option<VolumeCommit>,
     },
+    /// A joined node reports what it refused of its own: its state volume altered, rolled back
+    /// or gone (re-attested, like a key request). Recorded as a refusal in the cluster report,
+    /// under the node's name.
+    ReportRefusal {
+        /// The node certificate the cluster CA issued at join (hex DER).
+        node_cert: String,
+        /// What was refused (`state_volume`).
+        kind: String,
+        /// Why (at most 512 characters are kept).
+        reason: String,
+    },
     /// A joined worker asks for its Kubernetes credentials (re-attested, like a key request):
     /// certificates for public keys it made itself, whose private halves never leave it.
     KubeCredentials {

@@ -358,6 +358,7 @@ fn op(req: &Request) -> &'static str {
         Request::KubeCredentials { .. } => "kube_credentials",
         Request::VolumeKey { .. } => "volume_key",
         Request::VolumeAnchor { .. } => "volume_anchor",
+        Request::ReportRefusal { .. } => "report_refusal",
     }
 }
 
@@ -634,6 +635,13 @@ impl ControlPlane {
             .lock()
             .map(|s| s.removed.clone())
             .unwrap_or_default()
+    }
+
+    /// Records what this control-plane node refused of its own (its state volume altered or
+    /// rolled back): a refusal in the cluster report.
+    pub fn record_own_refusal(&self, kind: &str, reason: &str) {
+        tracing::error!(event = "own_refusal", kind, reason);
+        self.refuse("control-plane", None, kind, &format!("{kind}: {reason}"));
     }
 
     /// The refusals not yet acknowledged.
@@ -1009,6 +1017,11 @@ impl ControlPlane {
                 node_cert,
                 advance,
             } => self.volume_anchor(caller, &volume_id, &node_cert, advance),
+            Request::ReportRefusal {
+                node_cert,
+                kind,
+                reason,
+            } => self.report_refusal(caller, &node_cert, &kind, &reason),
             Request::KubeCredentials {
                 node_cert,
                 kubelet_client_key,

@@ -80,6 +80,48 @@ impl ControlPlane {
         Ok(node)
     }
 
+    /// `report_refusal`: what a joined node refused of its own, recorded under its name.
+    pub(super) fn report_refusal(
+        &self,
+        caller: &mut Caller<'_>,
+        node_cert: &str,
+        kind: &str,
+        reason: &str,
+    ) -> Response {
+        let op = "report_refusal";
+        const KINDS: &[&str] = &["state_volume"];
+        if !KINDS.contains(&kind) {
+            return refused(format!(
+                "{op}: kind {:?}: expected one of {KINDS:?}",
+                kind.chars().take(40).collect::<String>()
+            ));
+        }
+        let node = {
+            let Ok(st) = self.lock_state() else {
+                return refused(format!("{op}: internal error: state lock poisoned"));
+            };
+            match self.authenticate(&st, caller, node_cert, op) {
+                Ok(n) => n,
+                Err(r) => return r,
+            }
+        };
+        let reason: String = reason
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(512)
+            .collect();
+        tracing::error!(event = "node_refusal", node = %node.node_id, kind, %reason);
+        self.refuse(
+            &caller.source.to_string(),
+            caller.ak_hex(),
+            kind,
+            &format!("{kind}: {} refused its own {kind}: {reason}", node.node_id),
+        );
+        Response::Accepted {
+            detail: format!("{kind} refusal of {} recorded", node.node_id),
+        }
+    }
+
     /// `get_key`: one of the node's own keys.
     pub(super) fn get_key(
         &self,
