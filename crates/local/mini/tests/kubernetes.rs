@@ -6,7 +6,10 @@
 //! work; pod traffic between nodes crosses the LAN only as WireGuard; a Secret is ciphertext in
 //! etcd and plaintext through the API, and survives the control plane's restart and `veil
 //! recover`; a removed node's Node is deleted and its pods rescheduled within a stated bound;
-//! `down` leaves no process, cgroup, namespace, link or file.
+//! `down` leaves no process, cgroup, namespace, link or file. On encrypted state volumes, what
+//! every node writes (etcd, containerd, kubelet) reaches the host only as ciphertext, survives
+//! a reboot, and a volume the host rolled back is refused, in the node's status and in the
+//! cluster report.
 
 #![allow(
     clippy::unwrap_used,
@@ -288,11 +291,19 @@ fn pool_bytes(ws: &Path) -> (usize, Vec<u8>) {
     let mut all = Vec::new();
     let mut n = 0;
     for e in std::fs::read_dir(ws.join("disk-pool")).unwrap() {
-        let p = e.unwrap().path();
+        let Ok(e) = e else { continue };
+        let p = e.path();
+        // The driver deletes and renames files while this reads: a file
+        // gone between the listing and the read is not in the pool.
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => panic!("reading {}: {err}", p.display()),
+        };
         if p.extension().is_some_and(|x| x == "vol") {
             n += 1;
         }
-        all.extend(std::fs::read(&p).unwrap());
+        all.extend(bytes);
     }
     (n, all)
 }
@@ -1112,8 +1123,9 @@ spec:
 /// Three control planes: etcd is one cluster across them, over the mesh; with the first one
 /// killed outright (its agent SIGKILLed: its supervisor stops its components), the API keeps
 /// serving through the others, writes included, and the worker stays Ready.
-#[test]
-fn three_control_planes_one_killed_the_api_keeps_serving() {
+/// `veil mini up ARGS` in namespaces, in a new temporary workspace: (the temporary directory,
+/// the workspace's canonical path, the path as given, the guard that takes it down).
+fn mini_up(args: &[&str]) -> (tempfile::TempDir, PathBuf, String, Down) {
     if veil_netns::supported().is_err() {
         panic!(
             "this test needs network namespaces (root): {:?}",
@@ -1123,19 +1135,19 @@ fn three_control_planes_one_killed_the_api_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let ws = tmp.path().join("ws");
     let w = ws.display().to_string();
-    let (code, out, err) = veil(&[
-        "mini",
-        "up",
-        "--nodes",
-        "4",
-        "--control-plane",
-        "3",
-        "--workspace",
-        &w,
-    ]);
-    let _down = Down(ws.clone());
+    let mut all = vec!["mini", "up"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--workspace", &w]);
+    let (code, out, err) = veil(&all);
+    let down = Down(ws.clone());
     assert_eq!(code, 0, "{out}\n{err}");
     let ws = std::fs::canonicalize(&ws).unwrap();
+    (tmp, ws, w, down)
+}
+
+#[test]
+fn three_control_planes_one_killed_the_api_keeps_serving() {
+    let (_tmp, ws, _, _down) = mini_up(&["--nodes", "4", "--control-plane", "3"]);
     wait_until("the worker Ready", 120, || {
         nodes(&ws).iter().any(|(_, ready, _, _)| *ready)
     });
@@ -1256,4 +1268,192 @@ fn three_control_planes_one_killed_the_api_keeps_serving() {
         ok && out.contains(" Ready "),
         "the worker is not Ready after the loss:\n{out}"
     );
+}
+
+/// Whether the file at `path` holds `needle`, read in chunks (a state volume's backing file is
+/// as large as the volume).
+fn file_contains(path: &Path, needle: &[u8]) -> bool {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 8 << 20];
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return false;
+        }
+        carry.extend_from_slice(&buf[..n]);
+        if contains(&carry, needle) {
+            return true;
+        }
+        let keep = needle.len().saturating_sub(1).min(carry.len());
+        carry.drain(..carry.len() - keep);
+    }
+}
+
+/// Runs `args` in node `name`'s mount namespace (where its state volume is mounted).
+fn in_node(ws: &Path, name: &str, args: &[&str]) -> String {
+    let pid = mini_node(ws, name)["pid"].as_u64().unwrap();
+    let out = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "--"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} in {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// Not run by the suite yet: on 2 cores the worker on its state volume was Ready in one run and
+// not within 180 s in the next (every fsync commits under the volume's lock, with a TPM NV
+// write; issue 10). `cargo test -p veil-mini --test kubernetes -- --ignored state_volumes`.
+#[test]
+#[ignore = "a worker on its state volume is not reliably Ready within 180 s on 2 cores (issue 10)"]
+fn state_volumes_keep_every_node_write_and_a_rolled_back_one_is_refused() {
+    let (_tmp, ws, w, _down) = mini_up(&["--nodes", "2", "--state-volume-mib", "1024"]);
+    wait_until("the worker Ready on its state volume", 180, || {
+        nodes(&ws).iter().any(|(_, ready, _, _)| *ready)
+    });
+    wait_until("the default service account", 60, || {
+        kubectl_raw(&ws, &["get", "serviceaccount", "default"], None).0 == 0
+    });
+
+    // A canary in etcd (a ConfigMap: stored as written, no KMS), in a container's own
+    // filesystem (containerd's snapshots) and in an emptyDir (kubelet's directory).
+    let canary = format!("veil-state-canary-{:016x}", rand_u64());
+    kubectl(
+        &ws,
+        &[
+            "create",
+            "configmap",
+            "canary",
+            &format!("--from-literal=k={canary}"),
+        ],
+    );
+    apply(
+        &ws,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: writer}}
+spec:
+  volumes: [{{name: scratch, emptyDir: {{}}}}]
+  containers:
+  - name: writer
+    image: veil.local/busybox:1
+    imagePullPolicy: Never
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}]
+    command: ["sh", "-c", "echo {canary} > /own && echo boot >> /scratch/boots && echo {canary} > /scratch/c && sync && echo written && exec sleep 3600"]
+"#
+        ),
+    );
+    wait_until("the writer's canaries written", 120, || {
+        kubectl_raw(&ws, &["logs", "writer"], None)
+            .1
+            .contains("written")
+    });
+    // They are there, through the API and in etcd as etcd reads its files, inside the node.
+    for file in ["/own", "/scratch/c"] {
+        assert_eq!(
+            kubectl(&ws, &["exec", "writer", "--", "cat", file]).trim(),
+            canary
+        );
+    }
+    assert!(
+        contains(&etcd_bytes(&ws), canary.as_bytes()),
+        "etcd does not hold the ConfigMap's canary (the check below would prove nothing)"
+    );
+    // Everything each node wrote reached its backing file (synced inside the node), and none
+    // of it is there in plaintext; the host sees nothing under the nodes' data directories.
+    for node in ["cp-0", "worker-0"] {
+        in_node(&ws, node, &["sync"]);
+        let backing = ws.join("nodes").join(node).join("state.vol");
+        assert!(
+            !file_contains(&backing, canary.as_bytes()),
+            "{node}'s state volume holds the canary in plaintext"
+        );
+        let data = ws.join("nodes").join(node).join("kube");
+        let host_view: Vec<_> = std::fs::read_dir(&data).unwrap().collect();
+        assert!(
+            host_view.is_empty(),
+            "the host sees {node}'s data under {}: {host_view:?}",
+            data.display()
+        );
+        assert!(
+            !in_node(&ws, node, &["ls", &data.display().to_string()])
+                .trim()
+                .is_empty(),
+            "nothing is mounted at {node}'s data directory inside the node"
+        );
+    }
+
+    // The host keeps a copy of worker-0's state volume as it is now.
+    let backing = ws.join("nodes/worker-0/state.vol");
+    let old = ws.join("nodes/worker-0/state.vol.old");
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&backing)
+        .arg(&old)
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    // A reboot of the worker: its volume is opened again (its anchor in the TPM moved on with
+    // it), and it is Ready again with its data: the writer's container starts again on the
+    // emptyDir it had, which now records two boots.
+    let (code, out, err) = veil(&["mini", "restart", "worker-0", "--workspace", &w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    wait_until("worker-0 Ready again after its restart", 180, || {
+        status_of(&ws, "worker-0").error.is_none()
+            && nodes(&ws).iter().any(|(_, ready, _, _)| *ready)
+            && kubectl_raw(
+                &ws,
+                &["exec", "writer", "--", "cat", "/scratch/boots"],
+                None,
+            )
+            .1
+            .lines()
+            .count()
+                == 2
+    });
+
+    // The host hands it the older copy at its next boot: the volume is refused as rolled
+    // back, the node starts no Kubernetes, says why, and the refusal is in the cluster report.
+    std::fs::rename(&old, &backing).unwrap();
+    let (code, out, err) = veil(&["mini", "restart", "worker-0", "--workspace", &w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    wait_until(
+        "worker-0 to refuse its rolled-back state volume",
+        120,
+        || {
+            status_of(&ws, "worker-0")
+                .error
+                .is_some_and(|e| e.contains("state volume refused (rollback)"))
+        },
+    );
+    let (code, out, err) = veil(&["verify", "--workspace", &w]);
+    assert_eq!(
+        code, 1,
+        "verify passed with a refused state volume:\n{out}\n{err}"
+    );
+    assert!(
+        out.lines().any(|l| l.contains("FAILED")
+            && l.contains("refused its own state_volume")
+            && l.contains("rollback")),
+        "the cluster report does not show the refused state volume:\n{out}"
+    );
+    assert!(
+        !in_node(&ws, "worker-0", &["cat", "/proc/self/mounts"])
+            .contains(&ws.join("nodes/worker-0/kube").display().to_string()),
+        "the rolled-back volume was mounted"
+    );
+    // It still attests (its key fetches go on): only its Kubernetes is refused.
+    let fetches = status_of(&ws, "worker-0").key_fetches;
+    wait_until("worker-0 attesting on", 30, || {
+        status_of(&ws, "worker-0").key_fetches > fetches
+    });
 }
