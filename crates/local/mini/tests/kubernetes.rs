@@ -87,17 +87,27 @@ const CREDENTIAL_SECS: u64 = 60;
 /// How long kubelets' serving certificates last in the test cluster.
 const SERVING_SECS: u64 = 120;
 
-/// A file of a node's private directory (a tmpfs in its agent's mount namespace), read there.
-fn private_file(ws: &Path, node: &str, file: &str) -> String {
-    let n = mini_node(ws, node);
-    let path = ws.join("nodes").join(node).join("private").join(file);
+/// The output of `args` run in node `name`'s mount namespace (where its private tmpfs and its
+/// state volume are mounted).
+fn in_node(ws: &Path, name: &str, args: &[&str]) -> Vec<u8> {
+    let pid = mini_node(ws, name)["pid"].as_u64().unwrap();
     let out = Command::new("nsenter")
-        .args(["-t", &n["pid"].as_u64().unwrap().to_string(), "-m", "cat"])
-        .arg(&path)
+        .args(["-t", &pid.to_string(), "-m", "--"])
+        .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}: {out:?}", path.display());
-    String::from_utf8(out.stdout).unwrap()
+    assert!(
+        out.status.success(),
+        "{args:?} in {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A file of a node's private directory (a tmpfs in its agent's mount namespace), read there.
+fn private_file(ws: &Path, node: &str, file: &str) -> String {
+    let path = ws.join("nodes").join(node).join("private").join(file);
+    String::from_utf8(in_node(ws, node, &["cat", &path.display().to_string()])).unwrap()
 }
 
 /// The end of a PEM certificate's validity.
@@ -317,20 +327,12 @@ fn apply(ws: &Path, yaml: &str) {
 /// are on the node's encrypted state volume, mounted in the node's own mount namespace, so they
 /// are read from inside it.
 fn etcd_bytes(ws: &Path) -> Vec<u8> {
-    let pid = mini_node(ws, "cp-0")["pid"].as_u64().unwrap();
-    let dir = ws.join("nodes/cp-0/kube/etcd");
-    let out = Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-m", "--", "find"])
-        .arg(&dir)
-        .args(["-type", "f", "-exec", "cat", "{}", "+"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    let dir = ws.join("nodes/cp-0/kube/etcd").display().to_string();
+    in_node(
+        ws,
+        "cp-0",
+        &["find", &dir, "-type", "f", "-exec", "cat", "{}", "+"],
+    )
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -385,32 +387,16 @@ impl Drop for Down {
 
 #[test]
 fn kubernetes_behind_attestation() {
-    if veil_netns::supported().is_err() {
-        panic!(
-            "this test needs network namespaces (root): {:?}",
-            veil_netns::supported()
-        );
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let ws = tmp.path().join("ws");
-    let w = ws.display().to_string();
     // Workers' Kubernetes credentials last a minute here (900 s by default) and kubelets'
     // serving certificates two (a day), so both are renewed while the test runs.
-    let (code, out, err) = veil(&[
-        "mini",
-        "up",
+    let (tmp, ws, _, _down) = mini_up(&[
         "--nodes",
         "3",
         "--kube-credential-secs",
         &CREDENTIAL_SECS.to_string(),
         "--kube-serving-secs",
         &SERVING_SECS.to_string(),
-        "--workspace",
-        &w,
     ]);
-    let _down = Down(ws.clone());
-    assert_eq!(code, 0, "{out}\n{err}");
-    let ws = std::fs::canonicalize(&ws).unwrap();
 
     // Both workers are Nodes, named by their node IDs, at their mesh addresses, Ready, with
     // the facts the control plane appraised; nothing else is a Node.
@@ -790,26 +776,6 @@ fn kubernetes_behind_attestation() {
         "credentials renewed: worker-0 Ready past its first credentials' end; a renewed serving certificate served {took:?} after the first client ones lapsed; logs through the restarted kubelet {back:?} later"
     );
 
-    // A component that dies is started again by its node's supervisor: the API server on the
-    // control plane and kube-proxy on worker-0, each SIGKILLed.
-    for (node, component) in [("cp-0", "kube-apiserver"), ("worker-0", "kube-proxy")] {
-        let before = status_of(&ws, node).components[component].clone();
-        let pid = before.pid.unwrap();
-        let killed = Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let took = wait_until(&format!("{component} on {node} started again"), 60, || {
-            let now = &status_of(&ws, node).components[component];
-            now.restarts > before.restarts && now.pid.is_some_and(|p| p != pid)
-        });
-        eprintln!("{component} on {node}: SIGKILLed, running again after {took:?}");
-    }
-    wait_until("the API serving again", 60, || {
-        kubectl_raw(&ws, &["get", "--raw", "/readyz"], None).0 == 0
-    });
-
     // A persistent volume follows its pod. Both kubelets registered Veil's CSI driver; a PVC
     // of the default StorageClass is provisioned from the disk pool; its pod writes on
     // worker-0 (worker-1 cordoned), then worker-0 is cordoned and the pod deleted: the new
@@ -896,6 +862,28 @@ fn kubernetes_behind_attestation() {
         kubectl(&ws, &["get", "volumeattachments", "-o", "name"])
             .trim()
             .is_empty()
+    });
+
+    // A component that dies is started again by its node's supervisor: the API server on the
+    // control plane and kube-proxy on worker-0, each SIGKILLed. This comes after the volume's
+    // cordons: a restarted API server leaves the scheduler's watches reconnecting for a while,
+    // and a scheduler that has not seen a cordon yet places a pod on the cordoned node.
+    for (node, component) in [("cp-0", "kube-apiserver"), ("worker-0", "kube-proxy")] {
+        let before = status_of(&ws, node).components[component].clone();
+        let pid = before.pid.unwrap();
+        let killed = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let took = wait_until(&format!("{component} on {node} started again"), 60, || {
+            let now = &status_of(&ws, node).components[component];
+            now.restarts > before.restarts && now.pid.is_some_and(|p| p != pid)
+        });
+        eprintln!("{component} on {node}: SIGKILLed, running again after {took:?}");
+    }
+    wait_until("the API serving again", 60, || {
+        kubectl_raw(&ws, &["get", "--raw", "/readyz"], None).0 == 0
     });
 
     // The owner removes worker-1: its Node is cordoned and deleted, it does not come back (its
@@ -1291,22 +1279,6 @@ fn file_contains(path: &Path, needle: &[u8]) -> bool {
     }
 }
 
-/// Runs `args` in node `name`'s mount namespace (where its state volume is mounted).
-fn in_node(ws: &Path, name: &str, args: &[&str]) -> String {
-    let pid = mini_node(ws, name)["pid"].as_u64().unwrap();
-    let out = Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-m", "--"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} in {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 // Not run by the suite yet: on 2 cores the worker on its state volume was Ready in one run and
 // not within 180 s in the next (every fsync commits under the volume's lock, with a TPM NV
 // write; issue 10). `cargo test -p veil-mini --test kubernetes -- --ignored state_volumes`.
@@ -1384,9 +1356,7 @@ spec:
             data.display()
         );
         assert!(
-            !in_node(&ws, node, &["ls", &data.display().to_string()])
-                .trim()
-                .is_empty(),
+            !in_node(&ws, node, &["ls", &data.display().to_string()]).is_empty(),
             "nothing is mounted at {node}'s data directory inside the node"
         );
     }
@@ -1447,7 +1417,7 @@ spec:
         "the cluster report does not show the refused state volume:\n{out}"
     );
     assert!(
-        !in_node(&ws, "worker-0", &["cat", "/proc/self/mounts"])
+        !String::from_utf8_lossy(&in_node(&ws, "worker-0", &["cat", "/proc/self/mounts"]))
             .contains(&ws.join("nodes/worker-0/kube").display().to_string()),
         "the rolled-back volume was mounted"
     );

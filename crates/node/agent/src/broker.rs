@@ -38,7 +38,7 @@ pub struct Broker {
 #[derive(Debug)]
 pub struct Member {
     /// The addresses of the control plane that keeps the volumes.
-    pub addresses: Arc<std::sync::Mutex<Vec<String>>>,
+    pub addresses: Vec<String>,
     /// The reference values control planes are checked against.
     pub reference: ReferenceValues,
     /// The cluster ID.
@@ -89,9 +89,8 @@ impl veil_csi::node::Keys for Broker {
 }
 
 async fn connect(m: &Member) -> anyhow::Result<Session<tokio::net::TcpStream>> {
-    let addrs = m.addresses.lock().map(|a| a.clone()).unwrap_or_default();
     crate::connect_any(
-        &addrs,
+        &m.addresses,
         &m.reference,
         veil_node_attest::Membership::Member(m.cluster_id.clone()),
         &m.attester,

@@ -56,6 +56,13 @@ async fn state_volume(
     }
 }
 
+/// The control plane that keeps the cluster's persistent volumes (their attachments and
+/// anchors are its own state): the first of them. Only it runs the volume controller, and
+/// workers' volume errands go to it.
+pub fn volume_keeper(cfg: &AgentConfig) -> Option<&String> {
+    cfg.control_planes.first()
+}
+
 /// Every control plane's cluster address: its mesh address, or without a mesh the host of
 /// its service address.
 pub fn member_addresses(cfg: &AgentConfig) -> anyhow::Result<Vec<Ipv4Addr>> {
@@ -436,12 +443,11 @@ pub async fn keep_cluster(
     use veil_kube::addons;
     // Persistent volumes: the CSI controller (served on a socket of its own, called in-process
     // by the provisioner and attacher below), stopped with this upkeep.
-    // One control plane keeps the volumes (their attachments and anchors are its own state):
-    // the first of the cluster's control planes; the others run no controller.
+    // One control plane keeps the volumes; the others run no controller.
     let keeper = cfg
         .listen_addr()
         .ok()
-        .is_some_and(|a| cfg.control_planes.first() == Some(&a.to_string()));
+        .is_some_and(|a| volume_keeper(&cfg) == Some(&a.to_string()));
     let volumes = match &settings.volumes {
         Some(_) if !keeper => None,
         Some(v) => match csi_controller(&cp, &cfg, v, &attester) {

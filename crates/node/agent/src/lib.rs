@@ -279,14 +279,12 @@ async fn run_until_stopped(
                                     )));
                                     kube = Some(k);
                                 }
-                                Err(e) => {
-                                    let e = format!("kubernetes: {e:#}");
-                                    if e.contains("state volume refused")
-                                        && status.error.as_deref() != Some(e.as_str())
-                                    {
-                                        cp.record_own_refusal("state_volume", &e);
-                                    }
+                                Err(err) => {
+                                    let e = format!("kubernetes: {err:#}");
                                     if status.error.as_deref() != Some(e.as_str()) {
+                                        if volume::Refused::in_chain(&err) {
+                                            cp.record_own_refusal("state_volume", &e);
+                                        }
                                         tracing::error!(error = %e, "kubernetes not started");
                                         status.error = Some(e);
                                         write_status(&cfg.state_dir, &status);
@@ -641,22 +639,14 @@ async fn worker(
             attester.clone(),
         ));
     }
-    // Volumes are kept by the first control plane (their attachments and anchors are its
-    // state): the errands go there.
-    let cp_addresses = Arc::new(std::sync::Mutex::new(
-        cfg.control_planes
-            .first()
-            .cloned()
-            .into_iter()
-            .collect::<Vec<_>>(),
-    ));
+    // Volume errands go to the control plane that keeps the volumes.
     let broker = cfg
         .kubernetes
         .as_ref()
         .and_then(|k| k.volumes.as_ref())
         .map(|_| {
             broker::Broker::start(broker::Member {
-                addresses: cp_addresses.clone(),
+                addresses: kube::volume_keeper(cfg).cloned().into_iter().collect(),
                 reference: reference.clone(),
                 cluster_id: cluster_id.clone(),
                 node_cert: node_cert.clone(),
@@ -682,7 +672,7 @@ async fn worker(
             // A state volume altered, rolled back or gone: this node starts no Kubernetes,
             // says so in its status and to the control plane (a refusal in the cluster
             // report), and keeps attesting.
-            Err(e) if format!("{e:#}").contains("state volume refused") => {
+            Err(e) if volume::Refused::in_chain(&e) => {
                 let reason = format!("{e:#}");
                 kube_refused = Some(format!("kubernetes not started: {reason}"));
                 status.error = kube_refused.clone();

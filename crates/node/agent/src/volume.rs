@@ -11,7 +11,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use veil_node_attest::TpmAttester;
 use veil_reference::node_config::StateVolumeSettings;
 use veil_volume::launch::{Launch, LaunchError};
@@ -24,6 +24,31 @@ use crate::AgentConfig;
 pub const STATE_NV_INDEX: u32 = 0x0150_0a00;
 /// The state volume's name in the anchor protocol.
 pub const STATE_NAME: &str = "state";
+
+/// The node refused its own state volume: altered, rolled back, gone, or not opened; `check`
+/// names which check failed.
+#[derive(Debug)]
+pub struct Refused {
+    /// The failed check (`missing`, `rollback`, `start`, … as `veil-volume` names them).
+    pub check: String,
+    /// What was found.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "state volume refused ({}): {}", self.check, self.reason)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+impl Refused {
+    /// Whether `e` is (or was caused by) a refused state volume.
+    pub fn in_chain(e: &anyhow::Error) -> bool {
+        e.chain().any(|c| c.is::<Self>())
+    }
+}
 const RECORD: u16 = 40;
 
 fn nv_index(name: &str) -> Option<u32> {
@@ -241,11 +266,15 @@ impl StateVolume {
                     check = "missing",
                     anchored = a.generation
                 );
-                bail!(
-                    "state volume refused: {} is gone, but its anchor in the TPM is at generation {}: the host removed it (not formatting over it)",
-                    launch.backing.display(),
-                    a.generation
-                );
+                return Err(Refused {
+                    check: "missing".into(),
+                    reason: format!(
+                        "{} is gone, but its anchor in the TPM is at generation {}: the host removed it (not formatting over it)",
+                        launch.backing.display(),
+                        a.generation
+                    ),
+                }
+                .into());
             }
             let (l, k, mib) = (launch.clone(), key.clone(), settings.size_mib);
             tokio::task::spawn_blocking(move || l.format(mib, &k))
@@ -268,11 +297,15 @@ impl StateVolume {
             Ok(v) => v,
             Err(LaunchError::Refused { check, reason }) => {
                 tracing::error!(event = "state_volume_refused", check = %check, reason = %reason);
-                bail!("state volume refused ({check}): {reason}");
+                return Err(Refused { check, reason }.into());
             }
             Err(e) => {
                 tracing::error!(event = "state_volume_refused", check = "start", reason = %e);
-                bail!("state volume refused (start): {e}");
+                return Err(Refused {
+                    check: "start".into(),
+                    reason: e.to_string(),
+                }
+                .into());
             }
         };
         tracing::info!(
