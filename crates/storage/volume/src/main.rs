@@ -177,14 +177,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             direct_io,
             die_with_parent,
         } => {
-            if die_with_parent {
-                let parent = nix::unistd::getppid();
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-                    .context("PR_SET_PDEATHSIG")?;
-                // The parent may have died before the line above.
-                if nix::unistd::getppid() != parent || parent.as_raw() == 1 {
-                    bail!("the parent process is gone");
-                }
+            // Not PR_SET_PDEATHSIG: it fires when the parent *thread* ends, and the agent
+            // starts the volume from a pool thread that ends after 10 s idle (that killed
+            // every state volume 10 s after its mount).
+            let parent = die_with_parent.then(nix::unistd::getppid);
+            if parent.is_some_and(|p| p.as_raw() == 1) {
+                bail!("the parent process is gone");
             }
             serve(
                 backing,
@@ -193,6 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ext4,
                 threads,
                 direct_io,
+                parent,
             )
         }
     }
@@ -205,12 +204,16 @@ fn serve(
     ext4: Option<PathBuf>,
     threads: usize,
     direct_io: bool,
+    parent: Option<nix::unistd::Pid>,
 ) -> anyhow::Result<()> {
     // Signals are taken by sigwait below; block them before any thread starts.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
     signals.thread_block().context("blocking signals")?;
+    if let Some(parent) = parent {
+        watch_parent(parent)?;
+    }
 
     let key = read_key()?;
     // One process per backing file: a second one (an orphan of a killed agent still serving)
@@ -306,5 +309,26 @@ fn serve(
         tracing::warn!(event = "volume_fuse_unmount", error = %e, "detaching lazily");
         let _ = blockdev::umount_lazy(&mount);
     }
+    Ok(())
+}
+
+/// Stops this process (as SIGTERM does) once `parent`, the process that started it, is gone:
+/// its children are then handed to another process, so `getppid` changes. A process, not a
+/// thread, is watched: the parent's other threads may come and go.
+fn watch_parent(parent: nix::unistd::Pid) -> anyhow::Result<()> {
+    let gone = move || nix::unistd::getppid() != parent;
+    if gone() {
+        bail!("the parent process {parent} is gone");
+    }
+    std::thread::Builder::new()
+        .name("parent-watch".into())
+        .spawn(move || {
+            while !gone() {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            tracing::warn!(event = "volume_parent_gone", parent = parent.as_raw());
+            let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGTERM);
+        })
+        .context("starting the parent watch")?;
     Ok(())
 }

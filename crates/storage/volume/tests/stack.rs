@@ -332,3 +332,80 @@ fn a_flipped_bit_gives_an_io_error_and_an_audit_event_an_older_copy_and_a_wrong_
     assert!(e.contains("in use by another volume process"), "{e}");
     s.stop();
 }
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(std::time::Instant::now() < until, "{what} within {secs} s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_volume_started_from_a_thread_that_ends_keeps_serving_and_stops_with_its_parent_process() {
+    let d = Dir::new();
+    format(&d, 16);
+    // Started as the agent starts it, from a thread that then ends (a runtime's blocking pool
+    // ends idle threads): the volume must outlive the thread, not only the process.
+    let launch = veil_volume::launch::Launch {
+        binary: bin().into(),
+        sha256: {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(std::fs::read(bin()).unwrap()))
+        },
+        backing: d.p("backing"),
+        anchor: d.anchor(),
+        log: d.p("serve.log"),
+    };
+    let key: [u8; 32] = hex::decode(KEY).unwrap().try_into().unwrap();
+    let (fuse, mnt) = (d.p("fuse"), d.p("mnt"));
+    let (mut child, _) = std::thread::spawn(move || {
+        launch
+            .serve(&fuse, &mnt, &key, Duration::from_secs(60))
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the volume stopped when the thread that started it ended: {}",
+        std::fs::read_to_string(d.p("serve.log")).unwrap_or_default()
+    );
+    assert!(is_mounted(&d.p("mnt")));
+    assert!(veil_volume::launch::stop(child, Duration::from_secs(30)));
+    assert!(!is_mounted(&d.p("mnt")) && !is_mounted(&d.p("fuse")));
+
+    // Its parent process ends (a shell that started it in the background): it unmounts and
+    // stops by itself.
+    let script = format!(
+        "exec 3<&0; {} serve --backing {} --anchor {} --mount {} --ext4 {} --die-with-parent <&3 2>>{} & sleep 3",
+        bin(),
+        d.p("backing").display(),
+        d.anchor(),
+        d.p("fuse").display(),
+        d.p("mnt").display(),
+        d.p("orphan.log").display(),
+    );
+    let mut sh = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(sh.stdin.take().unwrap(), "{KEY}").unwrap();
+    wait_for("the volume mounted under the shell", 30, || {
+        is_mounted(&d.p("mnt"))
+    });
+    assert!(sh.wait().unwrap().success());
+    wait_for("the orphaned volume unmounted", 15, || {
+        !is_mounted(&d.p("mnt")) && !is_mounted(&d.p("fuse"))
+    });
+    wait_for("the orphaned volume stopped", 15, || {
+        std::fs::read_to_string(d.p("orphan.log"))
+            .unwrap()
+            .contains("\"volume_stopped\"")
+    });
+    let log = std::fs::read_to_string(d.p("orphan.log")).unwrap();
+    assert!(log.contains("\"volume_parent_gone\""), "{log}");
+}
