@@ -83,7 +83,7 @@ pub fn member_addresses(cfg: &AgentConfig) -> anyhow::Result<Vec<Ipv4Addr>> {
 /// Routes the pod network into the mesh device: every other node's pods are behind it (a
 /// node's own slice is on its bridge, a longer prefix).
 pub fn route_pods(settings: &KubeSettings, interface: &str) -> anyhow::Result<()> {
-    let out = std::process::Command::new("ip")
+    let out = veil_kube::exec::command("ip")
         .args(["route", "replace", &settings.cluster_cidr, "dev", interface])
         .output()
         .context("cannot run ip")?;

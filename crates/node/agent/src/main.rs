@@ -15,6 +15,17 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some("--supervise") {
         return supervise();
     }
+    if args.get(1).map(String::as_str) == Some(veil_kube::exec::FLAG) {
+        eprintln!(
+            "{}",
+            veil_kube::exec::exec_clean(args.get(2..).unwrap_or_default())
+        );
+        return ExitCode::from(127);
+    }
+    // What the agent runs itself goes through itself as a shim that drops its descriptors.
+    if let Ok(me) = std::env::current_exe() {
+        veil_kube::exec::set_shim(me);
+    }
     let [_, flag, path] = args.as_slice() else {
         eprintln!("usage: veil-agent --config FILE");
         return ExitCode::from(2);

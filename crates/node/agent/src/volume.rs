@@ -182,7 +182,13 @@ fn serve_anchors(listener: std::os::unix::net::UnixListener, attester: Arc<TpmAt
         if !matches!(read, Ok(n) if n > 0) {
             continue;
         }
+        let started = std::time::Instant::now();
         let reply = answer(&line, &attester, REMOTE.get());
+        let took = started.elapsed();
+        if took > Duration::from_millis(500) {
+            // The volume's fsync waits on this: a slow anchor is a slow (or failed) fsync.
+            tracing::warn!(event = "volume_anchor_slow", request = %line.trim(), took_ms = took.as_millis() as u64, reply = %reply);
+        }
         let _ = stream.write_all(format!("{reply}\n").as_bytes());
     }
 }

@@ -15,6 +15,7 @@
 //!   provisioner and attacher.
 //! - [`apiproxy`]: a worker's forwarder to whichever API server answers.
 //! - [`files`]: private files and kubeconfigs.
+//! - [`exec`]: starting a program without the agent's descriptors (the TPM's socket).
 
 #[cfg(feature = "node")]
 pub mod addons;
@@ -22,6 +23,8 @@ pub mod addons;
 pub mod apiproxy;
 #[cfg(feature = "node")]
 pub mod control_plane;
+#[cfg(feature = "node")]
+pub mod exec;
 pub mod files;
 pub mod kms;
 #[cfg(feature = "node")]

@@ -440,7 +440,7 @@ conntrack:
                 .and_then(|v| v.try_into().ok())
                 .ok_or_else(|| format!("{}: bad SHA-256", image.display()))?;
             check(image, &want)?;
-            let out = std::process::Command::new(&ctr)
+            let out = crate::exec::command(&ctr)
                 .arg("--address")
                 .arg(&socket)
                 .args(["-n", "k8s.io", "images", "import"])

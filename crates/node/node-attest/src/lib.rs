@@ -76,11 +76,22 @@ impl TpmAttester {
 
     /// Runs `f` with the node's TPM (for endorsement reads and credential activation).
     pub fn with_tpm<R>(&self, f: impl FnOnce(&mut NodeTpm) -> R) -> Result<R, String> {
+        let asked = std::time::Instant::now();
         let mut tpm = self
             .tpm
             .lock()
             .map_err(|_| "TPM lock poisoned".to_string())?;
-        Ok(f(&mut tpm))
+        let waited = asked.elapsed();
+        let r = f(&mut tpm);
+        let took = asked.elapsed();
+        if took > std::time::Duration::from_millis(500) {
+            tracing::warn!(
+                event = "tpm_slow",
+                waited_ms = waited.as_millis() as u64,
+                took_ms = took.as_millis() as u64
+            );
+        }
+        Ok(r)
     }
 
     /// Extends the cluster ID into the cluster PCR and records it in the event log: from now

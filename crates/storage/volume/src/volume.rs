@@ -729,6 +729,7 @@ impl Volume {
             self.anchor.advance(p).map_err(VolumeError::Anchor)?;
             self.pending_anchor = None;
         }
+        let started = std::time::Instant::now();
         let next = self.sb.generation + 1;
         let copy = next & 1;
         for m in std::mem::take(&mut self.tree_dirty) {
@@ -749,6 +750,7 @@ impl Volume {
             )?;
         }
         self.file.sync_data()?;
+        let meta_done = started.elapsed();
         let mut sb = Superblock {
             generation: next,
             epoch,
@@ -771,7 +773,20 @@ impl Volume {
             generation: next,
             digest: Sha256::digest(bytes).into(),
         };
-        if let Err(e) = self.anchor.advance(a) {
+        let synced = started.elapsed();
+        let anchored = self.anchor.advance(a);
+        let took = started.elapsed();
+        if took > std::time::Duration::from_millis(500) {
+            tracing::warn!(
+                event = "volume_commit_slow",
+                generation = next,
+                meta_blocks = dirty.len(),
+                meta_ms = meta_done.as_millis() as u64,
+                superblock_ms = (synced - meta_done).as_millis() as u64,
+                anchor_ms = (took - synced).as_millis() as u64
+            );
+        }
+        if let Err(e) = anchored {
             self.pending_anchor = Some(a);
             return Err(VolumeError::Anchor(e));
         }
