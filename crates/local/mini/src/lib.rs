@@ -608,6 +608,10 @@ fn start_cluster(
     Ok(cid)
 }
 
+/// How long an agent may take to stop cleanly: its components (each group's grace period),
+/// then its state volume (unmount, last commit and anchor).
+const AGENT_STOP: Duration = Duration::from_secs(60);
+
 /// Stops every agent and TPM of `state` and removes its namespaces, links and bridge.
 fn stop_all(state: &MiniState) -> anyhow::Result<()> {
     for n in &state.nodes {
@@ -617,9 +621,7 @@ fn stop_all(state: &MiniState) -> anyhow::Result<()> {
     }
     for n in &state.nodes {
         let pid = n.pid;
-        let _ = wait_for("an agent to stop", Duration::from_secs(10), || {
-            pid == 0 || !alive(pid)
-        });
+        let _ = wait_for("an agent to stop", AGENT_STOP, || pid == 0 || !alive(pid));
         kube::kill_components(&n.dir);
         let port = n.tpm_port;
         let _ = in_node(n.netns.as_deref(), || {
@@ -769,11 +771,7 @@ fn restart(ws: &Path, name: &str) -> anyhow::Result<ExitCode> {
         let _ = Command::new("kill").arg(node.pid.to_string()).status();
     }
     let pid = node.pid;
-    wait_for(
-        &format!("agent {name} to stop"),
-        Duration::from_secs(10),
-        || !alive(pid),
-    )?;
+    wait_for(&format!("agent {name} to stop"), AGENT_STOP, || !alive(pid))?;
     let left = kube::kill_components(&node.dir);
     if left > 0 {
         step(&format!(

@@ -380,6 +380,28 @@ impl Drop for Down {
             let (_, out, err) =
                 kubectl_raw(&self.0, &["get", "nodes,pods", "-A", "-o", "wide"], None);
             eprintln!("--- at the failure:\n{out}{err}");
+            // What went wrong inside the nodes: their agents' and volumes' last warnings.
+            let nodes = std::fs::read_dir(self.0.join("nodes"))
+                .into_iter()
+                .flatten();
+            for dir in nodes.flatten().map(|e| e.path()) {
+                for log in ["agent.log", "volume.log"] {
+                    let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+                    let worst: Vec<&str> = text
+                        .lines()
+                        .filter(|l| {
+                            l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\"")
+                        })
+                        .filter(|l| !l.contains("tss_esapi"))
+                        .collect();
+                    let tail = worst
+                        .get(worst.len().saturating_sub(12)..)
+                        .unwrap_or_default();
+                    if !tail.is_empty() {
+                        eprintln!("--- {} {log}:\n{}", dir.display(), tail.join("\n"));
+                    }
+                }
+            }
         }
         let _ = veil(&["mini", "down", "--workspace", &self.0.display().to_string()]);
     }
