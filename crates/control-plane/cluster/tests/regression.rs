@@ -408,6 +408,7 @@ async fn refusals_that_vanish() {
             trust.clone(),
             cp_node.attester.clone(),
             state.clone(),
+            false,
         )
         .unwrap(),
     );
@@ -461,7 +462,7 @@ async fn refusals_that_vanish() {
     serving.abort();
     drop(cp);
     let cp = std::sync::Arc::new(
-        veil_cluster::ControlPlane::with_state_file(trust, cp_node.attester.clone(), state)
+        veil_cluster::ControlPlane::with_state_file(trust, cp_node.attester.clone(), state, false)
             .unwrap(),
     );
     assert_eq!(
@@ -485,6 +486,113 @@ async fn refusals_that_vanish() {
         .await
         .unwrap();
     assert!(cp.refusals().is_empty());
+}
+
+/// A control plane on its encrypted state volume keeps its state there: the host's file holds
+/// only the cluster ID, and what the host writes into it (an erased or forged refusal, a
+/// forged volume) is never read; the state on the volume comes back after a restart; a
+/// volume holding another cluster's state is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_state_is_beyond_the_hosts_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::at(&dir.path().join("ca"));
+    let (cp_launch, worker_launch, refs) = release_1();
+    let cp_node = boot(&dir.path().join("cp"), &ca, &cp_launch, None);
+    let owner = Owner::new([10; 32], [11; 32]);
+    let (ek_roots, ek_intermediates) = roots(&ca);
+    let trust = veil_cluster::Trust {
+        reference: refs.clone(),
+        ek_roots,
+        ek_intermediates,
+        local_roots: true,
+        owner_key: owner.public.clone(),
+    };
+    let host_file = dir.path().join("control-plane.json");
+    let sealed = dir.path().join("volume/veil/control-plane.json");
+    let open = |trust: veil_cluster::Trust| {
+        std::sync::Arc::new(
+            veil_cluster::ControlPlane::with_state_file(
+                trust,
+                cp_node.attester.clone(),
+                host_file.clone(),
+                true,
+            )
+            .unwrap(),
+        )
+    };
+    let cp = open(trust.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = tokio::spawn(cp.clone().serve(listener));
+    owner.init(addr, &cp_node, &refs).await;
+    let cid = cp.cluster_id().unwrap();
+    cp.seal_state(sealed.clone()).unwrap();
+    // A node the owner did not approve tries to join three times: refusals, on the volume.
+    let member = appraiser(&refs, Membership::Member(cid.0.to_vec()));
+    let node = boot(&dir.path().join("w"), &ca, &worker_launch, None);
+    let mut s = session(addr, Some(node.attester.as_ref()), &member)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        s.join(&node.attester, "worker", &node_key())
+            .await
+            .unwrap_err();
+    }
+    cp.flush();
+    let json = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let host = json(&host_file);
+    assert_eq!(host["cluster_id"], cid.to_string());
+    assert_eq!(host["nodes"], serde_json::json!([]), "{host}");
+    assert_eq!(host["refusals"], serde_json::json!([]), "{host}");
+    let on_volume = json(&sealed);
+    assert_eq!(on_volume["cluster_id"], cid.to_string());
+    assert!(
+        on_volume["refusals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "join" && r["count"] == 3),
+        "{on_volume}"
+    );
+    serving.abort();
+    drop(cp);
+
+    // The host writes a forged refusal and a forged volume into its file; the control
+    // plane restarts: it reads the cluster ID alone, and the volume's state once mounted.
+    let mut forged = host.clone();
+    forged["refusals"] = serde_json::json!([{
+        "source": "host", "ak_spki_sha256": null, "kind": "forged", "reason": "x",
+        "class": "x", "first_seen": 1, "last_seen": 1, "count": 1
+    }]);
+    forged["volumes"] = serde_json::json!({"v-forged": {"attached_to": "node-x"}});
+    std::fs::write(&host_file, serde_json::to_vec(&forged).unwrap()).unwrap();
+    let cp = open(trust.clone());
+    assert_eq!(cp.cluster_id(), Some(cid));
+    assert!(cp.refusals().is_empty(), "{:?}", cp.refusals());
+    cp.seal_state(sealed.clone()).unwrap();
+    let kinds: Vec<(String, u64)> = cp
+        .refusals()
+        .into_iter()
+        .map(|r| (r.kind, r.count))
+        .collect();
+    assert_eq!(kinds, vec![("join".to_string(), 3)]);
+    cp.flush();
+    let after = json(&sealed);
+    assert!(after["volumes"].get("v-forged").is_none(), "{after}");
+    drop(cp);
+
+    // The volume holds another cluster's state: refused, naming both.
+    let mut other = on_volume.clone();
+    other["cluster_id"] = serde_json::json!(hex::encode([7u8; 32]));
+    std::fs::write(&sealed, serde_json::to_vec(&other).unwrap()).unwrap();
+    let cp = open(trust);
+    let e = cp.seal_state(sealed.clone()).unwrap_err();
+    assert!(
+        e.contains(&hex::encode([7u8; 32])) && e.contains(&cid.to_string()),
+        "{e}"
+    );
 }
 
 /// Finding 7: denial of service. 500 connections that never speak and 100 attested-TLS

@@ -55,9 +55,9 @@ pub enum MiniCommand {
         kube_serving_secs: Option<u64>,
         /// The capacity of each node's encrypted state volume (where etcd, containerd and
         /// kubelet keep their data), in MiB (a sparse file on the host; the volume keeps 8 MiB
-        /// of metadata in memory per GiB); 0 (the default until a cluster of three control
-        /// planes comes up as fast with it): none, they write to the node's directory.
-        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+        /// of metadata in memory per GiB); 0: none, they write to the node's directory in
+        /// plaintext (for comparisons only).
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
         state_volume_mib: u64,
     },
     /// Show the nodes of a local cluster.

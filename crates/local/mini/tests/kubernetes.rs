@@ -1301,13 +1301,10 @@ fn file_contains(path: &Path, needle: &[u8]) -> bool {
     }
 }
 
-// Not run by the suite yet: on 2 cores the worker on its state volume was Ready in one run and
-// not within 180 s in the next (every fsync commits under the volume's lock, with a TPM NV
-// write; issue 10). `cargo test -p veil-mini --test kubernetes -- --ignored state_volumes`.
+// Every node of a local cluster keeps its state on its encrypted volume (the default).
 #[test]
-#[ignore = "a worker on its state volume is not reliably Ready within 180 s on 2 cores (issue 10)"]
 fn state_volumes_keep_every_node_write_and_a_rolled_back_one_is_refused() {
-    let (_tmp, ws, w, _down) = mini_up(&["--nodes", "2", "--state-volume-mib", "1024"]);
+    let (_tmp, ws, w, _down) = mini_up(&["--nodes", "2"]);
     wait_until("the worker Ready on its state volume", 180, || {
         nodes(&ws).iter().any(|(_, ready, _, _)| *ready)
     });

@@ -37,6 +37,8 @@ pub struct KubeControlPlane {
     launcher: Arc<Launcher>,
     kms_stop: tokio::sync::oneshot::Sender<()>,
     kms: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The mounted state volume's directory.
+    data: Option<std::path::PathBuf>,
     volume: Option<StateVolume>,
 }
 
@@ -166,6 +168,7 @@ impl KubeControlPlane {
             launcher,
             kms_stop,
             kms,
+            data: volume.as_ref().map(|_| cfg.state_dir.join("kube")),
             volume,
         })
     }
@@ -173,6 +176,13 @@ impl KubeControlPlane {
     /// What each component is doing.
     pub fn states(&self) -> std::collections::BTreeMap<String, ProcessState> {
         self.launcher.states()
+    }
+
+    /// Where the control plane keeps its state on its mounted state volume, if it has one.
+    pub fn sealed_state_file(&self) -> Option<std::path::PathBuf> {
+        self.data
+            .as_ref()
+            .map(|d| d.join("veil").join("control-plane.json"))
     }
 
     /// Stops the components, then the KMS plugin and the state volume.

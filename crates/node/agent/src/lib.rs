@@ -157,6 +157,10 @@ async fn run_until_stopped(
                     trust,
                     attester,
                     cfg.state_dir.join("control-plane.json"),
+                    // On a state volume, the host's file keeps only the cluster ID.
+                    cfg.kubernetes
+                        .as_ref()
+                        .is_some_and(|k| k.state_volume.is_some()),
                 )
                 .map_err(anyhow::Error::msg)?
                 .with_kube_validity(
@@ -270,6 +274,13 @@ async fn run_until_stopped(
                             .await
                             {
                                 Ok(k) => {
+                                    if let Some(path) = k.sealed_state_file()
+                                        && let Err(e) = cp.seal_state(path)
+                                    {
+                                        tracing::error!(event = "state_not_sealed", error = %e);
+                                        status.error = Some(format!("control-plane state: {e}"));
+                                        write_status(&cfg.state_dir, &status);
+                                    }
                                     cp.set_kube_api(Some(k.api.clone()));
                                     kube_upkeep = Some(tokio::spawn(kube::keep_cluster(
                                         cp.clone(),
@@ -298,6 +309,7 @@ async fn run_until_stopped(
                             }
                             cp.set_kube_api(None);
                             if let Some(k) = kube.take() {
+                                cp.unseal_state();
                                 k.stop().await;
                             }
                         }
@@ -348,13 +360,15 @@ async fn run_until_stopped(
                     _ = terminate.recv() => {
                         tracing::info!("SIGTERM: stopping");
                         if let Some(k) = kube.take() {
-                            k.stop().await;
+                            cp.unseal_state();
+                                k.stop().await;
                         }
                         return Ok(());
                     }
                 }
                 if serve.is_finished() {
                     if let Some(k) = kube.take() {
+                        cp.unseal_state();
                         k.stop().await;
                     }
                     bail!("control-plane services stopped");

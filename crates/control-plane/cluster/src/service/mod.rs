@@ -369,6 +369,10 @@ pub struct ControlPlane {
     attester: Arc<TpmAttester>,
     state: Mutex<State>,
     state_file: Option<std::path::PathBuf>,
+    /// Where the state lives once this control plane's encrypted state volume is mounted
+    /// ([`ControlPlane::seal_state`]); `Some(None)` while it is not yet: the host's file then
+    /// holds only the cluster ID, and nothing else of it is read.
+    sealed: Option<Mutex<Option<std::path::PathBuf>>>,
     metrics: Metrics,
     /// Serialises the owner's init and recovery (which extend the cluster PCR).
     owner_ops: Mutex<()>,
@@ -392,6 +396,7 @@ impl ControlPlane {
             attester,
             state: Mutex::new(State::default()),
             state_file: None,
+            sealed: None,
             metrics: Metrics::default(),
             owner_ops: Mutex::new(()),
             activations: Mutex::new((0, 0)),
@@ -418,24 +423,32 @@ impl ControlPlane {
     /// A control plane that keeps its public state (cluster ID, admitted nodes, the owner's
     /// approvals, refusals) in `state_file`: after a restart it knows its cluster and awaits
     /// `veil recover` or a peer.
+    ///
+    /// With `sealed`, the node keeps its state on its encrypted state volume: only the
+    /// cluster ID is read from (and written to) `state_file`, which the host can change or
+    /// roll back; the rest waits for [`ControlPlane::seal_state`].
     pub fn with_state_file(
         trust: Trust,
         attester: Arc<TpmAttester>,
         state_file: std::path::PathBuf,
+        sealed: bool,
     ) -> Result<Self, String> {
         let cp = Self {
             state_file: Some(state_file.clone()),
+            sealed: sealed.then(|| Mutex::new(None)),
             ..Self::new(trust, attester)
         };
         if let Ok(body) = std::fs::read(&state_file) {
             let p: Persisted = serde_json::from_slice(&body)
                 .map_err(|e| format!("{}: {e}", state_file.display()))?;
-            let cid: [u8; 32] = decode_hex(&p.cluster_id)
-                .ok()
-                .and_then(|v| v.try_into().ok())
-                .ok_or_else(|| format!("{}: bad cluster ID", state_file.display()))?;
+            let cid = cluster_id_of(&p, &state_file)?;
+            if sealed {
+                cp.lock_state()?.cluster_id = Some(cid);
+                tracing::info!(event = "restarted", cluster_id = %p.cluster_id, "awaiting recovery; the rest of the state is on the state volume");
+                return Ok(cp);
+            }
             let mut st = cp.lock_state()?;
-            st.cluster_id = Some(ClusterId(cid));
+            st.cluster_id = Some(cid);
             st.nodes = p
                 .nodes
                 .into_iter()
@@ -465,9 +478,85 @@ impl ControlPlane {
     /// Writes the public state to the state file, after releasing the state lock: the
     /// snapshot is taken under it (numbered), the file written under a lock of its own, and
     /// a snapshot older than the one on disk is never written over it.
+    /// Moves this control plane's state onto its encrypted state volume, to `path` there:
+    /// what the volume held (from before a restart) is merged with what this run learnt, and
+    /// from now on every change is written there (synced) while the host's file keeps only
+    /// the cluster ID. Removed nodes, refusals and volumes' anchors and attachments are then
+    /// beyond the host's reach: it can neither edit nor roll them back (the volume is
+    /// authenticated and anchored in the TPM).
+    pub fn seal_state(&self, path: std::path::PathBuf) -> Result<(), String> {
+        let Some(sealed) = &self.sealed else {
+            return Err("this control plane keeps its state in the host's file".into());
+        };
+        let held = match std::fs::read(&path) {
+            Ok(body) => Some(
+                serde_json::from_slice::<Persisted>(&body)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let mut st = self.lock_state()?;
+        if let Some(p) = held {
+            let cid = cluster_id_of(&p, &path)?;
+            if st.cluster_id.is_some_and(|c| c != cid) {
+                return Err(format!(
+                    "{} holds the state of cluster {}, this control plane serves {}",
+                    path.display(),
+                    p.cluster_id,
+                    st.cluster_id.map(|c| c.to_string()).unwrap_or_default()
+                ));
+            }
+            st.cluster_id = Some(cid);
+            for n in p.nodes {
+                st.nodes.entry(n.node_id.clone()).or_insert(n);
+            }
+            st.removed.extend(p.removed);
+            st.refusals.merge(p.refusals);
+            for (id, v) in p.volumes {
+                st.volumes.entry(id).or_insert(v);
+            }
+            if let Some(a) = p.approvals
+                && let Err(e) = st.take_approvals(&self.trust.owner_key, a)
+            {
+                tracing::warn!(event = "approvals_refused", reason = %e, "sealed approvals not taken");
+            }
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        if let Ok(mut s) = sealed.lock() {
+            *s = Some(path.clone());
+        }
+        tracing::info!(event = "state_sealed", file = %path.display(), nodes = st.nodes.len(), volumes = st.volumes.len());
+        self.persist(st);
+        Ok(())
+    }
+
+    /// Stops writing the state to the state volume (it is being unmounted); changes from now
+    /// on are kept in memory only until the next [`ControlPlane::seal_state`].
+    pub fn unseal_state(&self) {
+        if let Some(Ok(mut s)) = self.sealed.as_ref().map(Mutex::lock) {
+            *s = None;
+        }
+    }
+
     fn persist(&self, mut st: MutexGuard<'_, State>) {
-        let (Some(path), Some(cid)) = (&self.state_file, st.cluster_id) else {
+        let (Some(host_file), Some(cid)) = (&self.state_file, st.cluster_id) else {
             return;
+        };
+        // Sealed: the whole state to the volume, the cluster ID alone to the host's file.
+        let sealed_to = match &self.sealed {
+            None => None,
+            Some(m) => match m.lock().ok().and_then(|p| p.clone()) {
+                Some(p) => Some(p),
+                None => {
+                    // Not mounted yet: only the ID reaches the host.
+                    drop(st);
+                    write_state(host_file, &id_only(cid), false);
+                    return;
+                }
+            },
         };
         st.persist_seq += 1;
         st.unwritten = false;
@@ -481,24 +570,21 @@ impl ControlPlane {
             volumes: st.volumes.clone(),
         };
         drop(st);
-        let Ok(body) = serde_json::to_vec_pretty(&p) else {
-            return;
-        };
         let Ok(mut written) = self.persisted.lock() else {
             return;
         };
         if *written >= seq {
             return;
         }
-        let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, body)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .is_err()
-        {
-            tracing::error!(file = %path.display(), "cannot persist control-plane state");
-            return;
+        let done = match &sealed_to {
+            Some(path) => {
+                write_state(path, &p, true) && write_state(host_file, &id_only(cid), false)
+            }
+            None => write_state(host_file, &p, false),
+        };
+        if done {
+            *written = seq;
         }
-        *written = seq;
     }
 
     /// Records a refusal (in the report, and on disk once the cluster exists).
@@ -1053,4 +1139,49 @@ impl Drop for Slot {
             }
         }
     }
+}
+
+fn cluster_id_of(p: &Persisted, file: &std::path::Path) -> Result<ClusterId, String> {
+    decode_hex(&p.cluster_id)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .map(ClusterId)
+        .ok_or_else(|| format!("{}: bad cluster ID", file.display()))
+}
+
+/// What the host's file holds of a sealed control plane: its cluster ID.
+fn id_only(cid: ClusterId) -> Persisted {
+    Persisted {
+        cluster_id: cid.to_string(),
+        nodes: Vec::new(),
+        removed: Vec::new(),
+        approvals: None,
+        refusals: Refusals::default(),
+        volumes: volumes::Volumes::new(),
+    }
+}
+
+/// Writes `p` to `path` (a temporary file renamed over it; synced first when `sync`).
+fn write_state(path: &std::path::Path, p: &Persisted, sync: bool) -> bool {
+    let Ok(body) = serde_json::to_vec_pretty(p) else {
+        return false;
+    };
+    let tmp = path.with_extension("tmp");
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, &body)?;
+        if sync {
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if sync && let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        tracing::error!(file = %path.display(), error = %e, "cannot persist control-plane state");
+        return false;
+    }
+    true
 }

@@ -107,6 +107,33 @@ impl Refusals {
         }
     }
 
+    /// Takes in the entries of `other` (a copy kept elsewhere): an entry both hold keeps the
+    /// larger count and the wider span of times; one only `other` holds is added while there
+    /// is room.
+    pub fn merge(&mut self, other: Self) {
+        for o in other.0 {
+            let same = |r: &Refusal| {
+                r.source == o.source
+                    && r.ak_spki_sha256 == o.ak_spki_sha256
+                    && r.kind == o.kind
+                    && r.class == o.class
+            };
+            let room = self.0.len() < MAX_ENTRIES;
+            match self.0.iter_mut().find(|r| same(r)) {
+                Some(r) => {
+                    r.count = r.count.max(o.count);
+                    r.first_seen = r.first_seen.min(o.first_seen);
+                    if o.last_seen > r.last_seen {
+                        r.last_seen = o.last_seen;
+                        r.reason = o.reason;
+                    }
+                }
+                None if room => self.0.push(o),
+                None => {}
+            }
+        }
+    }
+
     /// Forgets the entries last seen at or before `up_to` (the owner acknowledged them);
     /// returns how many.
     pub fn acknowledge(&mut self, up_to: i64) -> usize {
