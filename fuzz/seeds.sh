@@ -21,5 +21,6 @@ case "$1" in
   volume_structures) ls "$(dirname "$0")"/seeds/volume_structures/* ;;
   s3_object) ls "$(dirname "$0")"/../crates/storage/s3-proxy/fuzz-seeds/* ;;
   csi_registration) ls "$(dirname "$0")"/seeds/csi_registration/* ;;
+  tlog_structures) ls "$(dirname "$0")"/seeds/tlog_structures/* ;;
   *) ;;
 esac
