@@ -400,6 +400,14 @@ impl Drop for Down {
                     if !tail.is_empty() {
                         eprintln!("--- {} {log}:\n{}", dir.display(), tail.join("\n"));
                     }
+                    let all: Vec<&str> =
+                        text.lines().filter(|l| !l.contains("tss_esapi")).collect();
+                    let last = all.get(all.len().saturating_sub(6)..).unwrap_or_default();
+                    eprintln!(
+                        "--- {} {log}, last lines:\n{}",
+                        dir.display(),
+                        last.join("\n")
+                    );
                 }
             }
         }

@@ -124,6 +124,12 @@ pub fn answer(line: &str, attester: &TpmAttester, remote: Option<&RemoteAnchor>)
             _ => format!("error no anchor for volume {name} on this node"),
         };
     };
+    // Read, check and write as one step: two requests for the same record must not both
+    // pass the check.
+    static TPM_RECORD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = TPM_RECORD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let current = match read_anchor(attester, index) {
         Ok(c) => c,
         Err(e) => return format!("error TPM: {e}"),
@@ -163,34 +169,62 @@ pub fn answer(line: &str, attester: &TpmAttester, remote: Option<&RemoteAnchor>)
     }
 }
 
-/// Serves the anchor protocol on a thread of its own, with blocking I/O: the volume's fsyncs
+/// The most anchor requests answered at once; more are refused (`error busy`) and retried by
+/// the volume at its next commit.
+const MAX_ANCHOR_REQUESTS: usize = 32;
+
+/// Serves the anchor protocol with blocking I/O, on threads of its own: the volumes' fsyncs
 /// wait on it, so it must not wait for the agent's runtime (whose threads a blocking call can
-/// hold), and requests are answered one at a time, in order.
+/// hold). Each request has a thread: a persistent volume's anchor kept in the control plane's
+/// state is written to the state volume, whose commit needs the state volume's anchor from
+/// this same socket; answered in turn, the two waited on each other until the volume's
+/// 30-second timeout failed its fsync. The TPM's record is read, checked and written under
+/// one lock.
 fn serve_anchors(listener: std::os::unix::net::UnixListener, attester: Arc<TpmAttester>) {
-    use std::io::{BufRead, Read};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else {
             continue;
         };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
         let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
-        let mut line = String::new();
-        let read = match stream.try_clone() {
-            Ok(r) => std::io::BufReader::new(r.take(512)).read_line(&mut line),
-            Err(e) => Err(e),
-        };
-        if !matches!(read, Ok(n) if n > 0) {
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_ANCHOR_REQUESTS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            let _ = stream.write_all(b"error busy: too many anchor requests at once\n");
             continue;
         }
-        let started = std::time::Instant::now();
-        let reply = answer(&line, &attester, REMOTE.get());
-        let took = started.elapsed();
-        if took > Duration::from_millis(500) {
-            // The volume's fsync waits on this: a slow anchor is a slow (or failed) fsync.
-            tracing::warn!(event = "volume_anchor_slow", request = %line.trim(), took_ms = took.as_millis() as u64, reply = %reply);
+        let (a, n) = (attester.clone(), active.clone());
+        let spawned = std::thread::Builder::new()
+            .name("volume-anchor".into())
+            .spawn(move || {
+                answer_stream(stream, &a);
+                n.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::SeqCst);
         }
-        let _ = stream.write_all(format!("{reply}\n").as_bytes());
     }
+}
+
+fn answer_stream(mut stream: std::os::unix::net::UnixStream, attester: &TpmAttester) {
+    use std::io::{BufRead, Read};
+    let mut line = String::new();
+    let read = match stream.try_clone() {
+        Ok(r) => std::io::BufReader::new(r.take(512)).read_line(&mut line),
+        Err(e) => Err(e),
+    };
+    if !matches!(read, Ok(n) if n > 0) {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let reply = answer(&line, attester, REMOTE.get());
+    let took = started.elapsed();
+    if took > Duration::from_millis(500) {
+        // The volume's fsync waits on this: a slow anchor is a slow (or failed) fsync.
+        tracing::warn!(event = "volume_anchor_slow", request = %line.trim(), took_ms = took.as_millis() as u64, reply = %reply);
+    }
+    let _ = stream.write_all(format!("{reply}\n").as_bytes());
 }
 
 fn field(v: &serde_json::Value, name: &str) -> String {
