@@ -22,5 +22,6 @@ case "$1" in
   s3_object) ls "$(dirname "$0")"/../crates/storage/s3-proxy/fuzz-seeds/* ;;
   csi_registration) ls "$(dirname "$0")"/seeds/csi_registration/* ;;
   tlog_structures) ls "$(dirname "$0")"/seeds/tlog_structures/* ;;
+  cas_session) ls "$(dirname "$0")"/seeds/cas_session/* ;;
   *) ;;
 esac

@@ -1,0 +1,45 @@
+//! The Configuration and Attestation Service's sessions.
+//!
+//! A session is a policy document, in the spirit of SCONE's: a `name` in namespaces
+//! (`acme/payments/api`), a `version`, the `predecessor` it replaces (the hash of that session:
+//! mandatory on update, forbidden on create, so no update is lost), `services` whose
+//! `attestation` is an OR of AND-variants over what the node's agent proves of a workload
+//! (image digests, namespace, service account, the node's reference-value set, TEE facts) with
+//! the environment, arguments and files they get, `secrets` of several kinds, and an
+//! `access_policy` saying which keys may read it, update it, and create sessions below it,
+//! with `require-all` or `require-at-least-N` governance.
+//!
+//! - [`session`]: the document, its validation, and its hash: SHA-256 over its RFC 8785
+//!   canonical JSON (`serde_json_canonicalizer`), so anyone can recompute it.
+//! - [`policy`]: access policies and their governance, over Ed25519 signatures of a request.
+//! - [`matching`]: which service of a session a workload is, from what was attested of it.
+//! - [`registry`]: the rules of the store: who creates top-level sessions (the owner who
+//!   provisioned the CAS, and nobody else), who creates below, who updates (with the right
+//!   predecessor), who reads.
+
+pub mod matching;
+pub mod policy;
+pub mod registry;
+pub mod session;
+
+pub use session::{Session, SessionHash};
+
+/// Why a session, a request or a workload was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CasError {
+    /// The session document is malformed or invalid.
+    #[error("session: {0}")]
+    Invalid(String),
+    /// The request is not authorised by the access policy.
+    #[error("not authorised: {0}")]
+    Unauthorised(String),
+    /// The predecessor is missing, given on create, or not the current session's hash.
+    #[error("predecessor: {0}")]
+    Predecessor(String),
+    /// No such session.
+    #[error("no session {0}")]
+    NotFound(String),
+    /// The workload matches no attestation variant of the service.
+    #[error("attestation: {0}")]
+    NotAttested(String),
+}
