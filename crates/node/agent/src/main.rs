@@ -78,7 +78,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(veil_agent::run(cfg, launcher)) {
+    let result = rt.block_on(veil_agent::run(cfg, launcher));
+    // Not a plain drop, which waits for every blocking task: a `ctr images import` cut off by
+    // the stop (its containerd gone) kept a stopped agent alive past `veil mini restart`'s wait.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "agent stopped");
