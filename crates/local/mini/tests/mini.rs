@@ -719,7 +719,19 @@ fn mini_up_join_refusals_and_down() {
     let tmp = tempfile::tempdir().unwrap();
     let ws = tmp.path().join("ws");
     let w = ws.display().to_string();
-    let (code, out, err) = veil(&["mini", "up", "--nodes", "3", "--workspace", &w]);
+    // The trust chain, the mesh and the refusals, on nodes without state volumes (the
+    // Kubernetes tests run on them): with one, a worker busy starting Kubernetes on its
+    // volume took longer than this test's 15 s to act on a key rotation (issue 10).
+    let (code, out, err) = veil(&[
+        "mini",
+        "up",
+        "--nodes",
+        "3",
+        "--state-volume-mib",
+        "0",
+        "--workspace",
+        &w,
+    ]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(
         out.contains("LOCAL CLUSTER up (insecure local TPM roots)"),
