@@ -47,10 +47,24 @@ impl Log {
         entries
             .read_to_end(&mut bytes)
             .map_err(|e| io_error(&path, &e))?;
+        let cp_path = dir.join("checkpoint");
+        let held = match std::fs::read(&cp_path) {
+            Ok(note) => {
+                let c = Checkpoint::open(&note, &signer.verifier())?;
+                let text = String::from_utf8(note).map_err(|_| log_err("checkpoint not UTF-8"))?;
+                Some((c, text))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_error(&cp_path, &e)),
+        };
+        let size = held.as_ref().map_or(0, |(c, _)| c.size);
+        // The entries the checkpoint covers; what follows was never acknowledged.
         let mut tree = Tree::new();
         let mut offsets = vec![0u64];
         let mut at = 0usize;
-        while let Some(&[hi, lo]) = bytes.get(at..at + 2) {
+        while tree.size() < size
+            && let Some(&[hi, lo]) = bytes.get(at..at + 2)
+        {
             let len = usize::from(u16::from_be_bytes([hi, lo]));
             let Some(entry) = bytes.get(at + 2..at + 2 + len) else {
                 break;
@@ -59,48 +73,26 @@ impl Log {
             at += 2 + len;
             offsets.push(at as u64);
         }
-        let cp_path = dir.join("checkpoint");
-        let held = match std::fs::read(&cp_path) {
-            Ok(note) => Some(Checkpoint::open(&note, &signer.verifier())?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io_error(&cp_path, &e)),
-        };
-        let size = match &held {
-            Some(c) => c.size,
-            None => 0,
-        };
         if tree.size() < size {
             return Err(log_err(format!(
                 "the checkpoint covers {size} entries, the log holds {}: entries were removed",
                 tree.size()
             )));
         }
-        if let Some(c) = &held {
-            let root = tree.root_at(size)?;
-            if root != c.root {
-                return Err(log_err(format!(
-                    "the first {size} entries give the root {}, the checkpoint says {}: the log was rewritten",
-                    hex::encode(root),
-                    hex::encode(c.root)
-                )));
-            }
+        if let Some((c, _)) = &held
+            && tree.root() != c.root
+        {
+            return Err(log_err(format!(
+                "the first {size} entries give the root {}, the checkpoint says {}: the log was rewritten",
+                hex::encode(tree.root()),
+                hex::encode(c.root)
+            )));
         }
-        // What no checkpoint covers was never acknowledged: dropped.
-        let keep = offsets
-            .get(usize::try_from(size).map_err(|_| log_err("size"))?)
-            .copied()
-            .unwrap_or(0);
-        if keep < bytes.len() as u64 || tree.size() > size {
-            entries.set_len(keep).map_err(|e| io_error(&path, &e))?;
-            entries.sync_all().map_err(|e| io_error(&path, &e))?;
-            let mut t = Tree::new();
-            for w in offsets.windows(2).take(usize::try_from(size).unwrap_or(0)) {
-                if let [a, b] = w {
-                    t.push(bytes.get(*a as usize + 2..*b as usize).unwrap_or_default());
-                }
-            }
-            tree = t;
-            offsets.truncate(usize::try_from(size).unwrap_or(0) + 1);
+        if at < bytes.len() {
+            entries
+                .set_len(at as u64)
+                .and_then(|()| entries.sync_all())
+                .map_err(|e| io_error(&path, &e))?;
         }
         entries
             .seek(std::io::SeekFrom::End(0))
@@ -114,7 +106,7 @@ impl Log {
             checkpoint: String::new(),
         };
         log.checkpoint = match held {
-            Some(_) => std::fs::read_to_string(&cp_path).map_err(|e| io_error(&cp_path, &e))?,
+            Some((_, text)) => text,
             None => log.write_checkpoint()?,
         };
         Ok(log)

@@ -384,6 +384,22 @@ async fn unauthenticated_operations_on_the_control_plane_port() {
     );
 }
 
+/// What a control plane of these tests trusts: the local CA's TPMs, `refs`, `owner`'s key.
+fn trust_of(
+    ca: &LocalCa,
+    refs: &veil_reference::ReferenceValues,
+    owner: &Owner,
+) -> veil_cluster::Trust {
+    let (ek_roots, ek_intermediates) = roots(ca);
+    veil_cluster::Trust {
+        reference: refs.clone(),
+        ek_roots,
+        ek_intermediates,
+        local_roots: true,
+        owner_key: owner.public.clone(),
+    }
+}
+
 /// Finding 6: refusals that vanished — kept in memory, 64 at most, flushed by a retrying
 /// node, forgotten at restart. Now every kind is kept, aggregated (a node retrying 100 times
 /// is one entry), across restarts, until the owner acknowledges it.
@@ -394,14 +410,7 @@ async fn refusals_that_vanish() {
     let (cp_launch, worker_launch, refs) = release_1();
     let cp_node = boot(&dir.path().join("cp"), &ca, &cp_launch, None);
     let owner = Owner::new([10; 32], [11; 32]);
-    let (ek_roots, ek_intermediates) = roots(&ca);
-    let trust = veil_cluster::Trust {
-        reference: refs.clone(),
-        ek_roots,
-        ek_intermediates,
-        local_roots: true,
-        owner_key: owner.public.clone(),
-    };
+    let trust = trust_of(&ca, &refs, &owner);
     let state = dir.path().join("control-plane.json");
     let cp = std::sync::Arc::new(
         veil_cluster::ControlPlane::with_state_file(
@@ -499,14 +508,7 @@ async fn a_sealed_state_is_beyond_the_hosts_reach() {
     let (cp_launch, worker_launch, refs) = release_1();
     let cp_node = boot(&dir.path().join("cp"), &ca, &cp_launch, None);
     let owner = Owner::new([10; 32], [11; 32]);
-    let (ek_roots, ek_intermediates) = roots(&ca);
-    let trust = veil_cluster::Trust {
-        reference: refs.clone(),
-        ek_roots,
-        ek_intermediates,
-        local_roots: true,
-        owner_key: owner.public.clone(),
-    };
+    let trust = trust_of(&ca, &refs, &owner);
     let host_file = dir.path().join("control-plane.json");
     let sealed = dir.path().join("volume/veil/control-plane.json");
     let open = |trust: veil_cluster::Trust| {

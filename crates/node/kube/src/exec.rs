@@ -36,28 +36,13 @@ pub fn command(program: impl AsRef<OsStr>) -> Command {
     }
 }
 
-/// Descriptors open in this process above standard error.
-fn inherited() -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
-    };
-    // Collected first: the directory's own descriptor is in the listing and goes with `dir`.
-    let fds: Vec<i32> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2)
-        .collect();
-    fds
-}
-
 /// The shim's side: closes every descriptor above standard error and executes `args[0]`
 /// with `args` (searched in `PATH`). Returns only on failure, with the reason.
 pub fn exec_clean(args: &[String]) -> String {
     let Some(program) = args.first() else {
         return format!("usage: {FLAG} PROGRAM [ARGS…]");
     };
-    for fd in inherited() {
-        let _ = nix::unistd::close(fd);
-    }
+    veil_volume::launch::close_inherited();
     let c = |s: &String| CString::new(OsStr::new(s).as_bytes());
     let (Ok(prog), Ok(argv)) = (
         c(program),

@@ -217,3 +217,22 @@ pub fn stop(mut child: Child, timeout: Duration) -> bool {
     let _ = child.wait();
     false
 }
+
+/// Closes every descriptor this process inherited beyond standard input, output and error.
+/// The node agent's TPM library opens its connection to the TPM without close-on-exec; a
+/// process started by the agent that kept it open would keep the TPM (which serves one
+/// connection at a time) from the agent's next connection. Called first thing by `veil-volume`
+/// and by the agent's exec shim.
+pub fn close_inherited() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // The directory's own descriptor is among them, already closed: EBADF.
+        let _ = nix::unistd::close(fd);
+    }
+}

@@ -102,26 +102,10 @@ fn read_key() -> anyhow::Result<VolumeKey> {
     VolumeKey::from_hex(&line).map_err(anyhow::Error::msg)
 }
 
-/// Closes every descriptor this process inherited beyond standard input, output and error.
-/// Its parent, the node agent, holds a connection to the node's TPM that its TPM library opens
-/// without close-on-exec; a volume that kept it open would keep the TPM (which serves one
-/// connection at a time) from the agent's next connection.
-fn close_inherited() {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let fds: Vec<i32> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2)
-        .collect();
-    for fd in fds {
-        // The directory's own descriptor is among them, already closed: EBADF.
-        let _ = nix::unistd::close(fd);
-    }
-}
-
 fn main() -> std::process::ExitCode {
-    close_inherited();
+    // Its parent, the node agent, holds a connection to the node's TPM that would otherwise
+    // stay open here (see `close_inherited`).
+    veil_volume::launch::close_inherited();
     tracing_subscriber::fmt()
         .json()
         .with_writer(std::io::stderr)
