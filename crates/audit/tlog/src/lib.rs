@@ -10,6 +10,8 @@
 //! - [`tiles`]: C2SP `tlog-tiles` paths, tiles and entry bundles.
 //! - [`log`]: the log on disk (entries appended and synced, a signed checkpoint after each
 //!   append, checked against the entries at every open), exported as tiles.
+//! - [`group`]: group commit — threads append to one log and wait until their entry is
+//!   durable, the log writing whatever queued up in one batch, one sync, one checkpoint.
 //! - [`verify`]: what `veil audit verify` does offline with an exported log and the log's
 //!   public key: every entry, tile and the checkpoint's signature, a given entry's inclusion,
 //!   and that an older checkpoint is a prefix of this one.
@@ -18,6 +20,7 @@
 //! returns an error naming what was wrong; each has a fuzz target.
 
 pub mod checkpoint;
+pub mod group;
 pub mod log;
 pub mod merkle;
 pub mod note;
@@ -29,7 +32,7 @@ pub use merkle::{Hash, Tree};
 pub use note::{NoteSigner, NoteVerifier};
 
 /// What was wrong with a log, a proof, a note or a tile.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TlogError {
     /// A note could not be parsed or verified.
     #[error("note: {0}")]

@@ -168,3 +168,45 @@ fn the_log_on_disk_refuses_rewritten_or_removed_entries_and_drops_an_unacknowled
     assert!(log.append(&[vec![0u8; 70_000].as_slice()]).is_err());
     assert_eq!(log.size(), 50);
 }
+
+#[test]
+fn concurrent_appends_are_batched_and_each_acknowledged_entry_is_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), key()).unwrap();
+    let appender = std::sync::Arc::new(veil_tlog::group::Appender::new(log));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let a = appender.clone();
+            std::thread::spawn(move || {
+                (0..250)
+                    .map(|i| {
+                        let e = format!("thread {t} entry {i}").into_bytes();
+                        (a.append(e.clone()).unwrap(), e)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let per_thread: Vec<Vec<(u64, Vec<u8>)>> =
+        threads.into_iter().map(|t| t.join().unwrap()).collect();
+    // A thread's next append starts after its last was acknowledged: its entries are in order.
+    for t in &per_thread {
+        assert!(t.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+    let mut acknowledged: Vec<(u64, Vec<u8>)> = per_thread.into_iter().flatten().collect();
+    acknowledged.sort();
+    let indexes: Vec<u64> = acknowledged.iter().map(|(i, _)| *i).collect();
+    assert_eq!(indexes, (0..2000).collect::<Vec<u64>>(), "every index once");
+    appender.with_log(|log| {
+        assert_eq!(log.size(), 2000);
+        for (i, e) in &acknowledged {
+            assert_eq!(&log.entry(*i).unwrap(), e);
+        }
+    });
+    drop(appender);
+    let reopened = Log::open(dir.path(), key()).unwrap();
+    assert_eq!(reopened.size(), 2000);
+    let oversized = veil_tlog::group::Appender::new(reopened);
+    let err = oversized.append(vec![0u8; 70_000]).unwrap_err();
+    assert!(err.to_string().contains("larger than"), "{err}");
+}
