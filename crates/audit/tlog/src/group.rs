@@ -60,10 +60,7 @@ impl Appender {
         }
         let mut q = lock(&self.queue);
         while q.waiting.len() >= MAX_QUEUED {
-            q = self
-                .changed
-                .wait(q)
-                .unwrap_or_else(PoisonError::into_inner);
+            q = self.changed.wait(q).unwrap_or_else(PoisonError::into_inner);
         }
         let seq = q.next_seq;
         q.next_seq += 1;
@@ -73,10 +70,7 @@ impl Appender {
                 return outcome;
             }
             if q.writing {
-                q = self
-                    .changed
-                    .wait(q)
-                    .unwrap_or_else(PoisonError::into_inner);
+                q = self.changed.wait(q).unwrap_or_else(PoisonError::into_inner);
                 continue;
             }
             // This thread writes the next batch (its own entry is in it or in an earlier one).

@@ -16,11 +16,20 @@
 //! - [`registry`]: the rules of the store: who creates top-level sessions (the owner who
 //!   provisioned the CAS, and nobody else), who creates below, who updates (with the right
 //!   predecessor), who reads.
+//! - [`secrets`]: secrets' values, generated unless given, kept across updates.
+//! - [`workload`]: the evidence a node's agent gives for a workload, bound to a nonce and the
+//!   node's quote, and the nonces.
+//! - [`database`]: the sealed `redb` database and its backups.
+//! - [`service`]: the CAS itself: every decision in the audit log before it takes effect.
 
+pub mod database;
 pub mod matching;
 pub mod policy;
 pub mod registry;
+pub mod secrets;
+pub mod service;
 pub mod session;
+pub mod workload;
 
 pub use session::{Session, SessionHash};
 
@@ -39,7 +48,13 @@ pub enum CasError {
     /// No such session.
     #[error("no session {0}")]
     NotFound(String),
-    /// The workload matches no attestation variant of the service.
+    /// The workload matches no attestation variant of the service, or its evidence is refused.
     #[error("attestation: {0}")]
     NotAttested(String),
+    /// The database or a backup cannot be read or written.
+    #[error("database: {0}")]
+    Database(String),
+    /// The audit log cannot be written: nothing is done that it does not record.
+    #[error("audit log: {0}")]
+    Audit(String),
 }

@@ -31,6 +31,8 @@ pub enum Action {
     Update,
     /// Read a session.
     Read,
+    /// Replace every session with a backup's (the owner's, signed over the backup's hash).
+    Restore,
 }
 
 impl Action {
@@ -39,6 +41,7 @@ impl Action {
             Self::Create => "create",
             Self::Update => "update",
             Self::Read => "read",
+            Self::Restore => "restore",
         }
     }
 }

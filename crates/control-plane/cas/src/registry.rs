@@ -50,6 +50,17 @@ impl Registry {
         session: Session,
         signatures: &[Signature],
     ) -> Result<SessionHash, CasError> {
+        let hash = self.check_create(&session, signatures)?;
+        self.insert(session, hash);
+        Ok(hash)
+    }
+
+    /// Checks that `session` may be created as [`Registry::create`] does, changing nothing.
+    pub fn check_create(
+        &self,
+        session: &Session,
+        signatures: &[Signature],
+    ) -> Result<SessionHash, CasError> {
         session.validate()?;
         if session.predecessor.is_some() {
             return Err(CasError::Predecessor(format!(
@@ -88,8 +99,37 @@ impl Registry {
                 )?;
             }
         }
-        self.sessions.insert(session.name.clone(), (session, hash));
         Ok(hash)
+    }
+
+    /// Makes `session` (checked, with its `hash`) the current one of its name.
+    pub fn insert(&mut self, session: Session, hash: SessionHash) {
+        self.sessions.insert(session.name.clone(), (session, hash));
+    }
+
+    /// A registry of `owner` and `sessions` (as read back from the database or a backup),
+    /// each session checked again and its hash recomputed.
+    pub fn from_parts(owner: Option<Rule>, sessions: Vec<Session>) -> Result<Self, CasError> {
+        let mut r = Self {
+            owner,
+            sessions: BTreeMap::new(),
+        };
+        for s in sessions {
+            s.validate()?;
+            let h = s.hash()?;
+            r.insert(s, h);
+        }
+        Ok(r)
+    }
+
+    /// The owner's rule, once provisioned.
+    pub fn owner(&self) -> Option<&Rule> {
+        self.owner.as_ref()
+    }
+
+    /// Every current session, by name.
+    pub fn sessions(&self) -> impl Iterator<Item = &(Session, SessionHash)> {
+        self.sessions.values()
     }
 
     /// Replaces the session of the same name: `session.predecessor` must be the current hash,
@@ -97,6 +137,18 @@ impl Registry {
     pub fn update(
         &mut self,
         session: Session,
+        signatures: &[Signature],
+    ) -> Result<SessionHash, CasError> {
+        let hash = self.check_update(&session, signatures)?;
+        self.insert(session, hash);
+        Ok(hash)
+    }
+
+    /// Checks that `session` may replace the current one as [`Registry::update`] does,
+    /// changing nothing.
+    pub fn check_update(
+        &self,
+        session: &Session,
         signatures: &[Signature],
     ) -> Result<SessionHash, CasError> {
         session.validate()?;
@@ -127,7 +179,6 @@ impl Registry {
             &payload,
             signatures,
         )?;
-        self.sessions.insert(session.name.clone(), (session, hash));
         Ok(hash)
     }
 

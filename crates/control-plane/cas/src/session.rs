@@ -118,6 +118,33 @@ pub struct Secret {
     /// Taken from another session's exported secret instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub import: Option<Import>,
+    /// For `x509` and `x509-ca`: the subject's common name (default: the secret's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_name: Option<String>,
+    /// For `x509`: DNS names in the subject alternative names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+}
+
+/// A reference `NAME` or, for certificates, `NAME.crt` (the certificate, as `NAME`) and
+/// `NAME.key` (its private key): the secret's name and which part.
+pub fn split_ref(r: &str) -> (&str, Part) {
+    match (r.strip_suffix(".crt"), r.strip_suffix(".key")) {
+        (Some(n), _) => (n, Part::Certificate),
+        (_, Some(n)) => (n, Part::Key),
+        _ => (r, Part::Value),
+    }
+}
+
+/// Which part of a secret a reference takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// The value (a certificate's PEM for certificates).
+    Value,
+    /// A certificate's PEM.
+    Certificate,
+    /// A certificate's private key (PEM).
+    Key,
 }
 
 /// A secret imported from another session.
@@ -303,9 +330,16 @@ impl Session {
                 .chain(&svc.command);
             for t in texts {
                 for r in secret_refs(t) {
-                    if !secrets.contains(r) {
+                    let (name, part) = split_ref(r);
+                    let known = self.secrets.iter().find(|s| s.name == name);
+                    let ok = match (known, part) {
+                        (Some(_), Part::Value) => true,
+                        (Some(s), _) => matches!(s.kind, SecretKind::X509 | SecretKind::X509Ca),
+                        (None, _) => false,
+                    };
+                    if !ok {
                         return Err(invalid(format!(
-                            "service {} refers to the secret {r:?}, which the session does not define",
+                            "service {} refers to the secret {r:?}, which the session does not define (.crt and .key only of certificates)",
                             svc.name
                         )));
                     }
@@ -354,8 +388,11 @@ fn check_variant(v: &Variant) -> Result<(), String> {
 fn check_secret(s: &Secret, all: &[Secret]) -> Result<(), CasError> {
     check_name(&s.name)
         .map_err(|_| invalid(format!("the secret name {:?} is malformed", s.name)))?;
-    if s.name.contains('/') {
-        return Err(invalid(format!("the secret name {:?} holds a /", s.name)));
+    if s.name.contains('/') || s.name.ends_with(".crt") || s.name.ends_with(".key") {
+        return Err(invalid(format!(
+            "the secret name {:?} holds a / or ends in .crt or .key",
+            s.name
+        )));
     }
     let sources = usize::from(s.value.is_some()) + usize::from(s.import.is_some());
     if sources > 1 {
@@ -405,6 +442,27 @@ fn check_secret(s: &Secret, all: &[Secret]) -> Result<(), CasError> {
             }
         }
         SecretKind::PrivateKey | SecretKind::X509Ca => {}
+    }
+    let certificate = matches!(s.kind, SecretKind::X509 | SecretKind::X509Ca);
+    if !certificate && (s.common_name.is_some() || !s.dns.is_empty()) {
+        return Err(invalid(format!(
+            "secret {}: only certificates have a common name or DNS names",
+            s.name
+        )));
+    }
+    if s.kind == SecretKind::X509Ca && !s.dns.is_empty() {
+        return Err(invalid(format!("secret {}: a CA has no DNS names", s.name)));
+    }
+    if s.common_name
+        .as_deref()
+        .is_some_and(|c| c.is_empty() || c.len() > 64)
+        || s.dns.len() > 16
+        || s.dns.iter().any(|d| d.is_empty() || d.len() > 253)
+    {
+        return Err(invalid(format!(
+            "secret {}: a common name is 1 to 64 characters, at most 16 DNS names of 1 to 253",
+            s.name
+        )));
     }
     if s.kind != SecretKind::X509 && s.issuer.is_some() {
         return Err(invalid(format!(
