@@ -19,14 +19,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use aws_lc_rs::signature::{ED25519, KeyPair, UnparsedPublicKey};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use veil_cas::CasError;
 use veil_cas::database::Database;
-use veil_cas::policy::{self, Action, Rule, Signature};
+use veil_cas::policy::Action;
 use veil_cas::service::{AuditEvent, Cas};
 use veil_cas::workload::{Evidence, Identity, NodeAppraiser, NodeFacts};
-use veil_cas::{CasError, Session};
 use veil_tlog::group::Appender;
 use veil_tlog::log::Log;
 use veil_tlog::note::NoteSigner;
@@ -35,32 +35,8 @@ const NOW: u64 = 1_800_000_000;
 const IMAGE: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const OTHER_IMAGE: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
-struct Key(Ed25519KeyPair);
-
-impl Key {
-    fn new(seed: u8) -> Self {
-        Self(Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap())
-    }
-    fn public(&self) -> String {
-        STANDARD.encode(self.0.public_key().as_ref())
-    }
-    fn rule(&self) -> Rule {
-        Rule {
-            keys: vec![self.public()],
-            require: None,
-        }
-    }
-    fn sign(&self, action: Action, name: &str, hash: &[u8; 32]) -> Signature {
-        Signature {
-            key: self.public(),
-            signature: STANDARD.encode(self.0.sign(&policy::payload(action, name, hash)).as_ref()),
-        }
-    }
-    fn sign_session(&self, action: Action, doc: &str) -> Signature {
-        let s = Session::parse(doc.as_bytes()).unwrap();
-        self.sign(action, &s.name, &s.hash().unwrap().0)
-    }
-}
+mod common;
+use common::Key;
 
 /// Stands in for the control plane's TPM appraisal (see the module's comment).
 struct SignedBindings {
@@ -211,24 +187,20 @@ fn create_acme(w: &World) -> String {
         "name: acme\nversion: \"1\"\naccess_policy:\n  read: {{keys: [\"{k}\"]}}\n  update: {{keys: [\"{k}\"]}}\n  create_sessions: {{keys: [\"{k}\"]}}\n",
         k = w.owner.public()
     );
-    w.cas
-        .put(
-            top.as_bytes(),
-            false,
-            &[w.owner.sign_session(Action::Create, &top)],
-            NOW,
-        )
-        .unwrap();
+    put(&w.cas, &w.owner, &top, false).unwrap();
     let doc = document("acme/payments", &w.owner, None, 24);
-    w.cas
-        .put(
-            doc.as_bytes(),
-            false,
-            &[w.owner.sign_session(Action::Create, &doc)],
-            NOW,
-        )
-        .unwrap()
-        .to_string()
+    put(&w.cas, &w.owner, &doc, false).unwrap().to_string()
+}
+
+/// Creates (or updates) `doc` signed by `by`.
+fn put(cas: &Cas<SignedBindings>, by: &Key, doc: &str, update: bool) -> Result<String, CasError> {
+    let action = if update {
+        Action::Update
+    } else {
+        Action::Create
+    };
+    cas.put(doc.as_bytes(), update, &[by.sign_session(action, doc)], NOW)
+        .map(|h| h.to_string())
 }
 
 fn file(r: &veil_cas::service::Release, path: &str) -> Vec<u8> {
@@ -340,26 +312,10 @@ fn an_update_needs_the_right_predecessor_and_of_two_concurrent_updates_exactly_o
     let first = create_acme(&w);
 
     let no_pred = document("acme/payments", &w.owner, None, 24);
-    let err = w
-        .cas
-        .put(
-            no_pred.as_bytes(),
-            true,
-            &[w.owner.sign_session(Action::Update, &no_pred)],
-            NOW,
-        )
-        .unwrap_err();
+    let err = put(&w.cas, &w.owner, &no_pred, true).unwrap_err();
     assert!(matches!(err, CasError::Predecessor(_)), "{err}");
     let wrong = document("acme/payments", &w.owner, Some(&"ab".repeat(32)), 24);
-    let err = w
-        .cas
-        .put(
-            wrong.as_bytes(),
-            true,
-            &[w.owner.sign_session(Action::Update, &wrong)],
-            NOW,
-        )
-        .unwrap_err();
+    let err = put(&w.cas, &w.owner, &wrong, true).unwrap_err();
     assert!(
         err.to_string().contains("another update came first"),
         "{err}"
@@ -373,12 +329,7 @@ fn an_update_needs_the_right_predecessor_and_of_two_concurrent_updates_exactly_o
             let first = first.clone();
             std::thread::spawn(move || {
                 let doc = document("acme/payments", &w.owner, Some(&first), size);
-                w.cas.put(
-                    doc.as_bytes(),
-                    true,
-                    &[w.owner.sign_session(Action::Update, &doc)],
-                    NOW,
-                )
+                put(&w.cas, &w.owner, &doc, true)
             })
         })
         .collect();
@@ -410,37 +361,13 @@ fn the_platform_operator_can_neither_read_nor_change_the_owners_sessions() {
     let err = w.cas.provision(op.rule(), NOW).unwrap_err();
     assert!(err.to_string().contains("provisioned already"), "{err}");
     let mine = document("operator", op, None, 24).replace("acme/reports", "operator");
-    let err = w
-        .cas
-        .put(
-            mine.as_bytes(),
-            false,
-            &[op.sign_session(Action::Create, &mine)],
-            NOW,
-        )
-        .unwrap_err();
+    let err = put(&w.cas, op, &mine, false).unwrap_err();
     assert!(matches!(err, CasError::Unauthorised(_)), "{err}");
     let update = document("acme/payments", op, Some(&hash), 24);
-    let err = w
-        .cas
-        .put(
-            update.as_bytes(),
-            true,
-            &[op.sign_session(Action::Update, &update)],
-            NOW,
-        )
-        .unwrap_err();
+    let err = put(&w.cas, op, &update, true).unwrap_err();
     assert!(matches!(err, CasError::Unauthorised(_)), "{err}");
     let below = document("acme/payments/evil", op, None, 24);
-    let err = w
-        .cas
-        .put(
-            below.as_bytes(),
-            false,
-            &[op.sign_session(Action::Create, &below)],
-            NOW,
-        )
-        .unwrap_err();
+    let err = put(&w.cas, op, &below, false).unwrap_err();
     assert!(matches!(err, CasError::Unauthorised(_)), "{err}");
     let challenge = w.cas.nonce(NOW).unwrap();
     let err = w
@@ -515,23 +442,10 @@ fn secrets_are_kept_sealed_across_reopening_and_updates_and_a_backup_restores_th
     // An update that keeps a secret's definition keeps its value; a changed one is new.
     let same = document("acme/payments", &owner, Some(&hash), 24)
         .replace("version: \"1\"", "version: \"2\"");
-    let h2 = cas
-        .put(
-            same.as_bytes(),
-            true,
-            &[owner.sign_session(Action::Update, &same)],
-            NOW,
-        )
-        .unwrap();
+    let h2 = put(&cas, &owner, &same, true).unwrap();
     assert_eq!(release(&cas), before);
     let longer = document("acme/payments", &owner, Some(&h2.to_string()), 40);
-    cas.put(
-        longer.as_bytes(),
-        true,
-        &[owner.sign_session(Action::Update, &longer)],
-        NOW,
-    )
-    .unwrap();
+    put(&cas, &owner, &longer, true).unwrap();
     let after = release(&cas);
     assert_eq!(after.environment["DB_PASSWORD"].len(), 40);
     assert_eq!(
@@ -612,14 +526,7 @@ access_policy:
     };
     let get = |name: &str| {
         let doc = importer(name);
-        w.cas
-            .put(
-                doc.as_bytes(),
-                false,
-                &[w.owner.sign_session(Action::Create, &doc)],
-                NOW,
-            )
-            .unwrap();
+        put(&w.cas, &w.owner, &doc, false).unwrap();
         let mut e = evidence(&w.cas, &w.node, identity(IMAGE, "api"));
         e.session = name.into();
         e.service = "report".into();

@@ -8,31 +8,15 @@
     clippy::indexing_slicing
 )]
 
-use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use veil_cas::matching::Workload;
-use veil_cas::policy::{self, Action, Rule, Signature};
+use veil_cas::policy::{Action, Rule};
 use veil_cas::registry::Registry;
 use veil_cas::{CasError, Session};
 
-struct Key(Ed25519KeyPair);
-
-impl Key {
-    fn new(seed: u8) -> Self {
-        Self(Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap())
-    }
-    fn public(&self) -> String {
-        STANDARD.encode(self.0.public_key().as_ref())
-    }
-    fn sign(&self, action: Action, name: &str, hash: &[u8; 32]) -> Signature {
-        let p = policy::payload(action, name, hash);
-        Signature {
-            key: self.public(),
-            signature: STANDARD.encode(self.0.sign(&p).as_ref()),
-        }
-    }
-}
+mod common;
+use common::Key;
 
 const IMAGE: &str = "sha256:6e0f6b1b1e0c2f0dd1c3d9f9a0c9b1e2d3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8";
 
