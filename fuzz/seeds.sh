@@ -23,5 +23,6 @@ case "$1" in
   csi_registration) ls "$(dirname "$0")"/seeds/csi_registration/* ;;
   tlog_structures) ls "$(dirname "$0")"/seeds/tlog_structures/* ;;
   cas_session) ls "$(dirname "$0")"/seeds/cas_session/* ;;
+  cas_requests) ls "$(dirname "$0")"/seeds/cas_requests/* ;;
   *) ;;
 esac

@@ -119,8 +119,13 @@ impl Verified {
     }
 
     /// Checks that `older` (a signed checkpoint of the same log kept from before) is a prefix
-    /// of this one, with a consistency proof from its size to this one's.
-    pub fn check_older(&self, older: &[u8], log: &NoteVerifier) -> Result<Checkpoint, TlogError> {
+    /// of this one, with a consistency proof from its size to this one's; returns it and the
+    /// proof.
+    pub fn check_older(
+        &self,
+        older: &[u8],
+        log: &NoteVerifier,
+    ) -> Result<(Checkpoint, Vec<crate::Hash>), TlogError> {
         let old = Checkpoint::open(older, log)?;
         let size = self.checkpoint.size;
         if old.size > size {
@@ -137,6 +142,6 @@ impl Verified {
                 ))
             },
         )?;
-        Ok(old)
+        Ok((old, proof))
     }
 }

@@ -56,7 +56,7 @@ fn an_exported_log_verifies_offline_and_proves_its_entries() {
     assert_eq!(index, 123);
     assert_eq!(proof.len(), 9);
     assert!(v.prove_inclusion(b"never logged").is_err());
-    let old = v.check_older(early.as_bytes(), &key().verifier()).unwrap();
+    let (old, _) = v.check_older(early.as_bytes(), &key().verifier()).unwrap();
     assert_eq!(old.size, 10);
     // Another log's key: the checkpoint does not open.
     let other = NoteSigner::from_seed(ORIGIN, &[43; 32]).unwrap();

@@ -4,6 +4,7 @@
 //! owner's workstation needs neither (local clusters are `veil-mini`'s).
 
 pub mod attest;
+pub mod audit;
 pub mod clock;
 pub mod init;
 pub mod kubeconfig;

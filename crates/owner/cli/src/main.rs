@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use veil_cli::{attest, init, kubeconfig, measurements, node, output, recover, verify};
+use veil_cli::{attest, audit, init, kubeconfig, measurements, node, output, recover, verify};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,6 +50,9 @@ enum Command {
     /// Compute, sign and verify reference values (expected measurements per node role).
     #[command(subcommand)]
     Measurements(measurements::MeasurementsCommand),
+    /// Verify a copy of a tamper-evident audit log offline.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Write a kubeconfig for the owner: the cluster CA derived from the master secret, a
     /// client certificate issued from it (cluster-admin).
     Kubeconfig(kubeconfig::KubeconfigArgs),
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Node(cmd) => node::run(cmd),
         Command::AckRefusals(a) => node::ack(a),
         Command::Kubeconfig(a) => kubeconfig::run(a),
+        Command::Audit(cmd) => audit::run(cmd),
     }
 }
 

@@ -1,0 +1,5 @@
+module veil.dev/components/tlogcheck
+
+go 1.26
+
+require golang.org/x/mod v0.36.0
