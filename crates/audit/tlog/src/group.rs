@@ -1,52 +1,75 @@
 //! Group commit: many threads append to one [`Log`], each waiting until its entry is durable,
-//! while the log writes them in batches — one write, one sync and one signed checkpoint for
-//! every entry that queued up while the previous batch was being written. A caller's entry is
-//! acknowledged (its index returned) only once a checkpoint covering it is on disk.
+//! while a writer thread writes them in batches — one write, one sync and one signed
+//! checkpoint for every entry that queued up while the previous batch was being written. A
+//! caller's entry is acknowledged (its index returned) only once a checkpoint covering it is
+//! on disk; each caller is woken once, by the answer for its own entry.
 
-use std::collections::HashMap;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::TlogError;
 use crate::log::Log;
 use crate::tiles::MAX_ENTRY;
 
-/// The most entries written in one batch (and so the memory a batch holds is bounded by it
-/// times [`MAX_ENTRY`]).
+/// The most entries written in one batch (so a batch's memory is bounded by it times
+/// [`MAX_ENTRY`]).
 pub const MAX_BATCH: usize = 4096;
 
 /// The most entries waiting to be written; an append past it waits for room.
 pub const MAX_QUEUED: usize = 4 * MAX_BATCH;
 
-#[derive(Debug, Default)]
-struct Queue {
-    /// Entries waiting, with their sequence numbers.
-    waiting: Vec<(u64, Vec<u8>)>,
-    next_seq: u64,
-    /// A batch is being written.
-    writing: bool,
-    /// What became of each written entry: its index, or why it was not written.
-    outcomes: HashMap<u64, Result<u64, TlogError>>,
-}
+type Answer = SyncSender<Result<u64, TlogError>>;
 
 /// A log shared by threads, with group commit.
 #[derive(Debug)]
 pub struct Appender {
-    queue: Mutex<Queue>,
-    changed: Condvar,
-    log: Mutex<Log>,
+    queue: Option<SyncSender<(Vec<u8>, Answer)>>,
+    log: Arc<Mutex<Log>>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+fn write_batches(log: &Mutex<Log>, queue: &Receiver<(Vec<u8>, Answer)>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let written = {
+            let refs: Vec<&[u8]> = batch.iter().map(|(e, _)| e.as_slice()).collect();
+            lock(log).append(&refs)
+        };
+        for (k, (_, answer)) in batch.into_iter().enumerate() {
+            let outcome = match &written {
+                Ok(first) => Ok(first + k as u64),
+                Err(e) => Err(e.clone()),
+            };
+            // A caller that gave up waiting has nobody to answer.
+            let _ = answer.send(outcome);
+        }
+    }
+}
+
 impl Appender {
-    /// Shares `log`.
+    /// Shares `log`, with a writer thread of its own.
     pub fn new(log: Log) -> Self {
+        let log = Arc::new(Mutex::new(log));
+        let (tx, rx) = sync_channel(MAX_QUEUED);
+        let for_writer = log.clone();
+        let writer = std::thread::Builder::new()
+            .name("audit-log".into())
+            .spawn(move || write_batches(&for_writer, &rx))
+            .ok();
         Self {
-            queue: Mutex::new(Queue::default()),
-            changed: Condvar::new(),
-            log: Mutex::new(log),
+            queue: writer.as_ref().map(|_| tx),
+            log,
+            writer,
         }
     }
 
@@ -58,46 +81,25 @@ impl Appender {
                 entry.len()
             )));
         }
-        let mut q = lock(&self.queue);
-        while q.waiting.len() >= MAX_QUEUED {
-            q = self.changed.wait(q).unwrap_or_else(PoisonError::into_inner);
-        }
-        let seq = q.next_seq;
-        q.next_seq += 1;
-        q.waiting.push((seq, entry));
-        loop {
-            if let Some(outcome) = q.outcomes.remove(&seq) {
-                return outcome;
-            }
-            if q.writing {
-                q = self.changed.wait(q).unwrap_or_else(PoisonError::into_inner);
-                continue;
-            }
-            // This thread writes the next batch (its own entry is in it or in an earlier one).
-            let take = q.waiting.len().min(MAX_BATCH);
-            let batch: Vec<(u64, Vec<u8>)> = q.waiting.drain(..take).collect();
-            q.writing = true;
-            drop(q);
-            let written = {
-                let mut log = lock(&self.log);
-                let refs: Vec<&[u8]> = batch.iter().map(|(_, e)| e.as_slice()).collect();
-                log.append(&refs)
-            };
-            q = lock(&self.queue);
-            q.writing = false;
-            for (k, (s, _)) in batch.iter().enumerate() {
-                let outcome = match &written {
-                    Ok(first) => Ok(first + k as u64),
-                    Err(e) => Err(e.clone()),
-                };
-                q.outcomes.insert(*s, outcome);
-            }
-            self.changed.notify_all();
-        }
+        let gone = || TlogError::Log("the log's writer thread is not running".into());
+        let queue = self.queue.as_ref().ok_or_else(gone)?;
+        let (answer, reply) = sync_channel(1);
+        queue.send((entry, answer)).map_err(|_| gone())?;
+        reply.recv().map_err(|_| gone())?
     }
 
     /// Runs `f` with the log (no batch is written meanwhile).
     pub fn with_log<T>(&self, f: impl FnOnce(&Log) -> T) -> T {
         f(&lock(&self.log))
+    }
+}
+
+impl Drop for Appender {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer once it has written what was queued.
+        self.queue = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
     }
 }

@@ -1,12 +1,16 @@
 //! The log on disk, in a directory of its own: `entries` (the entries appended in order, each
 //! as a big-endian uint16 length and its bytes, the encoding of an entry bundle) and
-//! `checkpoint` (the signed tree head of every entry acknowledged). An append writes and syncs
-//! the entries, then the new checkpoint (a temporary file renamed over the old, synced): it is
-//! acknowledged only then. An open reads every entry, recomputes the tree, and refuses a log
-//! whose entries do not give the checkpoint's root (rewritten, or entries removed); entries
-//! past the checkpoint (an append cut short) are dropped.
+//! `checkpoints`, two slots of [`SLOT`] bytes each holding a signed tree head (a big-endian
+//! uint32 length, the note, zeros), written in turn. An append writes and syncs the entries,
+//! then the new checkpoint into the slot that does not hold the current one, synced: it is
+//! acknowledged only then, and a write torn by a crash leaves the other slot's checkpoint
+//! whole (two syncs an append, no rename). An open reads every entry, takes the larger of
+//! the checkpoints whose signatures verify, recomputes the tree, and refuses a log whose
+//! entries do not give the checkpoint's root (rewritten, or entries removed); entries past
+//! the checkpoint (an append cut short) are dropped.
 
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::Checkpoint;
@@ -15,12 +19,18 @@ use crate::note::NoteSigner;
 use crate::tiles::{self, MAX_ENTRY, TileKind};
 use crate::{TlogError, io_error};
 
+/// The size of each of the two checkpoint slots.
+pub const SLOT: u64 = 8192;
+
 /// An open log.
 #[derive(Debug)]
 pub struct Log {
     dir: PathBuf,
     signer: NoteSigner,
     entries: std::fs::File,
+    checkpoints: std::fs::File,
+    /// The slot the current checkpoint is in.
+    slot: u64,
     /// The offset of each entry's record in `entries`, and the end.
     offsets: Vec<u64>,
     tree: Tree,
@@ -47,16 +57,23 @@ impl Log {
         entries
             .read_to_end(&mut bytes)
             .map_err(|e| io_error(&path, &e))?;
-        let cp_path = dir.join("checkpoint");
-        let held = match std::fs::read(&cp_path) {
-            Ok(note) => {
-                let c = Checkpoint::open(&note, &signer.verifier())?;
-                let text = String::from_utf8(note).map_err(|_| log_err("checkpoint not UTF-8"))?;
-                Some((c, text))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io_error(&cp_path, &e)),
-        };
+        let cp_path = dir.join("checkpoints");
+        let fresh = !cp_path.exists();
+        let checkpoints = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&cp_path)
+            .map_err(|e| io_error(&cp_path, &e))?;
+        if fresh {
+            checkpoints
+                .set_len(2 * SLOT)
+                .and_then(|()| checkpoints.sync_all())
+                .and_then(|()| std::fs::File::open(dir)?.sync_all())
+                .map_err(|e| io_error(&cp_path, &e))?;
+        }
+        let (held, slot) = read_slots(&checkpoints, &cp_path, &signer)?;
         let size = held.as_ref().map_or(0, |(c, _)| c.size);
         // The entries the checkpoint covers; what follows was never acknowledged.
         let mut tree = Tree::new();
@@ -101,6 +118,8 @@ impl Log {
             dir: dir.to_path_buf(),
             signer,
             entries,
+            checkpoints,
+            slot,
             offsets,
             tree,
             checkpoint: String::new(),
@@ -132,7 +151,7 @@ impl Log {
         self.tree.root()
     }
 
-    fn write_checkpoint(&self) -> Result<String, TlogError> {
+    fn write_checkpoint(&mut self) -> Result<String, TlogError> {
         let c = Checkpoint {
             origin: self.signer.name().to_string(),
             size: self.tree.size(),
@@ -140,7 +159,19 @@ impl Log {
             extensions: Vec::new(),
         };
         let note = c.sign(&self.signer)?;
-        write_synced(&self.dir.join("checkpoint"), note.as_bytes())?;
+        let len = u32::try_from(note.len())
+            .ok()
+            .filter(|&l| u64::from(l) + 4 <= SLOT)
+            .ok_or_else(|| log_err("a checkpoint larger than its slot"))?;
+        let mut record = len.to_be_bytes().to_vec();
+        record.extend_from_slice(note.as_bytes());
+        let next = 1 - self.slot;
+        let path = self.dir.join("checkpoints");
+        self.checkpoints
+            .write_all_at(&record, next * SLOT)
+            .and_then(|()| self.checkpoints.sync_data())
+            .map_err(|e| io_error(&path, &e))?;
+        self.slot = next;
         Ok(note)
     }
 
@@ -217,18 +248,55 @@ impl Log {
     }
 }
 
-/// Writes `bytes` to `path` through a synced temporary file renamed over it.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TlogError> {
-    let tmp = path.with_extension("tmp");
-    let done = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(d) = path.parent() {
-            std::fs::File::open(d)?.sync_all()?;
+/// The newest checkpoint of the two slots whose signature verifies (`None` for a new log),
+/// and the slot it is in.
+fn read_slots(
+    file: &std::fs::File,
+    path: &Path,
+    signer: &NoteSigner,
+) -> Result<(Option<(Checkpoint, String)>, u64), TlogError> {
+    let mut best: Option<(Checkpoint, String, u64)> = None;
+    let mut refused = Vec::new();
+    for slot in 0..2u64 {
+        let mut buf = vec![0u8; SLOT as usize];
+        file.read_exact_at(&mut buf, slot * SLOT)
+            .map_err(|e| io_error(path, &e))?;
+        let len = match buf.get(..4) {
+            Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]) as usize,
+            _ => 0,
+        };
+        if len == 0 {
+            continue;
         }
-        Ok(())
-    })();
-    done.map_err(|e| io_error(path, &e))
+        let opened = buf
+            .get(4..4 + len)
+            .ok_or_else(|| log_err(format!("checkpoint slot {slot}: a length of {len}")))
+            .and_then(|note| {
+                let c = Checkpoint::open(note, &signer.verifier())?;
+                let text = String::from_utf8(note.to_vec())
+                    .map_err(|_| log_err("a checkpoint that is not UTF-8"))?;
+                Ok((c, text))
+            });
+        match opened {
+            Ok((c, text)) => {
+                if best.as_ref().is_none_or(|(b, _, _)| c.size > b.size) {
+                    best = Some((c, text, slot));
+                }
+            }
+            Err(e) => refused.push(format!("slot {slot}: {e}")),
+        }
+    }
+    match best {
+        Some((c, text, slot)) => Ok((Some((c, text)), slot)),
+        // Both slots written and neither verifies: not a crash (that tears one at most).
+        None if refused.len() == 2 => Err(log_err(format!(
+            "no checkpoint verifies: {}",
+            refused.join("; ")
+        ))),
+        None if !refused.is_empty() => Err(log_err(format!(
+            "the only checkpoint does not verify: {}",
+            refused.join("; ")
+        ))),
+        None => Ok((None, 1)),
+    }
 }

@@ -210,3 +210,32 @@ fn concurrent_appends_are_batched_and_each_acknowledged_entry_is_in_the_log() {
     let err = oversized.append(vec![0u8; 70_000]).unwrap_err();
     assert!(err.to_string().contains("larger than"), "{err}");
 }
+
+#[test]
+fn a_torn_checkpoint_write_falls_back_to_the_other_slot_and_two_bad_slots_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), key()).unwrap();
+    fill(&mut log, 0, 10);
+    fill(&mut log, 10, 15);
+    drop(log);
+    let path = dir.path().join("checkpoints");
+    let good = std::fs::read(&path).unwrap();
+    let slot = veil_tlog::log::SLOT as usize;
+    // Opened (slot 0), then two appends: slot 1 (10 entries), slot 0 (15 entries).
+    let mut torn = good.clone();
+    torn[40] ^= 0xff;
+    std::fs::write(&path, &torn).unwrap();
+    let log = Log::open(dir.path(), key()).unwrap();
+    assert_eq!(
+        log.size(),
+        10,
+        "the entries past the surviving checkpoint are dropped"
+    );
+    drop(log);
+    let mut both = good;
+    both[40] ^= 0xff;
+    both[slot + 40] ^= 0xff;
+    std::fs::write(&path, &both).unwrap();
+    let err = Log::open(dir.path(), key()).unwrap_err();
+    assert!(err.to_string().contains("no checkpoint verifies"), "{err}");
+}

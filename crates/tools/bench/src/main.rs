@@ -26,8 +26,9 @@ struct Args {
     /// (throughput between nodes over the WireGuard mesh, against boringtun-cli; needs root) or
     /// `kubernetes` (a real `veil mini up`: bring-up, pod start latency, pod-to-pod throughput
     /// against the plain node link, memory per node; needs root) or `storage` (a plain
-    /// directory, gocryptfs and Veil's volume: sequential MB/s, 4 KiB random IOPS; needs root).
-    #[arg(value_parser = ["attest", "atls", "cluster", "mesh", "kubernetes", "storage"])]
+    /// directory, gocryptfs and Veil's volume: sequential MB/s, 4 KiB random IOPS; needs root)
+    /// or `cas` (durable audit appends, secret releases).
+    #[arg(value_parser = ["attest", "atls", "cluster", "mesh", "kubernetes", "storage", "cas"])]
     suite: String,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3.0)]
@@ -71,6 +72,7 @@ fn line(what: &str, ours: f64, base: Option<(&str, f64)>, goal: &str) {
 }
 
 mod atls;
+mod cas;
 mod cluster;
 mod kubernetes;
 mod mesh;
@@ -98,6 +100,9 @@ fn main() -> Result<()> {
     }
     if a.suite == "storage" {
         return storage::run(a.seconds);
+    }
+    if a.suite == "cas" {
+        return cas::run(a.seconds);
     }
     let v = &a.vectors.clone().unwrap_or_else(veil_testvectors::dir);
     if !v.join("INDEX.md").exists() {
