@@ -114,15 +114,14 @@ struct State {
 }
 
 /// The running CAS.
-pub struct Cas<A> {
+pub struct Cas {
     db: Database,
     state: RwLock<State>,
     nonces: Mutex<Nonces>,
     log: Appender,
-    appraiser: A,
 }
 
-impl<A> std::fmt::Debug for Cas<A> {
+impl std::fmt::Debug for Cas {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Cas")
     }
@@ -139,10 +138,9 @@ fn outcome<T>(r: &Result<T, CasError>) -> (String, Option<String>) {
     }
 }
 
-impl<A: NodeAppraiser> Cas<A> {
-    /// Opens the CAS over `db` (its records loaded and checked), logging to `log`, with
-    /// `appraiser` judging nodes' quotes.
-    pub fn open(db: Database, log: Appender, appraiser: A) -> Result<Self, CasError> {
+impl Cas {
+    /// Opens the CAS over `db` (its records loaded and checked), logging to `log`.
+    pub fn open(db: Database, log: Appender) -> Result<Self, CasError> {
         let Contents { owner, records } = db.load()?;
         let mut values = HashMap::new();
         let mut sessions = Vec::new();
@@ -156,7 +154,6 @@ impl<A: NodeAppraiser> Cas<A> {
             state: RwLock::new(State { registry, values }),
             nonces: Mutex::new(Nonces::new()),
             log,
-            appraiser,
         })
     }
 
@@ -385,8 +382,14 @@ impl<A: NodeAppraiser> Cas<A> {
 
     /// A workload's request, through its node's agent: the nonce is taken, the node's quote
     /// appraised over the evidence's binding, the workload matched against the service; then
-    /// the service's configuration with its secrets.
-    pub fn release(&self, evidence: &Evidence, now: u64) -> Result<Release, CasError> {
+    /// the service's configuration with its secrets. `appraiser` judges the quote of the
+    /// node that sent the request.
+    pub fn release(
+        &self,
+        evidence: &Evidence,
+        appraiser: &dyn NodeAppraiser,
+        now: u64,
+    ) -> Result<Release, CasError> {
         let mut event = AuditEvent {
             time: now,
             event: "cas.release".into(),
@@ -395,7 +398,7 @@ impl<A: NodeAppraiser> Cas<A> {
             workload: Some(evidence.identity.clone()),
             ..AuditEvent::default()
         };
-        let facts = self.attest(evidence, now);
+        let facts = self.attest(evidence, appraiser, now);
         if let Ok(f) = &facts {
             event.node = Some(format!("{} {} tcb {:?}", f.tee, f.reference_set, f.tcb));
         }
@@ -407,7 +410,12 @@ impl<A: NodeAppraiser> Cas<A> {
         self.decided(event, r).map(|(release, _)| release)
     }
 
-    fn attest(&self, evidence: &Evidence, now: u64) -> Result<NodeFacts, CasError> {
+    fn attest(
+        &self,
+        evidence: &Evidence,
+        appraiser: &dyn NodeAppraiser,
+        now: u64,
+    ) -> Result<NodeFacts, CasError> {
         let nonce = evidence.nonce_bytes()?;
         self.nonces
             .lock()
@@ -415,7 +423,7 @@ impl<A: NodeAppraiser> Cas<A> {
             .take(&nonce, now)?;
         let binding = evidence.binding()?;
         let quote = evidence.quote_bytes()?;
-        self.appraiser
+        appraiser
             .appraise(&evidence.identity.node, &quote, &binding)
             .map_err(|why| CasError::NotAttested(format!("node {}: {why}", evidence.identity.node)))
     }

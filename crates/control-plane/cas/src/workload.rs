@@ -6,7 +6,7 @@
 //! never from the workload. It quotes its TPM over the *binding*:
 //!
 //! ```text
-//! SHA-256("veil-workload/v1\n" || JCS({"identity": …, "nonce": …, "service": …, "session": …}))
+//! SHA-512("veil-workload/v1\n" || JCS({"identity": …, "nonce": …, "service": …, "session": …}))
 //! ```
 //!
 //! where JCS is RFC 8785 canonical JSON, so anyone can recompute it. The CAS takes the nonce
@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, VecDeque};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha512};
 
 use crate::CasError;
 use crate::matching::Workload;
@@ -76,13 +76,13 @@ struct Bound<'a> {
     session: &'a str,
 }
 
-/// The 32 bytes the node's quote must cover.
+/// The 64 bytes the node's quote must cover (its report data).
 pub fn binding(
     session: &str,
     service: &str,
     identity: &Identity,
     nonce: &str,
-) -> Result<[u8; 32], CasError> {
+) -> Result<[u8; 64], CasError> {
     let canonical = serde_json_canonicalizer::to_vec(&Bound {
         identity,
         nonce,
@@ -90,7 +90,7 @@ pub fn binding(
         session,
     })
     .map_err(|e| CasError::Invalid(format!("cannot canonicalise the evidence: {e}")))?;
-    let mut h = Sha256::new();
+    let mut h = Sha512::new();
     h.update(b"veil-workload/v1\n");
     h.update(&canonical);
     Ok(h.finalize().into())
@@ -152,7 +152,7 @@ impl Evidence {
     }
 
     /// What the quote must cover.
-    pub fn binding(&self) -> Result<[u8; 32], CasError> {
+    pub fn binding(&self) -> Result<[u8; 64], CasError> {
         binding(&self.session, &self.service, &self.identity, &self.nonce)
     }
 }
@@ -169,11 +169,12 @@ pub struct NodeFacts {
 }
 
 /// Appraises a node's quote: the control plane's knowledge of its nodes (admitted, not
-/// removed, their attestation keys and reference values).
+/// removed, their attestation keys and reference values). Given per request: the control
+/// plane knows which node sent it.
 pub trait NodeAppraiser: Send + Sync {
     /// Checks that `quote` is node `node`'s current, genuine evidence covering `binding`, and
     /// says what it established; or why not.
-    fn appraise(&self, node: &str, quote: &[u8], binding: &[u8; 32]) -> Result<NodeFacts, String>;
+    fn appraise(&self, node: &str, quote: &[u8], binding: &[u8; 64]) -> Result<NodeFacts, String>;
 }
 
 impl Identity {

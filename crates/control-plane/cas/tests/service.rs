@@ -44,7 +44,7 @@ struct SignedBindings {
 }
 
 impl NodeAppraiser for SignedBindings {
-    fn appraise(&self, node: &str, quote: &[u8], binding: &[u8; 32]) -> Result<NodeFacts, String> {
+    fn appraise(&self, node: &str, quote: &[u8], binding: &[u8; 64]) -> Result<NodeFacts, String> {
         let pk = self
             .nodes
             .get(node)
@@ -60,31 +60,48 @@ impl NodeAppraiser for SignedBindings {
     }
 }
 
+/// The cluster's one admitted node: seed 3 (`World::node`).
+fn admitted() -> SignedBindings {
+    let node = Key::new(3);
+    SignedBindings {
+        nodes: BTreeMap::from([(
+            "worker-0".to_string(),
+            node.0.public_key().as_ref().to_vec(),
+        )]),
+    }
+}
+
+trait ReleaseAs {
+    fn release_as(&self, e: &Evidence, now: u64) -> Result<veil_cas::service::Release, CasError>;
+}
+
+impl ReleaseAs for Cas {
+    fn release_as(&self, e: &Evidence, now: u64) -> Result<veil_cas::service::Release, CasError> {
+        self.release(e, &admitted(), now)
+    }
+}
+
 struct World {
     owner: Key,
     operator: Key,
     node: Key,
     modified_node: Key,
-    cas: Cas<SignedBindings>,
+    cas: Cas,
 }
 
 const ROOT: [u8; 32] = [7; 32];
 
-fn open_cas(dir: &Path, node: &Key) -> Cas<SignedBindings> {
+fn open_cas(dir: &Path) -> Cas {
     let db = Database::open(&dir.join("cas.redb"), &ROOT).unwrap();
     let signer = NoteSigner::from_seed("veil.test/cas", &[9; 32]).unwrap();
     let log = Appender::new(Log::open(&dir.join("log"), signer).unwrap());
-    let nodes = BTreeMap::from([(
-        "worker-0".to_string(),
-        node.0.public_key().as_ref().to_vec(),
-    )]);
-    Cas::open(db, log, SignedBindings { nodes }).unwrap()
+    Cas::open(db, log).unwrap()
 }
 
 fn world(dir: &Path) -> World {
     let owner = Key::new(1);
     let node = Key::new(3);
-    let cas = open_cas(dir, &node);
+    let cas = open_cas(dir);
     cas.provision(owner.rule(), NOW).unwrap();
     World {
         owner,
@@ -161,7 +178,7 @@ fn identity(image: &str, service_account: &str) -> Identity {
 }
 
 /// Evidence as a node's agent makes it: a fresh nonce, the binding signed by `node`.
-fn evidence(cas: &Cas<SignedBindings>, node: &Key, id: Identity) -> Evidence {
+fn evidence(cas: &Cas, node: &Key, id: Identity) -> Evidence {
     let nonce = hex::encode(cas.nonce(NOW).unwrap());
     let mut e = Evidence {
         session: "acme/payments".into(),
@@ -174,7 +191,7 @@ fn evidence(cas: &Cas<SignedBindings>, node: &Key, id: Identity) -> Evidence {
     e
 }
 
-fn entries(cas: &Cas<SignedBindings>) -> Vec<AuditEvent> {
+fn entries(cas: &Cas) -> Vec<AuditEvent> {
     cas.log().with_log(|log| {
         (0..log.size())
             .map(|i| AuditEvent::parse(&log.entry(i).unwrap()).unwrap())
@@ -193,7 +210,7 @@ fn create_acme(w: &World) -> String {
 }
 
 /// Creates (or updates) `doc` signed by `by`.
-fn put(cas: &Cas<SignedBindings>, by: &Key, doc: &str, update: bool) -> Result<String, CasError> {
+fn put(cas: &Cas, by: &Key, doc: &str, update: bool) -> Result<String, CasError> {
     let action = if update {
         Action::Update
     } else {
@@ -214,7 +231,7 @@ fn the_right_workload_gets_its_secrets_and_every_other_gets_nothing_each_refusal
     create_acme(&w);
 
     let e = evidence(&w.cas, &w.node, identity(IMAGE, "api"));
-    let r = w.cas.release(&e, NOW).unwrap();
+    let r = w.cas.release_as(&e, NOW).unwrap();
     let password = String::from_utf8(file(&r, "/run/secrets/db_password")).unwrap();
     assert_eq!(password.len(), 24);
     assert!(password.bytes().all(|b| b.is_ascii_alphanumeric()));
@@ -241,13 +258,13 @@ fn the_right_workload_gets_its_secrets_and_every_other_gets_nothing_each_refusal
     // A second release gives the same values.
     let again = w
         .cas
-        .release(&evidence(&w.cas, &w.node, identity(IMAGE, "api")), NOW)
+        .release_as(&evidence(&w.cas, &w.node, identity(IMAGE, "api")), NOW)
         .unwrap();
     assert_eq!(again, r);
 
     // Every refusal names its reason, and is in the log.
     let refused = |e: Evidence, want: &str| {
-        let err = w.cas.release(&e, NOW).unwrap_err();
+        let err = w.cas.release_as(&e, NOW).unwrap_err();
         assert!(err.to_string().contains(want), "{err} (wanted {want:?})");
         let last = entries(&w.cas).pop().unwrap();
         assert_eq!(last.event, "cas.release");
@@ -280,7 +297,7 @@ fn the_right_workload_gets_its_secrets_and_every_other_gets_nothing_each_refusal
     refused(forged, "not issued by this CAS");
     // An expired nonce.
     let old = evidence(&w.cas, &w.node, identity(IMAGE, "api"));
-    let err = w.cas.release(&old, NOW + 61).unwrap_err();
+    let err = w.cas.release_as(&old, NOW + 61).unwrap_err();
     assert!(err.to_string().contains("expired"), "{err}");
 
     let log = entries(&w.cas);
@@ -421,8 +438,8 @@ fn secrets_are_kept_sealed_across_reopening_and_updates_and_a_backup_restores_th
     let World {
         owner, node, cas, ..
     } = w;
-    let release = |cas: &Cas<SignedBindings>| {
-        cas.release(&evidence(cas, &node, identity(IMAGE, "api")), NOW)
+    let release = |cas: &Cas| {
+        cas.release_as(&evidence(cas, &node, identity(IMAGE, "api")), NOW)
             .unwrap()
     };
     let before = release(&cas);
@@ -436,7 +453,7 @@ fn secrets_are_kept_sealed_across_reopening_and_updates_and_a_backup_restores_th
 
     // Reopened: the same values.
     drop(cas);
-    let cas = open_cas(dir.path(), &node);
+    let cas = open_cas(dir.path());
     assert_eq!(release(&cas), before);
 
     // An update that keeps a secret's definition keeps its value; a changed one is new.
@@ -462,9 +479,12 @@ fn secrets_are_kept_sealed_across_reopening_and_updates_and_a_backup_restores_th
     );
     drop(cas);
     std::fs::remove_file(dir.path().join("cas.redb")).unwrap();
-    let wiped = open_cas(dir.path(), &node);
+    let wiped = open_cas(dir.path());
     let e = evidence(&wiped, &node, identity(IMAGE, "api"));
-    assert!(matches!(wiped.release(&e, NOW), Err(CasError::NotFound(_))));
+    assert!(matches!(
+        wiped.release_as(&e, NOW),
+        Err(CasError::NotFound(_))
+    ));
     let mut altered = backup.clone();
     let last = altered.len() - 1;
     altered[last] ^= 1;
@@ -486,7 +506,7 @@ fn secrets_are_kept_sealed_across_reopening_and_updates_and_a_backup_restores_th
     assert_eq!(release(&wiped), after);
     drop(wiped);
     assert_eq!(
-        release(&open_cas(dir.path(), &node)),
+        release(&open_cas(dir.path())),
         after,
         "the restore is durable"
     );
@@ -531,11 +551,11 @@ access_policy:
         e.session = name.into();
         e.service = "report".into();
         e.quote = STANDARD.encode(w.node.0.sign(&e.binding().unwrap()).as_ref());
-        w.cas.release(&e, NOW)
+        w.cas.release_as(&e, NOW)
     };
     let payments = w
         .cas
-        .release(&evidence(&w.cas, &w.node, identity(IMAGE, "api")), NOW)
+        .release_as(&evidence(&w.cas, &w.node, identity(IMAGE, "api")), NOW)
         .unwrap();
     let r = get("acme/reports").unwrap();
     assert_eq!(

@@ -30,7 +30,7 @@ const IMAGE: &str = "sha256:1111111111111111111111111111111111111111111111111111
 struct SignedBindings(Vec<u8>);
 
 impl NodeAppraiser for SignedBindings {
-    fn appraise(&self, _: &str, quote: &[u8], binding: &[u8; 32]) -> Result<NodeFacts, String> {
+    fn appraise(&self, _: &str, quote: &[u8], binding: &[u8; 64]) -> Result<NodeFacts, String> {
         UnparsedPublicKey::new(&ED25519, &self.0)
             .verify(binding, quote)
             .map_err(|_| "the quote does not verify".to_string())?;
@@ -112,11 +112,8 @@ pub fn run(secs: f64) -> Result<()> {
         Ed25519KeyPair::from_seed_unchecked(&[3; 32]).map_err(|_| anyhow::anyhow!("node key"))?;
     let db = Database::open(&tmp.path().join("cas.redb"), &[7; 32])?;
     let log = Appender::new(Log::open(&tmp.path().join("cas-log"), signer()?)?);
-    let cas = Arc::new(Cas::open(
-        db,
-        log,
-        SignedBindings(node.public_key().as_ref().to_vec()),
-    )?);
+    let cas = Arc::new(Cas::open(db, log)?);
+    let appraiser = SignedBindings(node.public_key().as_ref().to_vec());
     let pk = STANDARD.encode(owner.public_key().as_ref());
     cas.provision(
         Rule {
@@ -175,7 +172,7 @@ access_policy:
             quote: String::new(),
         };
         e.quote = STANDARD.encode(node.sign(&e.binding()?).as_ref());
-        let r = cas.release(&e, now).context("release")?;
+        let r = cas.release(&e, &appraiser, now).context("release")?;
         std::hint::black_box(r);
         Ok(())
     };
