@@ -33,6 +33,8 @@ pub enum Action {
     Read,
     /// Replace every session with a backup's (the owner's, signed over the backup's hash).
     Restore,
+    /// Become the CAS's owner (signed by the owner's keys over the rule's hash).
+    Provision,
 }
 
 impl Action {
@@ -42,8 +44,17 @@ impl Action {
             Self::Update => "update",
             Self::Read => "read",
             Self::Restore => "restore",
+            Self::Provision => "provision",
         }
     }
+}
+
+/// SHA-256 of a rule's RFC 8785 canonical JSON: what a provisioning signs.
+pub fn rule_hash(rule: &Rule) -> Result<[u8; 32], CasError> {
+    use sha2::Digest;
+    let canonical = serde_json_canonicalizer::to_vec(rule)
+        .map_err(|e| CasError::Invalid(format!("cannot canonicalise the rule: {e}")))?;
+    Ok(sha2::Sha256::digest(&canonical).into())
 }
 
 /// The bytes a request's signatures sign.

@@ -175,19 +175,35 @@ impl Cas {
         r
     }
 
-    /// Makes `owner` the only one who creates top-level sessions. Once.
-    pub fn provision(&self, owner: Rule, now: u64) -> Result<(), CasError> {
+    /// Makes `owner` the only one who creates top-level sessions. Once, and signed by the
+    /// owner's keys (as the rule requires) over the rule's hash: a key nobody holds cannot be
+    /// made the owner. Whoever provisions first owns the CAS; the audit log shows who that was.
+    pub fn provision(
+        &self,
+        owner: Rule,
+        signatures: &[Signature],
+        now: u64,
+    ) -> Result<(), CasError> {
         let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
         let event = AuditEvent {
             time: now,
             event: "cas.provision".into(),
-            signers: owner.keys.clone(),
+            signers: signers(signatures),
             ..AuditEvent::default()
         };
         let mut next = st.registry.clone();
-        let r = next.provision(owner.clone());
-        let r = self.decided(event, r);
-        r?;
+        let r = policy::check_rule("owner", &owner)
+            .and_then(|()| policy::rule_hash(&owner))
+            .and_then(|h| {
+                policy::authorises(
+                    "the owner",
+                    &owner,
+                    &policy::payload(Action::Provision, "-", &h),
+                    signatures,
+                )
+            })
+            .and_then(|()| next.provision(owner.clone()));
+        self.decided(event, r)?;
         self.db.put_owner(&owner)?;
         st.registry = next;
         Ok(())

@@ -102,7 +102,8 @@ fn world(dir: &Path) -> World {
     let owner = Key::new(1);
     let node = Key::new(3);
     let cas = open_cas(dir);
-    cas.provision(owner.rule(), NOW).unwrap();
+    cas.provision(owner.rule(), &[owner.sign_provision()], NOW)
+        .unwrap();
     World {
         owner,
         operator: Key::new(2),
@@ -375,7 +376,10 @@ fn the_platform_operator_can_neither_read_nor_change_the_owners_sessions() {
     let hash = create_acme(&w);
     let op = &w.operator;
 
-    let err = w.cas.provision(op.rule(), NOW).unwrap_err();
+    let err = w
+        .cas
+        .provision(op.rule(), &[op.sign_provision()], NOW)
+        .unwrap_err();
     assert!(err.to_string().contains("provisioned already"), "{err}");
     let mine = document("operator", op, None, 24).replace("acme/reports", "operator");
     let err = put(&w.cas, op, &mine, false).unwrap_err();
@@ -568,4 +572,27 @@ access_policy:
             .contains("does not export its secret db_password to acme/other"),
         "{err}"
     );
+}
+
+#[test]
+fn only_the_holder_of_the_owners_keys_provisions_the_cas() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = open_cas(dir.path());
+    let (owner, op) = (Key::new(1), Key::new(2));
+    // The operator names the owner's key but cannot sign for it.
+    let err = cas
+        .provision(owner.rule(), &[op.sign_provision()], NOW)
+        .unwrap_err();
+    assert!(matches!(err, CasError::Unauthorised(_)), "{err}");
+    // A signature over another rule does not serve either.
+    let err = cas
+        .provision(op.rule(), &[owner.sign_provision()], NOW)
+        .unwrap_err();
+    assert!(matches!(err, CasError::Unauthorised(_)), "{err}");
+    cas.provision(owner.rule(), &[owner.sign_provision()], NOW)
+        .unwrap();
+    let log = entries(&cas);
+    let outcomes: Vec<&str> = log.iter().map(|e| e.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["refused", "refused", "allowed"]);
+    assert_eq!(log[2].signers, [owner.public()]);
 }

@@ -64,6 +64,14 @@ pub const KEY_KUBE_ETCD_CA: &str = "cluster/kube-etcd-ca";
 pub const KEY_KUBE_SERVICE_ACCOUNT: &str = "cluster/kube-service-account";
 /// The key-encryption key of the API server's KMS v2 provider (AES-256-GCM over its data keys).
 pub const KEY_KUBE_KMS: &str = "cluster/kube-kms-v1";
+/// The root of the Configuration and Attestation Service's database keys (records, names,
+/// backups): any control plane of the cluster opens the database.
+pub const KEY_CAS_ROOT: &str = "cluster/cas-v1";
+/// The purpose of a control plane's audit-log signing key (`node/<node-id>/…`): each control
+/// plane signs its own log, so two logs never share a key and a fork is never one log's.
+pub const KEY_CAS_AUDIT_LOG: &str = "cas-audit-log";
+/// The origin of a control plane's CAS audit log: `this/<cluster ID's first 16 hex>/<node ID>`.
+pub const CAS_LOG_ORIGIN_PREFIX: &str = "veil.dev/cas-audit";
 /// The KMS v2 plugin's key ID names the key and the cluster: `this ‖ first 16 hex digits of
 /// SHA-256(key)`, so a rotated or foreign key is told apart without revealing it.
 pub const KMS_KEY_ID_PREFIX: &str = "veil-kms-v1-";

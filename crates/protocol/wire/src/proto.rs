@@ -180,6 +180,13 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         advance: Option<VolumeCommit>,
     },
+    /// A call to the Configuration and Attestation Service that this control plane runs. Its
+    /// authority is the CAS's own (the sessions' keys, a node's attested connection for a
+    /// workload's release), not the cluster owner's.
+    Cas {
+        /// The call.
+        call: CasCall,
+    },
     /// A joined node reports what it refused of its own: its state volume altered, rolled back
     /// or gone (re-attested, like a key request). Recorded as a refusal in the cluster report,
     /// under the node's name.
@@ -374,6 +381,11 @@ pub enum Response {
     },
     /// A worker's Kubernetes credentials.
     Kube(KubeCredentials),
+    /// The CAS's answer.
+    Cas {
+        /// The answer.
+        answer: CasAnswer,
+    },
     /// A volume's freshness anchor (none: it has no commit recorded).
     VolumeAnchor {
         /// Its latest recorded commit.
@@ -390,6 +402,145 @@ pub enum Response {
     Refused {
         /// Why.
         reason: String,
+    },
+}
+
+/// A signature of a CAS request by a session's (or the CAS owner's) Ed25519 key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CasSignature {
+    /// The public key (base64).
+    pub key: String,
+    /// The signature (base64) over `veil-cas/v1 <action> <name> <hash hex>\n`.
+    pub signature: String,
+}
+
+/// A call to the CAS.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CasCall {
+    /// Makes these keys the CAS's owner (once), signed by them over the rule's hash.
+    Provision {
+        /// The owner's rule (JSON: `{"keys": [...], "require": ...}`).
+        owner: String,
+        /// Its keys' signatures (`provision - <SHA-256 of the rule's canonical JSON>`).
+        signatures: Vec<CasSignature>,
+    },
+    /// Creates or replaces a session.
+    Put {
+        /// The session document (JSON or YAML).
+        document: String,
+        /// Whether it replaces the current session (naming it as its predecessor).
+        update: bool,
+        /// Signatures as the session's rules require.
+        signatures: Vec<CasSignature>,
+    },
+    /// A fresh nonce (for a read's challenge or a workload's evidence).
+    Nonce,
+    /// Reads a session's document (never its secrets' values).
+    Read {
+        /// The session's name.
+        name: String,
+        /// A nonce this CAS issued (hex).
+        challenge: String,
+        /// Signatures as the session's read rule requires.
+        signatures: Vec<CasSignature>,
+    },
+    /// A joined worker's agent asks for a workload's configuration (re-attested, like a key
+    /// request), with evidence bound to a nonce and quoted by its TPM.
+    Release {
+        /// The node certificate the cluster CA issued at join (hex DER).
+        node_cert: String,
+        /// The workload evidence (JSON).
+        evidence: String,
+    },
+    /// Every session and secret, sealed.
+    Backup,
+    /// Replaces every session and secret with a backup's, signed by the backup's owner.
+    Restore {
+        /// The backup (base64).
+        backup: String,
+        /// The owner's signatures (`restore - <SHA-256 of the backup>`).
+        signatures: Vec<CasSignature>,
+    },
+    /// The audit log from entry `start` on (as many entries as fit in an answer), with its
+    /// signed checkpoint.
+    Log {
+        /// The first entry wanted.
+        start: u64,
+    },
+}
+
+/// A workload's configuration as released: secret, zeroized when dropped, never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretText(String);
+
+impl SecretText {
+    /// Wraps `text`.
+    pub fn new(text: String) -> Self {
+        Self(text)
+    }
+
+    /// The text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for SecretText {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The CAS's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cas", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CasAnswer {
+    /// Done (provision, restore).
+    Done,
+    /// The session was stored: its hash.
+    Stored {
+        /// SHA-256 of its canonical JSON (hex).
+        hash: String,
+    },
+    /// A nonce (hex).
+    Nonce {
+        /// The nonce.
+        nonce: String,
+    },
+    /// A session's document (canonical JSON).
+    Session {
+        /// The document.
+        document: String,
+    },
+    /// A workload's configuration (JSON: environment, command, files).
+    Released {
+        /// The release.
+        release: SecretText,
+    },
+    /// A sealed backup (base64).
+    Backup {
+        /// The backup.
+        backup: String,
+    },
+    /// Audit-log entries and the checkpoint they are under.
+    Log {
+        /// The log's verifier key (`<origin>+<key id>+<base64>`).
+        verifier_key: String,
+        /// The signed checkpoint.
+        checkpoint: String,
+        /// The index of the first entry given.
+        start: u64,
+        /// Entries (base64), from `start`.
+        entries: Vec<String>,
     },
 }
 

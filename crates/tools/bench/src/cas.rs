@@ -115,13 +115,23 @@ pub fn run(secs: f64) -> Result<()> {
     let cas = Arc::new(Cas::open(db, log)?);
     let appraiser = SignedBindings(node.public_key().as_ref().to_vec());
     let pk = STANDARD.encode(owner.public_key().as_ref());
-    cas.provision(
-        Rule {
-            keys: vec![pk.clone()],
-            require: None,
-        },
-        0,
-    )?;
+    let rule = Rule {
+        keys: vec![pk.clone()],
+        require: None,
+    };
+    let provision = Signature {
+        key: pk.clone(),
+        signature: STANDARD.encode(
+            owner
+                .sign(&policy::payload(
+                    Action::Provision,
+                    "-",
+                    &policy::rule_hash(&rule)?,
+                ))
+                .as_ref(),
+        ),
+    };
+    cas.provision(rule, &[provision], 0)?;
     let sign = |doc: &str| -> Result<Signature> {
         let s = veil_cas::Session::parse(doc.as_bytes())?;
         let h = s.hash()?;

@@ -31,6 +31,14 @@ impl Key {
             signature: STANDARD.encode(self.0.sign(&policy::payload(action, name, hash)).as_ref()),
         }
     }
+    /// This key's signature provisioning it as the owner.
+    pub fn sign_provision(&self) -> Signature {
+        self.sign(
+            Action::Provision,
+            "-",
+            &policy::rule_hash(&self.rule()).unwrap(),
+        )
+    }
     /// A signature of `action` with the session document `doc`.
     pub fn sign_session(&self, action: Action, doc: &str) -> Signature {
         let s = Session::parse(doc.as_bytes()).unwrap();

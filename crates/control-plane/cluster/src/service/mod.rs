@@ -359,6 +359,7 @@ fn op(req: &Request) -> &'static str {
         Request::VolumeKey { .. } => "volume_key",
         Request::VolumeAnchor { .. } => "volume_anchor",
         Request::ReportRefusal { .. } => "report_refusal",
+        Request::Cas { .. } => "cas",
     }
 }
 
