@@ -141,6 +141,11 @@ impl Log {
         &self.tree
     }
 
+    /// The log's verifier key.
+    pub fn verifier(&self) -> crate::note::NoteVerifier {
+        self.signer.verifier()
+    }
+
     /// The current signed checkpoint.
     pub fn checkpoint(&self) -> &str {
         &self.checkpoint
@@ -226,26 +231,52 @@ impl Log {
     /// Writes the log as C2SP tiles under `out` (`checkpoint`, `tile/…`), for serving or for
     /// `veil audit verify`.
     pub fn export(&self, out: &Path) -> Result<(), TlogError> {
-        for tile in tiles::tiles_for(self.size()) {
-            let bytes = match tile.kind {
-                TileKind::Hashes(_) => tiles::tile_hashes(&self.tree, &tile)?,
-                TileKind::Entries => {
-                    let from = tile.index * tiles::WIDTH;
-                    let entries: Vec<Vec<u8>> = (from..from + u64::from(tile.width))
-                        .map(|i| self.entry(i))
-                        .collect::<Result<_, _>>()?;
-                    tiles::encode_bundle(entries.iter().map(Vec::as_slice))?
-                }
-            };
-            let path = out.join(tile.path());
-            if let Some(d) = path.parent() {
-                std::fs::create_dir_all(d).map_err(|e| io_error(d, &e))?;
-            }
-            std::fs::write(&path, bytes).map_err(|e| io_error(&path, &e))?;
-        }
-        let path = out.join("checkpoint");
-        std::fs::write(&path, &self.checkpoint).map_err(|e| io_error(&path, &e))
+        write_export(out, &self.tree, &self.checkpoint, |i| self.entry(i))
     }
+}
+
+/// Writes a copy of a log, from its entries (say, as a service gave them) and its signed
+/// checkpoint, as C2SP tiles under `out`: what [`Log::export`] writes. Nothing is checked here;
+/// [`crate::verify::verify_export`] checks the copy.
+pub fn export_entries(out: &Path, entries: &[Vec<u8>], checkpoint: &str) -> Result<(), TlogError> {
+    let mut tree = Tree::new();
+    for e in entries {
+        tree.push(e);
+    }
+    write_export(out, &tree, checkpoint, |i| {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| entries.get(i))
+            .cloned()
+            .ok_or_else(|| log_err(format!("no entry {i}")))
+    })
+}
+
+fn write_export(
+    out: &Path,
+    tree: &Tree,
+    checkpoint: &str,
+    entry: impl Fn(u64) -> Result<Vec<u8>, TlogError>,
+) -> Result<(), TlogError> {
+    for tile in tiles::tiles_for(tree.size()) {
+        let bytes = match tile.kind {
+            TileKind::Hashes(_) => tiles::tile_hashes(tree, &tile)?,
+            TileKind::Entries => {
+                let from = tile.index * tiles::WIDTH;
+                let entries: Vec<Vec<u8>> = (from..from + u64::from(tile.width))
+                    .map(&entry)
+                    .collect::<Result<_, _>>()?;
+                tiles::encode_bundle(entries.iter().map(Vec::as_slice))?
+            }
+        };
+        let path = out.join(tile.path());
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(|e| io_error(d, &e))?;
+        }
+        std::fs::write(&path, bytes).map_err(|e| io_error(&path, &e))?;
+    }
+    let path = out.join("checkpoint");
+    std::fs::write(&path, checkpoint).map_err(|e| io_error(&path, &e))
 }
 
 /// The newest checkpoint of the two slots whose signature verifies (`None` for a new log),

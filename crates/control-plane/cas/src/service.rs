@@ -209,6 +209,29 @@ impl Cas {
         Ok(())
     }
 
+    /// Records a request refused before it reached the CAS's rules (say, a release whose
+    /// sender is not an attested node of the cluster): `event`, `reason`, and what of the
+    /// evidence could be read.
+    pub fn record_refusal(
+        &self,
+        event: &str,
+        evidence: Option<&Evidence>,
+        reason: &str,
+        now: u64,
+    ) -> Result<(), CasError> {
+        self.audit(&AuditEvent {
+            time: now,
+            event: event.into(),
+            outcome: "refused".into(),
+            session: evidence.map(|e| e.session.clone()),
+            service: evidence.map(|e| e.service.clone()),
+            workload: evidence.map(|e| e.identity.clone()),
+            reason: Some(reason.chars().take(1024).collect()),
+            ..AuditEvent::default()
+        })
+        .map(|_| ())
+    }
+
     /// A fresh nonce, for a workload's evidence or a read's challenge.
     pub fn nonce(&self, now: u64) -> Result<[u8; 32], CasError> {
         let mut n = [0u8; 32];

@@ -247,11 +247,17 @@ impl Session {
         Ok(s)
     }
 
+    /// The session's RFC 8785 canonical JSON.
+    pub fn canonical_json(&self) -> Result<String, CasError> {
+        serde_json_canonicalizer::to_string(self)
+            .map_err(|e| invalid(format!("cannot canonicalise: {e}")))
+    }
+
     /// The session's hash: SHA-256 of its RFC 8785 canonical JSON.
     pub fn hash(&self) -> Result<SessionHash, CasError> {
-        let canonical = serde_json_canonicalizer::to_vec(self)
-            .map_err(|e| invalid(format!("cannot canonicalise: {e}")))?;
-        Ok(SessionHash(Sha256::digest(&canonical).into()))
+        Ok(SessionHash(
+            Sha256::digest(self.canonical_json()?.as_bytes()).into(),
+        ))
     }
 
     /// The predecessor as a hash.

@@ -555,6 +555,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         }
     }
 
+    /// One call to the Configuration and Attestation Service the control plane runs.
+    pub async fn cas(
+        &mut self,
+        call: veil_wire::proto::CasCall,
+    ) -> Result<veil_wire::proto::CasAnswer, ClientError> {
+        match self.call(&Request::Cas { call }).await? {
+            Response::Cas { answer } => Ok(answer),
+            r => Err(unexpected(r)),
+        }
+    }
+
     /// Worker: fetches the key of a persistent volume attached to it.
     pub async fn volume_key(
         &mut self,

@@ -12,6 +12,7 @@
 #![allow(clippy::result_large_err)]
 
 mod appraise;
+mod cas_ops;
 mod join;
 mod nodes;
 mod owner_ops;
@@ -387,6 +388,8 @@ pub struct ControlPlane {
     kube_credential_validity: std::time::Duration,
     /// How long the kubelet serving certificates issued to workers last.
     kube_serving_validity: std::time::Duration,
+    /// The Configuration and Attestation Service, once opened.
+    cas: Mutex<Option<Arc<veil_cas::service::Cas>>>,
 }
 
 impl ControlPlane {
@@ -405,6 +408,7 @@ impl ControlPlane {
             persisted: Mutex::new(0),
             kube_credential_validity: KUBE_CREDENTIAL_VALIDITY,
             kube_serving_validity: KUBE_SERVING_VALIDITY,
+            cas: Mutex::new(None),
         }
     }
 
@@ -1036,7 +1040,11 @@ impl ControlPlane {
                 Response::Refused { reason } => {
                     bump(&self.metrics.requests_refused);
                     tracing::warn!(event = "request_refused", %source, kind, %reason);
-                    self.refuse(&source.to_string(), caller.ak_hex(), kind, reason);
+                    // The CAS's refusals are in its own audit log (a session's owner's
+                    // conflict is not the cluster's concern).
+                    if kind != "cas" {
+                        self.refuse(&source.to_string(), caller.ak_hex(), kind, reason);
+                    }
                 }
                 Response::Unavailable { reason } => {
                     tracing::info!(event = "request_deferred", kind, %reason);
@@ -1109,6 +1117,7 @@ impl ControlPlane {
                 kind,
                 reason,
             } => self.report_refusal(caller, &node_cert, &kind, &reason),
+            Request::Cas { call } => self.cas_call(caller, call),
             Request::KubeCredentials {
                 node_cert,
                 kubelet_client_key,
