@@ -20,6 +20,9 @@ use crate::output::{EXIT_REJECTED, EXIT_UNUSABLE};
 pub enum AuditCommand {
     /// Verify a copy of an audit log (its `checkpoint` and `tile/…`, C2SP tlog-tiles) offline.
     Verify(VerifyArgs),
+    /// Fetch a copy of a control plane's CAS audit log, verified with the key derived for it
+    /// from the master secret (for `veil audit verify` later, anywhere).
+    Fetch(crate::cas::FetchArgs),
 }
 
 /// `veil audit verify`
@@ -49,6 +52,7 @@ pub struct VerifyArgs {
 /// Runs `veil audit …`.
 pub fn run(cmd: AuditCommand) -> ExitCode {
     match cmd {
+        AuditCommand::Fetch(a) => crate::cas::fetch(&a),
         AuditCommand::Verify(a) => match verify(&a) {
             Ok(Ok(())) => ExitCode::SUCCESS,
             Ok(Err(why)) => {

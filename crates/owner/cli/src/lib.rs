@@ -5,6 +5,7 @@
 
 pub mod attest;
 pub mod audit;
+pub mod cas;
 pub mod clock;
 pub mod init;
 pub mod kubeconfig;

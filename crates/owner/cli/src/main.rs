@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use veil_cli::{attest, audit, init, kubeconfig, measurements, node, output, recover, verify};
+use veil_cli::{attest, audit, cas, init, kubeconfig, measurements, node, output, recover, verify};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,6 +50,9 @@ enum Command {
     /// Compute, sign and verify reference values (expected measurements per node role).
     #[command(subcommand)]
     Measurements(measurements::MeasurementsCommand),
+    /// The Configuration and Attestation Service: keys, provisioning, sessions, backups.
+    #[command(subcommand)]
+    Cas(cas::CasCommand),
     /// Verify a copy of a tamper-evident audit log offline.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::AckRefusals(a) => node::ack(a),
         Command::Kubeconfig(a) => kubeconfig::run(a),
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Cas(cmd) => cas::run(cmd),
     }
 }
 

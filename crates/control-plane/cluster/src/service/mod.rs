@@ -543,6 +543,11 @@ impl ControlPlane {
     pub fn unseal_state(&self) {
         if let Some(Ok(mut s)) = self.sealed.as_ref().map(Mutex::lock) {
             *s = None;
+            // The CAS keeps its files on the volume: closed (its log's writer joined), so the
+            // volume can go; it opens again where the state is next sealed.
+            if let Ok(mut cas) = self.cas.lock() {
+                *cas = None;
+            }
         }
     }
 

@@ -1,0 +1,389 @@
+//! `veil cas …`: the Configuration and Attestation Service's owner and session authors, and
+//! `veil audit fetch`: a copy of a control plane's CAS audit log, verified.
+//!
+//! The control plane is attested first, as every `veil` command does (the workspace gives the
+//! reference values and TPM roots); what the CAS then does is authorised by the CAS's own
+//! keys — Ed25519 keys of `veil cas keygen`, not the cluster owner's.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use clap::{Args, Subcommand};
+use veil_appraisal::Membership;
+use veil_attest_core::bytes::decode_hex;
+use veil_cas::policy::{self, Action, Rule};
+use veil_wire::proto::{CasAnswer, CasCall, CasSignature};
+
+use crate::output::{EXIT_REJECTED, EXIT_UNUSABLE};
+use crate::workspace::{Workspace, attest_recorded};
+
+/// Which control plane, and the trust to attest it.
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// The workspace whose reference values and TPM roots attest the control plane.
+    #[arg(long, default_value = "veil-mini")]
+    pub workspace: PathBuf,
+    /// The control plane to ask (its index in the workspace).
+    #[arg(long, default_value_t = 0)]
+    pub control_plane: usize,
+}
+
+/// `veil cas …`
+#[derive(Subcommand, Debug)]
+pub enum CasCommand {
+    /// Make a new Ed25519 key (PKCS#8 PEM) for the CAS's owner or a session's rules; prints
+    /// its public key (base64), as sessions name it.
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make this key the CAS's owner: the only one that creates top-level sessions (once).
+    Provision {
+        /// The owner's key.
+        #[arg(long)]
+        key: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Create (or, with --update, replace) a session from its document (YAML or JSON).
+    Put {
+        /// The session document.
+        document: PathBuf,
+        /// Replace the current session (the document names it as its predecessor).
+        #[arg(long)]
+        update: bool,
+        /// A key that signs (repeatable, for rules that need several).
+        #[arg(long, required = true)]
+        key: Vec<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print a session's document (never its secrets' values).
+    Read {
+        /// The session's name.
+        name: String,
+        /// A key that signs (repeatable).
+        #[arg(long, required = true)]
+        key: Vec<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Write a sealed backup of every session and secret.
+    Backup {
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Replace every session and secret with a backup's (signed by its owner).
+    Restore {
+        /// The backup.
+        backup: PathBuf,
+        /// The owner's key (repeatable).
+        #[arg(long, required = true)]
+        key: Vec<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// `veil audit fetch`
+#[derive(Args, Debug)]
+pub struct FetchArgs {
+    /// Where to write the copy (`checkpoint`, `tile/…`, and `key`: the verifier key).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// An Ed25519 key from a PKCS#8 PEM file.
+pub fn load_key(path: &Path) -> anyhow::Result<Ed25519KeyPair> {
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let der = pem::parse(&text)
+        .with_context(|| format!("{}: not PEM", path.display()))?
+        .into_contents();
+    Ed25519KeyPair::from_pkcs8(&der)
+        .or_else(|_| Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der))
+        .map_err(|_| anyhow::anyhow!("{}: not an Ed25519 PKCS#8 key", path.display()))
+}
+
+fn public(k: &Ed25519KeyPair) -> String {
+    STANDARD.encode(k.public_key().as_ref())
+}
+
+fn sign(keys: &[Ed25519KeyPair], payload: &[u8]) -> Vec<CasSignature> {
+    keys.iter()
+        .map(|k| CasSignature {
+            key: public(k),
+            signature: STANDARD.encode(k.sign(payload).as_ref()),
+        })
+        .collect()
+}
+
+fn keys(paths: &[PathBuf]) -> anyhow::Result<Vec<Ed25519KeyPair>> {
+    paths.iter().map(|p| load_key(p)).collect()
+}
+
+/// Runs `f` with an attested session to the target control plane.
+fn with_cas<T>(
+    t: &Target,
+    f: impl AsyncFnOnce(
+        &mut veil_client::Session<tokio::net::TcpStream>,
+        &Workspace,
+        [u8; 32],
+    ) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let ws = crate::workspace::load(&t.workspace)?;
+    let cid = decode_hex(&ws.record.cluster_id)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut a = attest_recorded(&ws, t.control_plane, Membership::Member(cid)).await?;
+        f(&mut a.session, &ws, a.ek).await
+    })
+}
+
+async fn call(
+    s: &mut veil_client::Session<tokio::net::TcpStream>,
+    c: CasCall,
+) -> anyhow::Result<CasAnswer> {
+    Ok(s.cas(c).await?)
+}
+
+/// Runs `veil cas …`.
+pub fn run(cmd: CasCommand) -> ExitCode {
+    match cas(cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let refused = e
+                .downcast_ref::<veil_client::ClientError>()
+                .is_some_and(|c| matches!(c, veil_client::ClientError::Refused(_)));
+            eprintln!("{}: {e:#}", if refused { "refused" } else { "error" });
+            ExitCode::from(if refused {
+                EXIT_REJECTED
+            } else {
+                EXIT_UNUSABLE
+            })
+        }
+    }
+}
+
+fn cas(cmd: CasCommand) -> anyhow::Result<()> {
+    match cmd {
+        CasCommand::Keygen { out } => {
+            let rng = aws_lc_rs::rand::SystemRandom::new();
+            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+                .map_err(|_| anyhow::anyhow!("cannot generate a key"))?;
+            let text = pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec()));
+            write_private(&out, text.as_bytes())?;
+            println!("{}", public(&load_key(&out)?));
+            Ok(())
+        }
+        CasCommand::Provision { key, target } => {
+            let k = load_key(&key)?;
+            let rule = Rule {
+                keys: vec![public(&k)],
+                require: None,
+            };
+            let payload = policy::payload(Action::Provision, "-", &policy::rule_hash(&rule)?);
+            let c = CasCall::Provision {
+                owner: serde_json::to_string(&rule)?,
+                signatures: sign(std::slice::from_ref(&k), &payload),
+            };
+            with_cas(&target, async |s, _, _| call(s, c).await)?;
+            println!("provisioned: owner {}", public(&k));
+            Ok(())
+        }
+        CasCommand::Put {
+            document,
+            update,
+            key,
+            target,
+        } => {
+            let text = std::fs::read_to_string(&document)
+                .with_context(|| format!("cannot read {}", document.display()))?;
+            let session = veil_cas::Session::parse(text.as_bytes())?;
+            let hash = session.hash()?;
+            let action = if update {
+                Action::Update
+            } else {
+                Action::Create
+            };
+            let payload = policy::payload(action, &session.name, &hash.0);
+            let c = CasCall::Put {
+                document: text,
+                update,
+                signatures: sign(&keys(&key)?, &payload),
+            };
+            match with_cas(&target, async |s, _, _| call(s, c).await)? {
+                CasAnswer::Stored { hash } => println!("{} {hash}", session.name),
+                a => bail!("unexpected answer {a:?}"),
+            }
+            Ok(())
+        }
+        CasCommand::Read { name, key, target } => {
+            let keys = keys(&key)?;
+            let doc = with_cas(&target, async |s, _, _| {
+                let CasAnswer::Nonce { nonce } = call(s, CasCall::Nonce).await? else {
+                    bail!("no nonce");
+                };
+                let challenge: [u8; 32] = decode_hex(&nonce)?
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("a nonce of the wrong size"))?;
+                let payload = policy::payload(Action::Read, &name, &challenge);
+                match call(
+                    s,
+                    CasCall::Read {
+                        name: name.clone(),
+                        challenge: nonce,
+                        signatures: sign(&keys, &payload),
+                    },
+                )
+                .await?
+                {
+                    CasAnswer::Session { document } => Ok(document),
+                    a => bail!("unexpected answer {a:?}"),
+                }
+            })?;
+            println!("{doc}");
+            Ok(())
+        }
+        CasCommand::Backup { out, target } => {
+            match with_cas(&target, async |s, _, _| call(s, CasCall::Backup).await)? {
+                CasAnswer::Backup { backup } => {
+                    let bytes = STANDARD.decode(backup)?;
+                    std::fs::write(&out, &bytes)
+                        .with_context(|| format!("cannot write {}", out.display()))?;
+                    println!("backup: {} bytes to {}", bytes.len(), out.display());
+                }
+                a => bail!("unexpected answer {a:?}"),
+            }
+            Ok(())
+        }
+        CasCommand::Restore {
+            backup,
+            key,
+            target,
+        } => {
+            let bytes = std::fs::read(&backup)
+                .with_context(|| format!("cannot read {}", backup.display()))?;
+            let digest: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(
+                <sha2::Sha256 as sha2::Digest>::new(),
+                &bytes,
+            ))
+            .into();
+            let c = CasCall::Restore {
+                backup: STANDARD.encode(&bytes),
+                signatures: sign(
+                    &keys(&key)?,
+                    &policy::payload(Action::Restore, "-", &digest),
+                ),
+            };
+            with_cas(&target, async |s, _, _| call(s, c).await)?;
+            println!("restored from {}", backup.display());
+            Ok(())
+        }
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+/// `veil audit fetch`: every entry of the control plane's CAS log and its checkpoint, written
+/// as a tlog-tiles copy and verified with the key the owner derives from the master secret
+/// (so the copy is checked against the attested control plane's key, not the key it sent).
+pub fn fetch(a: &FetchArgs) -> ExitCode {
+    let r = (|| -> anyhow::Result<(String, u64)> {
+        let master = crate::workspace::owner_secret(&a.target.workspace, "master-secret")?;
+        let salt = crate::workspace::owner_secret(&a.target.workspace, "salt")?;
+        let secrets = veil_keys::ClusterSecrets::new(
+            veil_keys::SecretBytes::from_slice("master secret", &mut master.to_owned())?,
+            salt,
+        );
+        let (entries, checkpoint, derived) = with_cas(&a.target, async |s, _, ek| {
+            // The key this control plane's log must be signed with, from the master secret.
+            let node_id = format!("node-{}", hex::encode(ek.get(..6).unwrap_or_default()));
+            let seed = secrets.derive(&veil_keys::KeyId::node(
+                &node_id,
+                veil_wire::ids::KEY_CAS_AUDIT_LOG,
+            )?)?;
+            let cid = secrets.cluster_id()?.to_string();
+            let origin = format!(
+                "{}/{}/{node_id}",
+                veil_wire::ids::CAS_LOG_ORIGIN_PREFIX,
+                cid.get(..16).unwrap_or(&cid)
+            );
+            let derived = veil_tlog::NoteSigner::from_seed(&origin, seed.expose())?.verifier();
+            let mut entries: Vec<Vec<u8>> = Vec::new();
+            let mut held: Option<(String, u64)> = None;
+            loop {
+                let start = entries.len() as u64;
+                let CasAnswer::Log {
+                    verifier_key,
+                    checkpoint,
+                    entries: page,
+                    ..
+                } = call(s, CasCall::Log { start }).await?
+                else {
+                    bail!("unexpected answer");
+                };
+                if verifier_key != derived.to_text() {
+                    bail!(
+                        "the control plane's log key {verifier_key} is not the one derived for it ({})",
+                        derived.to_text()
+                    );
+                }
+                // The first page's checkpoint is the one copied; later pages only add entries.
+                let (cp, size) = match &held {
+                    Some(h) => h.clone(),
+                    None => {
+                        let c = veil_tlog::Checkpoint::open(checkpoint.as_bytes(), &derived)?;
+                        held.insert((checkpoint, c.size)).clone()
+                    }
+                };
+                for e in &page {
+                    if (entries.len() as u64) < size {
+                        entries.push(STANDARD.decode(e)?);
+                    }
+                }
+                if entries.len() as u64 >= size || page.is_empty() {
+                    return Ok((entries, cp, derived));
+                }
+            }
+        })?;
+        veil_tlog::log::export_entries(&a.out, &entries, &checkpoint)?;
+        let v = veil_tlog::verify::verify_export(&a.out, &derived)?;
+        std::fs::write(a.out.join("key"), derived.to_text())?;
+        Ok((derived.to_text(), v.checkpoint.size))
+    })();
+    match r {
+        Ok((key, size)) => {
+            println!("VERIFIED  audit log copy in {}", a.out.display());
+            println!("  entries     {size}");
+            println!("  key         {key}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rejected: {e:#}");
+            ExitCode::from(EXIT_REJECTED)
+        }
+    }
+}
