@@ -394,8 +394,11 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .timeout(Duration::from_secs(300))
         .add_service(
-            crate::IdentityServer::new(crate::Identity { controller: true })
-                .max_decoding_message_size(crate::MAX_MESSAGE),
+            crate::IdentityServer::new(crate::Identity {
+                name: DRIVER,
+                controller: true,
+            })
+            .max_decoding_message_size(crate::MAX_MESSAGE),
         )
         .add_service(
             crate::ControllerServer::new(controller).max_decoding_message_size(crate::MAX_MESSAGE),

@@ -16,6 +16,7 @@ pub mod controller;
 pub mod node;
 pub mod proto;
 pub mod registration;
+pub mod secrets;
 
 include!(concat!(env!("OUT_DIR"), "/csi.v1.Identity.rs"));
 include!(concat!(env!("OUT_DIR"), "/csi.v1.Controller.rs"));
@@ -34,6 +35,8 @@ use tonic::{Request, Response, Status};
 
 /// The driver's name (in StorageClasses, PersistentVolumes, CSINode).
 pub const DRIVER: &str = "volume.veil.dev";
+/// The CAS's secrets driver: inline ephemeral volumes holding a workload's configuration.
+pub const SECRETS_DRIVER: &str = "cas.veil.dev";
 
 /// The ID of the volume created for `name` (what the provisioner asks for: `pvc-<uid>`):
 /// `v-` and 32 hex digits of its SHA-256, so a retried request finds the same volume.
@@ -62,6 +65,8 @@ pub fn backing(pool: &std::path::Path, id: &str) -> std::path::PathBuf {
 /// The Identity service: the driver's name, and whether it serves the controller.
 #[derive(Clone, Debug)]
 pub struct Identity {
+    /// The driver's name.
+    pub name: &'static str,
     /// Whether this endpoint also serves the Controller service.
     pub controller: bool,
 }
@@ -73,7 +78,7 @@ impl identity_server::Identity for Identity {
         _: Request<proto::GetPluginInfoRequest>,
     ) -> Result<Response<proto::GetPluginInfoResponse>, Status> {
         Ok(Response::new(proto::GetPluginInfoResponse {
-            name: DRIVER.into(),
+            name: self.name.into(),
             vendor_version: env!("CARGO_PKG_VERSION").into(),
             manifest: Default::default(),
         }))

@@ -229,6 +229,7 @@ fn main() -> anyhow::Result<()> {
         );
         tonic::transport::Server::builder()
             .add_service(veil_csi::IdentityServer::new(veil_csi::Identity {
+                name: veil_csi::DRIVER,
                 controller: true,
             }))
             .add_service(veil_csi::ControllerServer::new(controller))

@@ -76,7 +76,7 @@ struct NodeInner<K> {
     staged: tokio::sync::Mutex<HashMap<String, Staged>>,
 }
 
-fn path_arg(what: &str, p: &str) -> Result<PathBuf, Status> {
+pub(crate) fn path_arg(what: &str, p: &str) -> Result<PathBuf, Status> {
     if p.is_empty() {
         return Err(Status::invalid_argument(format!("{what} is required")));
     }
@@ -112,7 +112,7 @@ fn unescape(s: &str) -> String {
         .replace("\\134", "\\")
 }
 
-fn internal(e: impl std::fmt::Display) -> Status {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
@@ -424,15 +424,18 @@ pub async fn serve<K: Keys>(
     let node_server = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(300))
         .add_service(
-            crate::IdentityServer::new(crate::Identity { controller: false })
-                .max_decoding_message_size(crate::MAX_MESSAGE),
+            crate::IdentityServer::new(crate::Identity {
+                name: DRIVER,
+                controller: false,
+            })
+            .max_decoding_message_size(crate::MAX_MESSAGE),
         )
         .add_service(
             crate::NodeServer::new(node.clone()).max_decoding_message_size(crate::MAX_MESSAGE),
         )
         .serve_with_incoming_shutdown(csi, stopped(rx.clone()));
     // Registration last: kubelet connects to the endpoint as soon as it finds it.
-    let reg_server = crate::registration::serve(&registration, &endpoint, stopped(rx));
+    let reg_server = crate::registration::serve(&registration, &endpoint, DRIVER, stopped(rx));
     tracing::info!(event = "csi_node_serving", endpoint = %endpoint.display(), registration = %registration.display());
     tokio::spawn(async move {
         stop.await;

@@ -7,7 +7,8 @@
 
 use std::collections::HashMap;
 
-type Map = HashMap<String, String>;
+/// A protobuf `map<string, string>`.
+pub type Map = HashMap<String, String>;
 
 // --- Identity ---
 

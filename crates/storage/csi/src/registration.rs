@@ -232,6 +232,7 @@ where
 pub async fn serve(
     path: &Path,
     endpoint: &Path,
+    driver: &str,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -243,7 +244,7 @@ pub async fn serve(
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let info = std::sync::Arc::new(proto::PluginInfo {
         r#type: "CSIPlugin".into(),
-        name: crate::DRIVER.into(),
+        name: driver.into(),
         endpoint: endpoint.display().to_string(),
         supported_versions: vec!["1.0.0".into()],
     });
@@ -310,7 +311,7 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (s, e) = (sock.clone(), endpoint.clone());
         let server = tokio::spawn(async move {
-            serve(&s, &e, async {
+            serve(&s, &e, crate::DRIVER, async {
                 let _ = rx.await;
             })
             .await
