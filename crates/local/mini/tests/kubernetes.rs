@@ -1454,3 +1454,208 @@ spec:
         status_of(&ws, "worker-0").key_fetches > fetches
     });
 }
+
+/// A pod of `image` and `service_account` that mounts the CAS's volume for `acme/api` at
+/// `/veil` and prints its secret file.
+fn cas_pod(name: &str, image: &str, service_account: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: cas}}}}
+spec:
+  serviceAccountName: {service_account}
+  containers:
+  - name: app
+    image: {image}
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo secret=$(cat /veil/run/secrets/db); exec sleep 3600"]
+    volumeMounts: [{{name: config, mountPath: /veil, readOnly: true}}]
+  volumes:
+  - name: config
+    csi:
+      driver: cas.veil.dev
+      volumeAttributes: {{session: acme, service: api}}
+"#
+    )
+}
+
+/// The messages of the events about `object`.
+fn events_of(ws: &Path, object: &str) -> String {
+    kubectl(
+        ws,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={object}"),
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+    )
+}
+
+#[test]
+fn the_cas_gives_an_attested_pod_its_secret_as_a_file_and_others_nothing() {
+    let (tmp, ws, w, _down) = mini_up(&["--nodes", "2"]);
+    wait_until("the worker Ready", 180, || {
+        nodes(&ws).iter().any(|(_, ready, _, _)| *ready)
+    });
+    wait_until("the default service account", 60, || {
+        kubectl_raw(&ws, &["get", "serviceaccount", "default"], None).0 == 0
+    });
+    // The digest of the workload image, as the worker's containerd holds it.
+    let worker = "worker-0";
+    let ctr = components().join("ctr").display().to_string();
+    let sock = ws
+        .join("nodes")
+        .join(worker)
+        .join("private/containerd.sock");
+    let listing = in_node(
+        &ws,
+        worker,
+        &[
+            &ctr,
+            "--address",
+            &sock.display().to_string(),
+            "-n",
+            "k8s.io",
+            "images",
+            "ls",
+        ],
+    );
+    let listing = String::from_utf8(listing).unwrap();
+    let digest = veil_kube::worker::image_digest_in(&listing, "veil.local/busybox:1")
+        .unwrap_or_else(|| panic!("no busybox image in {listing}"));
+
+    // The CAS's owner provisions it and writes the session: service `api` is the busybox
+    // image under service account `api` in namespace `default`.
+    let key = tmp.path().join("cas-owner.pem");
+    let k = key.display().to_string();
+    let (code, pk, err) = veil(&["cas", "keygen", "--out", &k]);
+    assert_eq!(code, 0, "{err}");
+    let mut provisioned = (0, String::new(), String::new());
+    wait_until("the CAS to serve", 120, || {
+        provisioned = veil(&["cas", "provision", "--key", &k, "--workspace", &w]);
+        provisioned.0 != 2
+    });
+    assert_eq!(provisioned.0, 0, "{provisioned:?}");
+    let pk = pk.trim();
+    let session = format!(
+        r#"
+name: acme
+version: "1"
+services:
+  - name: api
+    attestation:
+      - image_digests: ["{digest}"]
+        namespace: default
+        service_account: api
+    files:
+      /run/secrets/db: "$$secret:db$$"
+    environment:
+      GREETING: "hello $$secret:db$$"
+secrets:
+  - name: db
+    kind: ascii
+    size: 24
+access_policy:
+  read: {{keys: ["{pk}"]}}
+  update: {{keys: ["{pk}"]}}
+"#
+    );
+    let doc = tmp.path().join("session.yaml");
+    std::fs::write(&doc, session).unwrap();
+    let (code, out, err) = veil(&[
+        "cas",
+        "put",
+        &doc.display().to_string(),
+        "--key",
+        &k,
+        "--workspace",
+        &w,
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    kubectl(&ws, &["create", "serviceaccount", "api"]);
+
+    // Another image, loaded into the worker: the same pod on it gets nothing.
+    let other = tmp.path().join("other.tar");
+    veil_mini::images::busybox_as(&other, "example.com/other:1").unwrap();
+    let (code, out, err) = veil(&[
+        "mini",
+        "image",
+        "load",
+        &other.display().to_string(),
+        "--workspace",
+        &w,
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    apply(&ws, &cas_pod("good", "veil.local/busybox:1", "api"));
+    apply(
+        &ws,
+        &cas_pod("wrong-account", "veil.local/busybox:1", "default"),
+    );
+    apply(&ws, &cas_pod("wrong-image", "example.com/other:1", "api"));
+    wait_until("the attested pod to run with its secret", 120, || {
+        kubectl_raw(&ws, &["logs", "good"], None)
+            .1
+            .starts_with("secret=")
+    });
+    let logs = kubectl(&ws, &["logs", "good"]);
+    let secret = logs.trim().strip_prefix("secret=").unwrap().to_string();
+    assert_eq!(secret.len(), 24, "{logs}");
+    assert!(secret.bytes().all(|b| b.is_ascii_alphanumeric()), "{logs}");
+    let env = kubectl(&ws, &["exec", "good", "--", "cat", "/veil/environment"]);
+    assert_eq!(env, format!("GREETING=hello {secret}\n"));
+    // The volume is read-only, and the secret is nowhere in the API.
+    let (code, _, _) = kubectl_raw(&ws, &["exec", "good", "--", "touch", "/veil/x"], None);
+    assert_ne!(code, 0, "the secrets volume is writable");
+    let everything = kubectl(
+        &ws,
+        &["get", "pods,events,configmaps,secrets", "-A", "-o", "json"],
+    );
+    assert!(!everything.contains(&secret), "the secret reached the API");
+
+    // The others never start: kubelet's events name the CAS's reason.
+    for (pod, reason) in [
+        ("wrong-account", "service account default is not api"),
+        ("wrong-image", "is not allowed"),
+    ] {
+        wait_until(&format!("{pod}'s refusal in its events"), 90, || {
+            events_of(&ws, pod).contains(reason)
+        });
+        let phase = kubectl(&ws, &["get", "pod", pod, "-o", "jsonpath={.status.phase}"]);
+        assert_eq!(phase, "Pending", "{pod}");
+    }
+
+    // Every release and refusal is in the CAS's log, which the owner fetches and verifies.
+    let copy = tmp.path().join("audit");
+    let c = copy.display().to_string();
+    let (code, out, err) = veil(&["audit", "fetch", "--out", &c, "--workspace", &w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let key_arg = format!("@{}", copy.join("key").display());
+    let (code, out, err) = veil(&["audit", "verify", &c, "--key", &key_arg, "--entries"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let releases: Vec<veil_cas::service::AuditEvent> = out
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter_map(|(_, e)| veil_cas::service::AuditEvent::parse(e.as_bytes()).ok())
+        .filter(|e| e.event == "cas.release")
+        .collect();
+    let allowed: Vec<_> = releases.iter().filter(|e| e.outcome == "allowed").collect();
+    assert!(!allowed.is_empty(), "{out}");
+    assert!(
+        allowed
+            .iter()
+            .all(|e| e.workload.as_ref().unwrap().pod == "good")
+    );
+    assert_eq!(allowed[0].secrets, ["db"]);
+    for reason in ["service account default is not api", "is not allowed"] {
+        assert!(
+            releases.iter().any(|e| e.outcome == "refused"
+                && e.reason.as_deref().is_some_and(|r| r.contains(reason))),
+            "{reason}: {out}"
+        );
+    }
+}

@@ -21,6 +21,10 @@ pub const ERRAND_TIMEOUT: Duration = Duration::from_secs(20);
 
 enum Errand {
     Key(String, oneshot::Sender<Result<Zeroizing<[u8; 32]>, String>>),
+    Cas(
+        veil_wire::proto::CasCall,
+        oneshot::Sender<Result<veil_wire::proto::CasAnswer, String>>,
+    ),
     Anchor(
         String,
         Option<VolumeCommit>,
@@ -62,6 +66,19 @@ impl Broker {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Errand::Key(id.to_string(), tx))
+            .await
+            .map_err(|_| "the agent is stopping".to_string())?;
+        rx.await.map_err(|_| "the agent is stopping".to_string())?
+    }
+
+    /// One call to the CAS (a release names this node's certificate: see [`Broker::node_cert`]).
+    pub async fn cas(
+        &self,
+        call: veil_wire::proto::CasCall,
+    ) -> Result<veil_wire::proto::CasAnswer, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Errand::Cas(call, tx))
             .await
             .map_err(|_| "the agent is stopping".to_string())?;
         rx.await.map_err(|_| "the agent is stopping".to_string())?
@@ -130,6 +147,15 @@ async fn run(m: Member, mut rx: mpsc::Receiver<Errand>) {
                         .await
                         .map(|r| r.map(|k| Outcome::Key(Zeroizing::new(k))))
                 }
+                Errand::Cas(call, _) => {
+                    let mut call = call.clone();
+                    if let veil_wire::proto::CasCall::Release { node_cert, .. } = &mut call {
+                        *node_cert = hex::encode(&m.node_cert);
+                    }
+                    tokio::time::timeout(ERRAND_TIMEOUT, s.cas(call))
+                        .await
+                        .map(|r| r.map(|a| Outcome::Cas(Box::new(a))))
+                }
                 Errand::Anchor(id, advance, _) => tokio::time::timeout(
                     ERRAND_TIMEOUT,
                     s.volume_anchor(id, &m.node_cert, advance.clone()),
@@ -160,6 +186,15 @@ async fn run(m: Member, mut rx: mpsc::Receiver<Errand>) {
         }
         let outcome = outcome.unwrap_or(Err(last));
         match (errand, outcome) {
+            (Errand::Cas(_, tx), Ok(Outcome::Cas(a))) => {
+                let _ = tx.send(Ok(*a));
+            }
+            (Errand::Cas(_, tx), Err(e)) => {
+                let _ = tx.send(Err(e));
+            }
+            (Errand::Cas(_, tx), Ok(_)) => {
+                let _ = tx.send(Err("internal error: answer mismatch".into()));
+            }
             (Errand::Key(_, tx), Ok(Outcome::Key(k))) => {
                 let key = <[u8; 32]>::try_from(k.as_slice())
                     .map(Zeroizing::new)
@@ -188,4 +223,5 @@ async fn run(m: Member, mut rx: mpsc::Receiver<Errand>) {
 enum Outcome {
     Key(Zeroizing<Vec<u8>>),
     Anchor(Option<VolumeCommit>),
+    Cas(Box<veil_wire::proto::CasAnswer>),
 }

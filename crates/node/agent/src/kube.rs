@@ -220,8 +220,9 @@ pub struct KubeWorker {
 #[derive(Debug)]
 struct WorkerCsi {
     node: veil_csi::node::Node<crate::broker::Broker>,
-    stop: tokio::sync::oneshot::Sender<()>,
+    stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    secrets_server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 /// Starts the worker's CSI node plugin in kubelet's directory, its keys and anchors from the
@@ -229,10 +230,11 @@ struct WorkerCsi {
 fn worker_csi(
     cfg: &AgentConfig,
     v: &veil_reference::node_config::VolumeSettings,
-    node_name: &str,
+    worker: &veil_kube::worker::WorkerNode,
     broker: crate::broker::Broker,
     attester: &Arc<TpmAttester>,
 ) -> anyhow::Result<WorkerCsi> {
+    let node_name = worker.node_name.as_str();
     let b = broker.clone();
     crate::volume::set_remote(Arc::new(move |id, advance| b.anchor_blocking(id, advance)));
     let anchors = crate::volume::start_anchors(cfg, attester)?;
@@ -245,18 +247,35 @@ fn worker_csi(
             anchor_socket: anchors,
             work: private_dir(cfg).join("pv"),
         },
-        broker,
+        broker.clone(),
     );
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop, rx) = tokio::sync::watch::channel(false);
     let kubelet_dir = cfg.state_dir.join("kube").join("kubelet");
     let served = node.clone();
-    let server = tokio::spawn(async move {
-        veil_csi::node::serve(&kubelet_dir, served, async {
-            let _ = rx.await;
-        })
-        .await
-    });
-    Ok(WorkerCsi { node, stop, server })
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let dir = kubelet_dir.clone();
+    let rx1 = rx.clone();
+    let server =
+        tokio::spawn(async move { veil_csi::node::serve(&dir, served, stopped(rx1)).await });
+    // The CAS's secrets driver, beside it: its releases go through the same errand task.
+    let releaser = crate::cas::CasReleaser {
+        broker,
+        attester: attester.clone(),
+        node: worker.clone(),
+    };
+    let secrets = veil_csi::secrets::SecretsNode::new(node_name, releaser);
+    let secrets_server =
+        tokio::spawn(
+            async move { veil_csi::secrets::serve(&kubelet_dir, secrets, stopped(rx)).await },
+        );
+    Ok(WorkerCsi {
+        node,
+        stop,
+        server,
+        secrets_server,
+    })
 }
 
 /// The group of a worker's kubelet (the other components are in [`GROUP`]).
@@ -283,10 +302,6 @@ impl KubeWorker {
         broker: Option<crate::broker::Broker>,
     ) -> anyhow::Result<Self> {
         let volume = state_volume(cfg, settings, state_key, attester).await?;
-        let csi = match (&settings.volumes, broker) {
-            (Some(v), Some(b)) => Some(worker_csi(cfg, v, node_name, b, attester)?),
-            _ => None,
-        };
         let mesh = cfg
             .mesh
             .as_ref()
@@ -302,16 +317,21 @@ impl KubeWorker {
             .map(|a| format!("{a}:{}", settings.api_port))
             .collect();
         let forwarder = tokio::spawn(veil_kube::apiproxy::forward(listener, upstreams));
+        let node = veil_kube::worker::WorkerNode {
+            settings: settings.clone(),
+            node_name: node_name.to_string(),
+            address,
+            pod_subnet,
+            private: private_dir(cfg),
+            data: cfg.state_dir.join("kube"),
+            labels: Vec::new(),
+        };
+        let csi = match (&settings.volumes, broker) {
+            (Some(v), Some(b)) => Some(worker_csi(cfg, v, &node, b, attester)?),
+            _ => None,
+        };
         Ok(Self {
-            node: veil_kube::worker::WorkerNode {
-                settings: settings.clone(),
-                node_name: node_name.to_string(),
-                address,
-                pod_subnet,
-                private: private_dir(cfg),
-                data: cfg.state_dir.join("kube"),
-                labels: Vec::new(),
-            },
+            node,
             keys: veil_kube::worker::WorkerKeys::generate().map_err(anyhow::Error::msg)?,
             launcher,
             started: false,
@@ -433,8 +453,9 @@ impl KubeWorker {
         }
         self.forwarder.abort();
         if let Some(c) = self.csi {
-            let _ = c.stop.send(());
+            let _ = c.stop.send(true);
             let _ = c.server.await;
+            let _ = c.secrets_server.await;
         }
         if let Some(v) = self.volume {
             v.stop().await;

@@ -28,6 +28,7 @@ use veil_reference::{ReferenceValues, signing};
 use veil_tpm_device::{AkKind, NodeTpm};
 
 pub mod broker;
+pub mod cas;
 pub mod kube;
 pub mod mesh;
 pub mod volume;

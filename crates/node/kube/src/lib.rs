@@ -38,3 +38,5 @@ pub mod supervise;
 pub mod volumes;
 #[cfg(feature = "node")]
 pub mod worker;
+#[cfg(feature = "node")]
+pub mod workload;

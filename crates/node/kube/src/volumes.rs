@@ -38,6 +38,16 @@ pub async fn apply_driver(client: &Client) -> anyhow::Result<()> {
         }),
     )
     .await?;
+    // The CAS's secrets: inline volumes only, kubelet naming the pod (podInfoOnMount).
+    apply(
+        Api::<CSIDriver>::all(client.clone()),
+        json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
+            "metadata": {"name": veil_csi::SECRETS_DRIVER},
+            "spec": {"attachRequired": false, "podInfoOnMount": true, "volumeLifecycleModes": ["Ephemeral"], "fsGroupPolicy": "None", "requiresRepublish": false}
+        }),
+    )
+    .await?;
     apply(
         Api::<StorageClass>::all(client.clone()),
         json!({

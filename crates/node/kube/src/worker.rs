@@ -417,6 +417,34 @@ conntrack:
         Ok(vec![containerd, kubelet, proxy])
     }
 
+    /// The manifest digests (`sha256:…`) of the images `refs` name, as this node's
+    /// containerd holds them (what its containers run); a reference it does not hold is an
+    /// error. Short names are read as Docker's (`busybox` is `docker.io/library/busybox:latest`).
+    pub fn image_digests(&self, refs: &[String]) -> Result<Vec<String>, String> {
+        let (ctr, ctr_sha) = self.settings.binary("ctr").map_err(|e| e.to_string())?;
+        crate::supervise::check_measured(&ctr, &ctr_sha)?;
+        let out = crate::exec::command(&ctr)
+            .arg("--address")
+            .arg(self.containerd_socket())
+            .args(["-n", "k8s.io", "images", "ls"])
+            .output()
+            .map_err(|e| format!("cannot run ctr: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ctr images ls: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let listing = String::from_utf8_lossy(&out.stdout);
+        refs.iter()
+            .map(|r| {
+                let want = normalised_image(r);
+                image_digest_in(&listing, &want)
+                    .ok_or_else(|| format!("containerd holds no image {want}"))
+            })
+            .collect()
+    }
+
     /// Loads the measured images into containerd once it answers (each archive checked against
     /// the SHA-256 the measured configuration names); returns how many.
     pub fn import_images(&self) -> Result<usize, String> {
@@ -548,4 +576,67 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         i += 1;
     }
     out
+}
+
+/// An image reference as containerd names it: a registry host and a tag (or digest) added
+/// where Docker's short forms leave them out.
+pub fn normalised_image(r: &str) -> String {
+    let (name, suffix) = match r.split_once('@') {
+        Some((n, d)) => (n, format!("@{d}")),
+        None => {
+            let last = r.rsplit('/').next().unwrap_or(r);
+            if last.contains(':') {
+                (r, String::new())
+            } else {
+                (r, ":latest".to_string())
+            }
+        }
+    };
+    let first = name.split('/').next().unwrap_or(name);
+    let has_host =
+        name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    let name = match (has_host, name.contains('/')) {
+        (true, _) => name.to_string(),
+        (false, true) => format!("docker.io/{name}"),
+        (false, false) => format!("docker.io/library/{name}"),
+    };
+    format!("{name}{suffix}")
+}
+
+/// The digest of image `want` in the output of `ctr images ls` (`REF TYPE DIGEST …` rows).
+pub fn image_digest_in(listing: &str, want: &str) -> Option<String> {
+    listing.lines().skip(1).find_map(|l| {
+        let mut cols = l.split_whitespace();
+        let (r, _, digest) = (cols.next()?, cols.next()?, cols.next()?);
+        (r == want && digest.starts_with("sha256:")).then(|| digest.to_string())
+    })
+}
+
+#[cfg(test)]
+mod image_tests {
+    use super::*;
+
+    #[test]
+    fn image_references_are_read_as_containerd_names_them() {
+        assert_eq!(
+            normalised_image("busybox"),
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(normalised_image("acme/api:2"), "docker.io/acme/api:2");
+        assert_eq!(
+            normalised_image("veil.local/busybox:1"),
+            "veil.local/busybox:1"
+        );
+        assert_eq!(
+            normalised_image("localhost:5000/x"),
+            "localhost:5000/x:latest"
+        );
+        let listing = "REF TYPE DIGEST SIZE PLATFORMS LABELS\n\
+            veil.local/busybox:1 application/vnd.oci.image.manifest.v1+json sha256:ab12 1.0 MiB linux/amd64 -\n";
+        assert_eq!(
+            image_digest_in(listing, "veil.local/busybox:1").as_deref(),
+            Some("sha256:ab12")
+        );
+        assert_eq!(image_digest_in(listing, "veil.local/other:1"), None);
+    }
 }
