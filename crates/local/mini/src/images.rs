@@ -256,6 +256,14 @@ pub fn busybox_as(out: &Path, name: &str) -> anyhow::Result<String> {
     archive(out, name, &busybox_entries(APPLETS)?, Start::cmd(&["sh"]))
 }
 
+/// Like [`busybox_as`], with a file `path` (relative) holding `content` added: another image
+/// (another layer, another manifest digest), as a modified workload would be.
+pub fn busybox_with(out: &Path, name: &str, path: &str, content: &[u8]) -> anyhow::Result<String> {
+    let mut entries = busybox_entries(APPLETS)?;
+    entries.push(Entry::file(path, content.to_vec(), 0o644));
+    archive(out, name, &entries, Start::cmd(&["sh"]))
+}
+
 /// Builds the cluster's images into `dir` from the components in `bin` (and Debian's
 /// busybox); returns each archive's path and SHA-256 (hex).
 pub fn build(dir: &Path, bin: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {

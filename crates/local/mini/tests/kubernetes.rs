@@ -1578,9 +1578,11 @@ access_policy:
     assert_eq!(code, 0, "{out}\n{err}");
     kubectl(&ws, &["create", "serviceaccount", "api"]);
 
-    // Another image, loaded into the worker: the same pod on it gets nothing.
+    // Another image (one file added), loaded into the worker: the same pod on it gets nothing.
+    // (The same image under another name is the same image: its digest is its content's.)
     let other = tmp.path().join("other.tar");
-    veil_mini::images::busybox_as(&other, "example.com/other:1").unwrap();
+    veil_mini::images::busybox_with(&other, "example.com/other:1", "etc/modified", b"yes\n")
+        .unwrap();
     let (code, out, err) = veil(&[
         "mini",
         "image",
@@ -1622,9 +1624,21 @@ access_policy:
         ("wrong-account", "service account default is not api"),
         ("wrong-image", "is not allowed"),
     ] {
-        wait_until(&format!("{pod}'s refusal in its events"), 90, || {
-            events_of(&ws, pod).contains(reason)
-        });
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !events_of(&ws, pod).contains(reason) {
+            assert!(
+                Instant::now() < deadline,
+                "{pod}: no refusal {reason:?} in its events: {}\nworker's agent: {}",
+                events_of(&ws, pod),
+                std::fs::read_to_string(ws.join("nodes").join(worker).join("agent.log"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("cas") || l.contains(pod))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
         let phase = kubectl(&ws, &["get", "pod", pod, "-o", "jsonpath={.status.phase}"]);
         assert_eq!(phase, "Pending", "{pod}");
     }
