@@ -307,31 +307,62 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The verifier key of the CAS log of the control plane whose EK certificate has SHA-256
+/// `ek` (hex), derived from the workspace's master secret.
+pub fn derived_log_key(ws: &Path, ek: &str) -> anyhow::Result<veil_tlog::NoteVerifier> {
+    let master = crate::workspace::owner_secret(ws, "master-secret")?;
+    let salt = crate::workspace::owner_secret(ws, "salt")?;
+    let secrets = veil_keys::ClusterSecrets::new(
+        veil_keys::SecretBytes::from_slice("master secret", &mut master.to_owned())?,
+        salt,
+    );
+    let node_id = format!("node-{}", ek.get(..12).unwrap_or_default());
+    let seed = secrets.derive(&veil_keys::KeyId::node(
+        &node_id,
+        veil_wire::ids::KEY_CAS_AUDIT_LOG,
+    )?)?;
+    let cid = secrets.cluster_id()?.to_string();
+    let origin = format!(
+        "{}/{}/{node_id}",
+        veil_wire::ids::CAS_LOG_ORIGIN_PREFIX,
+        cid.get(..16).unwrap_or(&cid)
+    );
+    Ok(veil_tlog::NoteSigner::from_seed(&origin, seed.expose())?.verifier())
+}
+
+/// Checks the CAS log head a control plane's signed report names: its key is the one derived
+/// for that control plane, its checkpoint signed by it. Returns a line for people.
+pub fn check_reported_log(
+    ws: &Path,
+    ek: &str,
+    reported: &veil_wire::report::ReportedCas,
+) -> anyhow::Result<String> {
+    let derived = derived_log_key(ws, ek)?;
+    if derived.to_text() != reported.log_key {
+        bail!(
+            "the report names the log key {}, the one derived for this control plane is {}",
+            reported.log_key,
+            derived.to_text()
+        );
+    }
+    let c = veil_tlog::Checkpoint::open(reported.checkpoint.as_bytes(), &derived)?;
+    Ok(format!(
+        "{} entries, root {}, key {}",
+        c.size,
+        hex::encode(c.root),
+        reported.log_key
+    ))
+}
+
 /// `veil audit fetch`: every entry of the control plane's CAS log and its checkpoint, written
 /// as a tlog-tiles copy and verified with the key the owner derives from the master secret
 /// (so the copy is checked against the attested control plane's key, not the key it sent).
 pub fn fetch(a: &FetchArgs) -> ExitCode {
     let r = (|| -> anyhow::Result<(String, u64)> {
-        let master = crate::workspace::owner_secret(&a.target.workspace, "master-secret")?;
-        let salt = crate::workspace::owner_secret(&a.target.workspace, "salt")?;
-        let secrets = veil_keys::ClusterSecrets::new(
-            veil_keys::SecretBytes::from_slice("master secret", &mut master.to_owned())?,
-            salt,
-        );
+        let ws = a.target.workspace.clone();
         let (entries, checkpoint, derived) = with_cas(&a.target, async |s, _, ek| {
             // The key this control plane's log must be signed with, from the master secret.
-            let node_id = format!("node-{}", hex::encode(ek.get(..6).unwrap_or_default()));
-            let seed = secrets.derive(&veil_keys::KeyId::node(
-                &node_id,
-                veil_wire::ids::KEY_CAS_AUDIT_LOG,
-            )?)?;
-            let cid = secrets.cluster_id()?.to_string();
-            let origin = format!(
-                "{}/{}/{node_id}",
-                veil_wire::ids::CAS_LOG_ORIGIN_PREFIX,
-                cid.get(..16).unwrap_or(&cid)
-            );
-            let derived = veil_tlog::NoteSigner::from_seed(&origin, seed.expose())?.verifier();
+            let derived = derived_log_key(&ws, &hex::encode(ek))?;
             let mut entries: Vec<Vec<u8>> = Vec::new();
             let mut held: Option<(String, u64)> = None;
             loop {

@@ -77,6 +77,10 @@ struct ControlPlaneVerdict {
     ok: bool,
     created_at: Option<i64>,
     reason: String,
+    /// Its CAS audit log's head, as its report names it (checked against the key derived for
+    /// it from the master secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cas_log: Option<String>,
 }
 
 pub fn run(a: VerifyArgs) -> ExitCode {
@@ -107,6 +111,7 @@ fn execute(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
             ok: false,
             created_at: None,
             reason: reason.clone(),
+            cas_log: None,
         });
         v.nodes.push(NodeVerdict {
             node: address.to_string(),
@@ -204,18 +209,27 @@ fn execute(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
         };
         match verify_report(signed, &exp) {
             Ok(v) => {
+                let parsed =
+                    serde_json::from_str::<veil_wire::report::ClusterReport>(&signed.report).ok();
                 // What this control plane signed of its API server.
-                if let Ok(r) =
-                    serde_json::from_str::<veil_wire::report::ClusterReport>(&signed.report)
-                    && let Some(api) = r.kubernetes
-                {
+                if let Some(api) = parsed.as_ref().and_then(|r| r.kubernetes.clone()) {
                     attested_apis.push((address.clone(), api));
                 }
+                // And of its CAS's log: the key must be the one derived for it.
+                let cas = parsed
+                    .and_then(|r| r.cas)
+                    .map(|c| crate::cas::check_reported_log(&a.workspace, &rec.ek, &c));
+                let (ok, reason, cas_log) = match cas {
+                    None => (true, "report verified".to_string(), None),
+                    Some(Ok(head)) => (true, "report verified".to_string(), Some(head)),
+                    Some(Err(e)) => (false, format!("CAS log: {e:#}"), None),
+                };
                 verdict.control_planes.push(ControlPlaneVerdict {
                     address: address.clone(),
-                    ok: true,
+                    ok,
                     created_at: Some(v.created_at),
-                    reason: "report verified".into(),
+                    reason,
+                    cas_log,
                 });
                 for mut n in v.nodes {
                     if n.node == "control-plane" {
@@ -273,11 +287,18 @@ fn execute(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
                 println!(
                     "control plane {:<22} {}{}",
                     c.address,
-                    if c.ok { "report verified" } else { "FAILED" },
+                    if c.ok {
+                        "report verified".to_string()
+                    } else {
+                        format!("FAILED: {}", c.reason)
+                    },
                     c.created_at
                         .map(|t| format!(", made {}", UnixTime(t)))
                         .unwrap_or_default()
                 );
+                if let Some(head) = &c.cas_log {
+                    println!("  cas log {head}");
+                }
             }
             println!(
                 "{:<22} {:<14} {:<26} {:<9} {:<30} REASON",

@@ -29,7 +29,7 @@ pub struct Refusal {
 }
 
 /// Format version.
-pub const REPORT_VERSION: u32 = 3;
+pub const REPORT_VERSION: u32 = 4;
 
 /// The report, as the control plane signs it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +53,20 @@ pub struct ClusterReport {
     /// reaches it must see.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<ReportedKubeApi>,
+    /// The head of this control plane's CAS audit log, once its CAS is open: the key that signs
+    /// the log and its latest checkpoint, so the quote over the report vouches for both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cas: Option<ReportedCas>,
+}
+
+/// A control plane's CAS audit log, as its signed report names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportedCas {
+    /// The log's verifier key (`<origin>+<key id>+<base64>`).
+    pub log_key: String,
+    /// Its latest signed checkpoint (a C2SP signed note).
+    pub checkpoint: String,
 }
 
 /// A control plane's Kubernetes API server, as its signed report names it.

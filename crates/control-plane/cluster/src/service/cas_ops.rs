@@ -160,10 +160,14 @@ impl ControlPlane {
         Ok(cas)
     }
 
-    /// The CAS's verifier key, once it is open.
-    pub fn cas_verifier_key(&self) -> Option<String> {
-        let cas = self.cas.lock().ok()?.clone()?;
-        Some(cas.log().with_log(|l| l.verifier().to_text()))
+    /// The CAS's log key and latest checkpoint, for the signed report (opening the CAS if it
+    /// can be opened now).
+    pub(super) fn cas_head(&self) -> Option<veil_wire::report::ReportedCas> {
+        let cas = self.cas().ok()?;
+        Some(cas.log().with_log(|l| veil_wire::report::ReportedCas {
+            log_key: l.verifier().to_text(),
+            checkpoint: l.checkpoint().to_string(),
+        }))
     }
 
     /// `cas`: one call to the CAS.

@@ -251,6 +251,8 @@ impl ControlPlane {
         if decode_hex(&nonce).map(|n| n.len()) != Ok(32) {
             return refused("report: the nonce must be 32 bytes of hex");
         }
+        // The CAS's log head (the CAS opened if it can be: its lock comes before the state's).
+        let cas = self.cas_head();
         let text = {
             let Ok(st) = self.lock_state() else {
                 return refused("report: internal error: state lock poisoned");
@@ -286,6 +288,7 @@ impl ControlPlane {
                     .collect(),
                 refused: st.refusals.entries().to_vec(),
                 kubernetes: st.kube_api.clone(),
+                cas,
             };
             match serde_json::to_string(&report) {
                 Ok(t) => t,
