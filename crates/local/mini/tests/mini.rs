@@ -613,6 +613,14 @@ fn mini_on_loopback_comes_up_verifies_restarts_five_times_and_goes() {
         out.contains("\"outcome\":\"refused\""),
         "the operator's read: {out}"
     );
+    // The control plane's signed report names its CAS log's head, under the derived key.
+    let (code, out, err) = veil(&["verify", "--workspace", &w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let head = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("cas log"))
+        .unwrap_or_default();
+    assert!(head.contains(" entries, root "), "{out}");
     down_leaves_nothing(&ws);
 }
 
