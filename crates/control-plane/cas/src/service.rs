@@ -113,12 +113,39 @@ struct State {
     values: HashMap<String, BTreeMap<String, Value>>,
 }
 
+/// What the CAS counts, for its metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Configurations released to workloads.
+    pub releases: u64,
+    /// Workloads' requests refused.
+    pub releases_refused: u64,
+    /// Sessions created or updated.
+    pub sessions_written: u64,
+    /// Every request refused (releases included).
+    pub refused: u64,
+    /// Decisions that could not be written to the audit log (and so did not take effect).
+    pub audit_failures: u64,
+    /// Entries in the audit log.
+    pub log_entries: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    releases: std::sync::atomic::AtomicU64,
+    releases_refused: std::sync::atomic::AtomicU64,
+    sessions_written: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+    audit_failures: std::sync::atomic::AtomicU64,
+}
+
 /// The running CAS.
 pub struct Cas {
     db: Database,
     state: RwLock<State>,
     nonces: Mutex<Nonces>,
     log: Appender,
+    counts: Counts,
 }
 
 impl std::fmt::Debug for Cas {
@@ -154,6 +181,7 @@ impl Cas {
             state: RwLock::new(State { registry, values }),
             nonces: Mutex::new(Nonces::new()),
             log,
+            counts: Counts::default(),
         })
     }
 
@@ -163,9 +191,43 @@ impl Cas {
     }
 
     fn audit(&self, event: &AuditEvent) -> Result<u64, CasError> {
-        self.log
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.counts;
+        let written = self
+            .log
             .append(event.to_entry()?)
-            .map_err(|e| CasError::Audit(e.to_string()))
+            .map_err(|e| CasError::Audit(e.to_string()));
+        if written.is_err() {
+            c.audit_failures.fetch_add(1, Relaxed);
+            return written;
+        }
+        let refused = event.outcome == "refused";
+        match (event.event.as_str(), refused) {
+            ("cas.release", false) => c.releases.fetch_add(1, Relaxed),
+            ("cas.release", true) => c.releases_refused.fetch_add(1, Relaxed),
+            ("cas.session.create" | "cas.session.update", false) => {
+                c.sessions_written.fetch_add(1, Relaxed)
+            }
+            _ => 0,
+        };
+        if refused {
+            c.refused.fetch_add(1, Relaxed);
+        }
+        written
+    }
+
+    /// What the CAS counted since it opened, and its log's size.
+    pub fn counters(&self) -> Counters {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.counts;
+        Counters {
+            releases: c.releases.load(Relaxed),
+            releases_refused: c.releases_refused.load(Relaxed),
+            sessions_written: c.sessions_written.load(Relaxed),
+            refused: c.refused.load(Relaxed),
+            audit_failures: c.audit_failures.load(Relaxed),
+            log_entries: self.log.with_log(veil_tlog::log::Log::size),
+        }
     }
 
     /// Audits `r` as `event`, and returns it (or the log's failure).

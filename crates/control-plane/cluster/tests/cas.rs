@@ -399,5 +399,42 @@ async fn attested_workloads_get_their_secrets_and_every_refusal_is_in_the_audit_
         );
     }
     assert_eq!(events[2].secrets, ["db"]);
+
+    // The metrics count them, and the alert rules name only metrics that exist.
+    let metrics = cp.metrics_text();
+    for want in [
+        "veil_cas_open 1",
+        "veil_cas_releases_total 1",
+        "veil_cas_releases_refused_total 6",
+        "veil_cas_sessions_written_total 1",
+        "veil_cas_audit_failures_total 0",
+        "veil_cas_audit_log_entries 9",
+    ] {
+        assert!(metrics.lines().any(|l| l == want), "{want}: {metrics}");
+    }
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../monitoring/alerts/cas.yaml"),
+    )
+    .unwrap();
+    let rules: serde_json::Value = serde_norway::from_str(&rules).unwrap();
+    let exprs: Vec<&str> = rules["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["expr"].as_str().unwrap())
+        .collect();
+    assert_eq!(exprs.len(), 4);
+    for e in exprs {
+        for name in e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("veil_"))
+        {
+            assert!(
+                metrics.contains(&format!("# TYPE {name} ")),
+                "the rule {e:?} names {name}, which is not exported"
+            );
+        }
+    }
     assert!(events[2].node.as_deref().unwrap().contains("release-1"));
 }

@@ -102,7 +102,7 @@ impl ControlPlane {
     }
 
     /// The CAS, opened on first use.
-    fn cas(&self) -> Result<Arc<Cas>, Response> {
+    pub(super) fn cas(&self) -> Result<Arc<Cas>, Response> {
         let mut slot = self
             .cas
             .lock()

@@ -625,6 +625,58 @@ impl ControlPlane {
 
     /// Metrics in the Prometheus text exposition format.
     pub fn metrics_text(&self) -> String {
+        let mut text = self.cluster_metrics();
+        // The CAS opens on first use: a call, a report, or this.
+        let cas = self.cas().ok();
+        let c = cas.as_ref().map(|c| c.counters()).unwrap_or_default();
+        text.push_str(&prometheus_text(&[
+            (
+                "veil_cas_open",
+                "1 while this control plane's CAS is open (secrets held, state volume mounted).",
+                "gauge",
+                u64::from(cas.is_some()),
+            ),
+            (
+                "veil_cas_releases_total",
+                "Configurations the CAS released to attested workloads.",
+                "counter",
+                c.releases,
+            ),
+            (
+                "veil_cas_releases_refused_total",
+                "Workloads' requests the CAS refused.",
+                "counter",
+                c.releases_refused,
+            ),
+            (
+                "veil_cas_sessions_written_total",
+                "Sessions created or updated.",
+                "counter",
+                c.sessions_written,
+            ),
+            (
+                "veil_cas_refused_total",
+                "Requests the CAS refused (releases included).",
+                "counter",
+                c.refused,
+            ),
+            (
+                "veil_cas_audit_failures_total",
+                "Decisions the audit log could not record (none of them took effect).",
+                "counter",
+                c.audit_failures,
+            ),
+            (
+                "veil_cas_audit_log_entries",
+                "Entries in this control plane's CAS audit log.",
+                "gauge",
+                c.log_entries,
+            ),
+        ]));
+        text
+    }
+
+    fn cluster_metrics(&self) -> String {
         use std::sync::atomic::Ordering::Relaxed;
         let m = &self.metrics;
         let (nodes, initialised, awaiting, refusals) = self
