@@ -92,6 +92,7 @@ struct World {
 const ROOT: [u8; 32] = [7; 32];
 
 fn open_cas(dir: &Path) -> Cas {
+    std::fs::create_dir_all(dir).unwrap();
     let db = Database::open(&dir.join("cas.redb"), &ROOT).unwrap();
     let signer = NoteSigner::from_seed("veil.test/cas", &[9; 32]).unwrap();
     let log = Appender::new(Log::open(&dir.join("log"), signer).unwrap());
@@ -595,4 +596,96 @@ fn only_the_holder_of_the_owners_keys_provisions_the_cas() {
     let outcomes: Vec<&str> = log.iter().map(|e| e.outcome.as_str()).collect();
     assert_eq!(outcomes, ["refused", "refused", "allowed"]);
     assert_eq!(log[2].signers, [owner.public()]);
+}
+
+#[test]
+fn snapshots_go_to_s3_with_retention_and_a_wiped_cas_is_restored_from_the_latest() {
+    let bin = veil_s3_proxy::harness::find_s3s_fs().expect("s3s-fs (scripts/setup.sh installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let backend = veil_s3_proxy::harness::Backend::start(&bin, &dir.path().join("s3")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client =
+        veil_s3_proxy::client::S3Client::new(backend.addr.to_string(), backend.credentials.clone());
+    rt.block_on(client.create_bucket("backups")).unwrap();
+    let snaps = veil_s3_proxy::snapshots::Snapshots {
+        client,
+        bucket: "backups".into(),
+        prefix: "cas/cluster-1/cp-0/".into(),
+        keep: 2,
+    };
+    let w = world(&dir.path().join("cas"));
+    let hash = create_acme(&w);
+    let before = w
+        .cas
+        .release_as(&evidence(&w.cas, &w.node, identity(IMAGE, "api")), NOW)
+        .unwrap();
+    // Three snapshots, the last after an update: two are kept.
+    for t in 0..2 {
+        rt.block_on(snaps.take(w.cas.backup(NOW + t).unwrap(), NOW + t))
+            .unwrap();
+    }
+    let v2 = document("acme/payments", &w.owner, Some(&hash), 24)
+        .replace("version: \"1\"", "version: \"2\"");
+    put(&w.cas, &w.owner, &v2, true).unwrap();
+    let (key, deleted) = rt
+        .block_on(snaps.take(w.cas.backup(NOW + 2).unwrap(), NOW + 2))
+        .unwrap();
+    assert_eq!(deleted, [format!("cas/cluster-1/cp-0/{:020}.snap", NOW)]);
+    assert_eq!(rt.block_on(snaps.list()).unwrap().len(), 2);
+    // The bucket holds no secret and no session name.
+    let password = before.environment["DB_PASSWORD"].clone();
+    for f in walk(&backend.dir) {
+        let bytes = std::fs::read(&f).unwrap();
+        for needle in [password.as_bytes(), b"acme/payments".as_slice()] {
+            assert!(
+                !bytes.windows(needle.len()).any(|x| x == needle),
+                "{}",
+                f.display()
+            );
+        }
+    }
+    // Wipe; restore the latest: the same sessions (the update included) and secrets.
+    let World { owner, cas, .. } = w;
+    drop(cas);
+    std::fs::remove_dir_all(dir.path().join("cas")).unwrap();
+    let wiped = open_cas(&dir.path().join("cas"));
+    let (latest, blob) = rt.block_on(snaps.latest()).unwrap().unwrap();
+    assert_eq!(latest, key);
+    wiped
+        .restore(
+            &blob,
+            &[owner.sign(Action::Restore, "-", &sha256(&blob))],
+            NOW + 3,
+        )
+        .unwrap();
+    let after = wiped
+        .release_as(
+            &evidence(&wiped, &Key::new(3), identity(IMAGE, "api")),
+            NOW + 3,
+        )
+        .unwrap();
+    assert_eq!(after, before);
+    let challenge = wiped.nonce(NOW + 3).unwrap();
+    let s = wiped
+        .read(
+            "acme/payments",
+            &challenge,
+            &[owner.sign(Action::Read, "acme/payments", &challenge)],
+            NOW + 3,
+        )
+        .unwrap();
+    assert_eq!(s.version, "2");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -20,3 +20,4 @@ pub mod keys;
 pub mod proxy;
 pub mod server;
 pub mod sigv4;
+pub mod snapshots;
