@@ -73,24 +73,72 @@ pub enum CasCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// Write a sealed backup of every session and secret.
+    /// Write a sealed backup of every session and secret: to a file, or as a snapshot to S3.
     Backup {
         /// Where to write it.
-        #[arg(long)]
-        out: PathBuf,
+        #[arg(long, required_unless_present = "s3")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        s3: S3Args,
         #[command(flatten)]
         target: Target,
     },
-    /// Replace every session and secret with a backup's (signed by its owner).
+    /// Replace every session and secret with a backup's (signed by its owner): a file, or the
+    /// newest snapshot in S3.
     Restore {
         /// The backup.
-        backup: PathBuf,
+        #[arg(required_unless_present = "s3")]
+        backup: Option<PathBuf>,
+        #[command(flatten)]
+        s3: S3Args,
         /// The owner's key (repeatable).
         #[arg(long, required = true)]
         key: Vec<PathBuf>,
         #[command(flatten)]
         target: Target,
     },
+}
+
+/// Where snapshots go in S3 (credentials from `VEIL_S3_ACCESS_KEY` and `VEIL_S3_SECRET_KEY`).
+#[derive(Args, Debug, Clone)]
+pub struct S3Args {
+    /// The S3 endpoint (`host:port`, plain HTTP: a proxy such as `veil-s3-proxy` in front).
+    #[arg(long)]
+    pub s3: Option<String>,
+    /// The bucket.
+    #[arg(long, default_value = "veil-cas")]
+    pub bucket: String,
+    /// The key prefix (default: `cas/<cluster ID>/`).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// How many snapshots to keep.
+    #[arg(long, default_value_t = 7)]
+    pub keep: usize,
+}
+
+impl S3Args {
+    fn snapshots(
+        &self,
+        cluster_id: &str,
+    ) -> anyhow::Result<Option<veil_s3_proxy::snapshots::Snapshots>> {
+        let Some(endpoint) = &self.s3 else {
+            return Ok(None);
+        };
+        let var = |n: &str| std::env::var(n).with_context(|| format!("{n} is not set"));
+        let creds = veil_s3_proxy::sigv4::Credentials::new(
+            var("VEIL_S3_ACCESS_KEY")?,
+            var("VEIL_S3_SECRET_KEY")?,
+        );
+        Ok(Some(veil_s3_proxy::snapshots::Snapshots {
+            client: veil_s3_proxy::client::S3Client::new(endpoint.clone(), creds),
+            bucket: self.bucket.clone(),
+            prefix: self
+                .prefix
+                .clone()
+                .unwrap_or_else(|| format!("cas/{cluster_id}/")),
+            keep: self.keep,
+        }))
+    }
 }
 
 /// `veil audit fetch`
@@ -256,25 +304,63 @@ fn cas(cmd: CasCommand) -> anyhow::Result<()> {
             println!("{doc}");
             Ok(())
         }
-        CasCommand::Backup { out, target } => {
-            match with_cas(&target, async |s, _, _| call(s, CasCall::Backup).await)? {
-                CasAnswer::Backup { backup } => {
-                    let bytes = STANDARD.decode(backup)?;
-                    std::fs::write(&out, &bytes)
-                        .with_context(|| format!("cannot write {}", out.display()))?;
-                    println!("backup: {} bytes to {}", bytes.len(), out.display());
+        CasCommand::Backup { out, s3, target } => {
+            let (bytes, cid) = with_cas(&target, async |s, ws, _| {
+                match call(s, CasCall::Backup).await? {
+                    CasAnswer::Backup { backup } => {
+                        Ok((STANDARD.decode(backup)?, ws.record.cluster_id.clone()))
+                    }
+                    a => bail!("unexpected answer {a:?}"),
                 }
-                a => bail!("unexpected answer {a:?}"),
+            })?;
+            if let Some(out) = out {
+                std::fs::write(&out, &bytes)
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+                println!("backup: {} bytes to {}", bytes.len(), out.display());
+            }
+            if let Some(snaps) = s3.snapshots(&cid)? {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let len = bytes.len();
+                let now = u64::try_from(crate::clock::now().0).unwrap_or(0);
+                let (key, deleted) = rt
+                    .block_on(snaps.take(bytes, now))
+                    .map_err(anyhow::Error::msg)?;
+                println!("backup: {len} bytes to s3 {}/{key}", snaps.bucket);
+                for d in deleted {
+                    println!("  deleted (beyond {}): {d}", snaps.keep);
+                }
             }
             Ok(())
         }
         CasCommand::Restore {
             backup,
+            s3,
             key,
             target,
         } => {
-            let bytes = std::fs::read(&backup)
-                .with_context(|| format!("cannot read {}", backup.display()))?;
+            let bytes = match (&backup, s3.s3.is_some()) {
+                (Some(path), _) => std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                (None, _) => {
+                    let ws = crate::workspace::load(&target.workspace)?;
+                    let snaps = s3
+                        .snapshots(&ws.record.cluster_id)?
+                        .context("give a backup file or --s3")?;
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    let (k, b) = rt
+                        .block_on(snaps.latest())
+                        .map_err(anyhow::Error::msg)?
+                        .with_context(|| {
+                            format!("no snapshot in {}/{}", snaps.bucket, snaps.prefix)
+                        })?;
+                    println!("restoring s3 {}/{k}", snaps.bucket);
+                    b
+                }
+            };
             let digest: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(
                 <sha2::Sha256 as sha2::Digest>::new(),
                 &bytes,
@@ -288,7 +374,7 @@ fn cas(cmd: CasCommand) -> anyhow::Result<()> {
                 ),
             };
             with_cas(&target, async |s, _, _| call(s, c).await)?;
-            println!("restored from {}", backup.display());
+            println!("restored");
             Ok(())
         }
     }
