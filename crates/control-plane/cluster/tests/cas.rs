@@ -308,11 +308,16 @@ async fn attested_workloads_get_their_secrets_and_every_refusal_is_in_the_audit_
         .await
         .err();
     assert!(e.is_some(), "a modified node was served");
-    assert!(
-        cp.refusals().iter().any(|r| r.kind == "evidence"),
-        "{:?}",
-        cp.refusals()
-    );
+    // The server records it once its side of the handshake ends (after the client's).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cp.refusals().iter().any(|r| r.kind == "evidence") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no evidence refusal recorded: {:?}",
+            cp.refusals()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     // The owner fetches the CAS's log and verifies it offline, with the key it derives.
     let got = owner_s.cas(CasCall::Log { start: 0 }).await.unwrap();
