@@ -24,5 +24,6 @@ case "$1" in
   tlog_structures) ls "$(dirname "$0")"/seeds/tlog_structures/* ;;
   cas_session) ls "$(dirname "$0")"/seeds/cas_session/* ;;
   cas_requests) ls "$(dirname "$0")"/seeds/cas_requests/* ;;
+  kbs_requests) ls "$(dirname "$0")"/seeds/kbs_requests/* ;;
   *) ;;
 esac

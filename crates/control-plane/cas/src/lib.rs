@@ -21,8 +21,10 @@
 //!   node's quote, and the nonces.
 //! - [`database`]: the sealed `redb` database and its backups.
 //! - [`service`]: the CAS itself: every decision in the audit log before it takes effect.
+//! - [`kbs`]: Confidential Containers' key-broker protocol (0.4.0) in front of it, over HTTP.
 
 pub mod database;
+pub mod kbs;
 pub mod matching;
 pub mod policy;
 pub mod registry;

@@ -203,8 +203,10 @@ impl Cas {
         }
         let refused = event.outcome == "refused";
         match (event.event.as_str(), refused) {
-            ("cas.release", false) => c.releases.fetch_add(1, Relaxed),
-            ("cas.release", true) => c.releases_refused.fetch_add(1, Relaxed),
+            ("cas.release" | "cas.kbs.resource", false) => c.releases.fetch_add(1, Relaxed),
+            ("cas.release" | "cas.kbs.attest" | "cas.kbs.resource", true) => {
+                c.releases_refused.fetch_add(1, Relaxed)
+            }
             ("cas.session.create" | "cas.session.update", false) => {
                 c.sessions_written.fetch_add(1, Relaxed)
             }
@@ -598,6 +600,140 @@ impl Cas {
             },
             used,
         ))
+    }
+
+    /// A KBS attestation: the challenge's `nonce` taken, the node's `quote` appraised over the
+    /// workload binding whose nonce is the hex of `report_data` (what the KBS runtime data
+    /// hashes to), and the workload admitted to the service. Audited as `cas.kbs.attest`.
+    pub fn kbs_attest(
+        &self,
+        evidence: &crate::kbs::WorkloadEvidence,
+        quote: &[u8],
+        nonce: &[u8; 32],
+        report_data: &[u8],
+        appraiser: &dyn NodeAppraiser,
+        now: u64,
+    ) -> Result<NodeFacts, CasError> {
+        let mut event = AuditEvent {
+            time: now,
+            event: "cas.kbs.attest".into(),
+            session: Some(evidence.session.clone()),
+            service: Some(evidence.service.clone()),
+            workload: Some(evidence.identity.clone()),
+            ..AuditEvent::default()
+        };
+        let facts = self
+            .nonces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(nonce, now)
+            .and_then(|()| {
+                crate::workload::binding(
+                    &evidence.session,
+                    &evidence.service,
+                    &evidence.identity,
+                    &hex::encode(report_data),
+                )
+            })
+            .and_then(|binding| {
+                appraiser
+                    .appraise(&evidence.identity.node, quote, &binding)
+                    .map_err(|why| {
+                        CasError::NotAttested(format!("node {}: {why}", evidence.identity.node))
+                    })
+            });
+        if let Ok(f) = &facts {
+            event.node = Some(format!("{} {} tcb {:?}", f.tee, f.reference_set, f.tcb));
+        }
+        let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let r = facts.and_then(|f| {
+            let (session, _) = st
+                .registry
+                .get(&evidence.session)
+                .ok_or_else(|| CasError::NotFound(evidence.session.clone()))?;
+            session.admit(&evidence.service, &evidence.identity.workload(&f))?;
+            Ok(f)
+        });
+        self.decided(event, r)
+    }
+
+    /// A KBS resource: secret `secret` (a reference: `NAME`, `NAME.crt`, `NAME.key`) of
+    /// `session` for its service `service`, to a KBS session attested for exactly those; the
+    /// workload is admitted again against the session as it is now, and the service's
+    /// configuration must name the secret. A binary secret's bytes, any other's text. Audited
+    /// as `cas.kbs.resource`.
+    pub fn kbs_resource(
+        &self,
+        attested: &crate::kbs::Attested,
+        session: &str,
+        service: &str,
+        secret: &str,
+        now: u64,
+    ) -> Result<Vec<u8>, CasError> {
+        let event = AuditEvent {
+            time: now,
+            event: "cas.kbs.resource".into(),
+            session: Some(session.to_string()),
+            service: Some(service.to_string()),
+            workload: Some(attested.identity.clone()),
+            node: Some(format!(
+                "{} {} tcb {:?}",
+                attested.facts.tee, attested.facts.reference_set, attested.facts.tcb
+            )),
+            secrets: vec![secret.to_string()],
+            ..AuditEvent::default()
+        };
+        let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let r = self.kbs_value(&st, attested, session, service, secret);
+        self.decided(event, r)
+    }
+
+    fn kbs_value(
+        &self,
+        st: &State,
+        attested: &crate::kbs::Attested,
+        session: &str,
+        service: &str,
+        secret: &str,
+    ) -> Result<Vec<u8>, CasError> {
+        if session != attested.session || service != attested.service {
+            return Err(CasError::Unauthorised(format!(
+                "the KBS session is attested for service {} of {}, not {service} of {session}",
+                attested.service, attested.session
+            )));
+        }
+        let (s, _) = st
+            .registry
+            .get(session)
+            .ok_or_else(|| CasError::NotFound(session.to_string()))?;
+        let svc = s.admit(service, &attested.identity.workload(&attested.facts))?;
+        let named = svc
+            .environment
+            .values()
+            .chain(svc.command.iter())
+            .chain(svc.files.values())
+            .any(|text| session::secret_refs(text).contains(&secret));
+        if !named {
+            return Err(CasError::Unauthorised(format!(
+                "service {service} of {session} is given no secret {secret}"
+            )));
+        }
+        let (name, part) = session::split_ref(secret);
+        let own = st.values.get(&s.name).cloned().unwrap_or_default();
+        let v = self.value_of(st, s, &own, name)?;
+        let text = v
+            .part(part)
+            .ok_or_else(|| CasError::NotFound(format!("secret {secret}")))?;
+        let binary = s
+            .secrets
+            .iter()
+            .any(|x| x.name == name && x.kind == SecretKind::Binary);
+        if binary && part == Part::Value {
+            return STANDARD
+                .decode(text)
+                .map_err(|e| CasError::Invalid(format!("secret {name}: {e}")));
+        }
+        Ok(text.as_bytes().to_vec())
     }
 
     /// Every session and secret, sealed into one backup (it reveals nothing but its size).

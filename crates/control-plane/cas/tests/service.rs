@@ -15,18 +15,16 @@
     clippy::indexing_slicing
 )]
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use aws_lc_rs::signature::{ED25519, KeyPair, UnparsedPublicKey};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use veil_cas::CasError;
 use veil_cas::database::Database;
 use veil_cas::policy::Action;
 use veil_cas::service::{AuditEvent, Cas};
-use veil_cas::workload::{Evidence, Identity, NodeAppraiser, NodeFacts};
+use veil_cas::workload::{Evidence, Identity};
 use veil_tlog::group::Appender;
 use veil_tlog::log::Log;
 use veil_tlog::note::NoteSigner;
@@ -36,39 +34,11 @@ const IMAGE: &str = "sha256:1111111111111111111111111111111111111111111111111111
 const OTHER_IMAGE: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
 mod common;
-use common::Key;
-
-/// Stands in for the control plane's TPM appraisal (see the module's comment).
-struct SignedBindings {
-    nodes: BTreeMap<String, Vec<u8>>,
-}
-
-impl NodeAppraiser for SignedBindings {
-    fn appraise(&self, node: &str, quote: &[u8], binding: &[u8; 64]) -> Result<NodeFacts, String> {
-        let pk = self
-            .nodes
-            .get(node)
-            .ok_or_else(|| format!("{node} is not an admitted node"))?;
-        UnparsedPublicKey::new(&ED25519, pk)
-            .verify(binding, quote)
-            .map_err(|_| "the quote does not verify over the evidence's binding".to_string())?;
-        Ok(NodeFacts {
-            reference_set: "veil-mini".into(),
-            tee: "tpm".into(),
-            tcb: None,
-        })
-    }
-}
+use common::{Key, SignedBindings, entries};
 
 /// The cluster's one admitted node: seed 3 (`World::node`).
 fn admitted() -> SignedBindings {
-    let node = Key::new(3);
-    SignedBindings {
-        nodes: BTreeMap::from([(
-            "worker-0".to_string(),
-            node.0.public_key().as_ref().to_vec(),
-        )]),
-    }
+    SignedBindings::admitted()
 }
 
 trait ReleaseAs {
@@ -191,14 +161,6 @@ fn evidence(cas: &Cas, node: &Key, id: Identity) -> Evidence {
     };
     e.quote = STANDARD.encode(node.0.sign(&e.binding().unwrap()).as_ref());
     e
-}
-
-fn entries(cas: &Cas) -> Vec<AuditEvent> {
-    cas.log().with_log(|log| {
-        (0..log.size())
-            .map(|i| AuditEvent::parse(&log.entry(i).unwrap()).unwrap())
-            .collect()
-    })
 }
 
 fn create_acme(w: &World) -> String {
